@@ -1,0 +1,1 @@
+"""Difficulty classifiers (simple / medium / complex) and the routing policy built on them."""

@@ -1,0 +1,151 @@
+"""Routing policies: from a classifier's prediction to a model on the ladder, with the reasons why.
+
+A policy is chosen by name from ``POLICIES`` (RouteLLM-style registry). Every policy shares the
+guard rails in ``RoutingPolicy.decide``: keyword overrides, the premium tier bump and the
+context-window check, so a calibrated policy cannot skip them.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from core.messages import TIER_ORDER, Prediction, PromptMessage, RoutingDecision, Tier
+from providers.registry import ModelRegistry, ModelSpec
+
+POLICIES: dict[str, type["RoutingPolicy"]] = {}
+
+P = TypeVar("P", bound=type["RoutingPolicy"])
+
+# Counts the prompt's tokens for a given model; used for the context-window check.
+TokenCounter = Callable[[ModelSpec, str], int]
+
+OVERRIDE_KEYWORDS = ("production", "legal", "medical", "architecture", "optimize", "compliance")
+
+
+def approximate_token_count(model: ModelSpec, text: str) -> int:
+    """A deliberately high estimate (3 chars per token) for when no tokenizer is wired in."""
+    return len(text) // 3 + 1
+
+
+def register_policy(name: str) -> Callable[[P], P]:
+    def decorate(cls: P) -> P:
+        if name in POLICIES:
+            raise ValueError(f"policy {name!r} is already registered")
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return decorate
+
+
+def _bump(tier: Tier, levels: int = 1) -> Tier:
+    return TIER_ORDER[min(TIER_ORDER.index(tier) + levels, len(TIER_ORDER) - 1)]
+
+
+class RoutingPolicy(ABC):
+    name: ClassVar[str] = "abstract"
+
+    def __init__(
+        self,
+        override_keywords: tuple[str, ...] = OVERRIDE_KEYWORDS,
+        premium_bump: bool = True,
+        token_counter: TokenCounter = approximate_token_count,
+    ) -> None:
+        self.override_keywords = tuple(override_keywords)
+        self._override_re = (
+            re.compile(r"\b(" + "|".join(map(re.escape, self.override_keywords)) + r")\w*\b", re.IGNORECASE)
+            if self.override_keywords
+            else None
+        )
+        self.premium_bump = premium_bump
+        self.token_counter = token_counter
+
+    @abstractmethod
+    def base_tier(self, prediction: Prediction, prompt: PromptMessage) -> tuple[Tier, str]:
+        """The tier this policy picks from the prediction alone, and why."""
+
+    def params(self) -> dict[str, Any]:
+        """Tunable knobs, as saved in a classifier artifact."""
+        return {}
+
+    def decide(
+        self,
+        prompt: PromptMessage,
+        prediction: Prediction,
+        registry: ModelRegistry,
+        classifier_name: str,
+    ) -> RoutingDecision:
+        tier, reason = self.base_tier(prediction, prompt)
+        reasons = [reason]
+
+        if self._override_re is not None:
+            match = self._override_re.search(prompt.prompt)
+            if match and tier != Tier.expensive:
+                new_tier = _bump(tier)
+                reasons.append(f"keyword override {match.group(1).lower()!r}: {tier.value} -> {new_tier.value}")
+                tier = new_tier
+
+        if self.premium_bump and prompt.customer_tier == "premium" and tier != Tier.expensive:
+            new_tier = _bump(tier)
+            reasons.append(f"premium customer: {tier.value} -> {new_tier.value}")
+            tier = new_tier
+
+        # Escalate while the prompt plus the requested output does not fit the model's context window.
+        while tier != Tier.expensive:
+            spec = registry.by_tier(tier)
+            needed = self.token_counter(spec, prompt.prompt) + prompt.max_tokens
+            if needed <= spec.context_window:
+                break
+            new_tier = _bump(tier)
+            reasons.append(
+                f"context: {needed} tokens exceed {spec.name}'s window of {spec.context_window}: "
+                f"{tier.value} -> {new_tier.value}"
+            )
+            tier = new_tier
+
+        model = registry.by_tier(tier)
+        return RoutingDecision(
+            label=prediction.label,
+            confidence=prediction.confidence,
+            probabilities=prediction.probabilities,
+            model=model.name,
+            tier=tier,
+            reasons=reasons,
+            policy=self.name,
+            classifier=classifier_name,
+        )
+
+
+@register_policy("threshold")
+class ThresholdPolicy(RoutingPolicy):
+    """The seed's rule: simple and sure -> cheap; medium and sure -> mid; otherwise expensive."""
+
+    def __init__(self, simple_threshold: float = 0.7, medium_threshold: float = 0.6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.simple_threshold = simple_threshold
+        self.medium_threshold = medium_threshold
+
+    def params(self) -> dict[str, Any]:
+        return {"simple_threshold": self.simple_threshold, "medium_threshold": self.medium_threshold}
+
+    def base_tier(self, prediction: Prediction, prompt: PromptMessage) -> tuple[Tier, str]:
+        label, conf = prediction.label, prediction.confidence
+        if label == "simple" and conf >= self.simple_threshold:
+            return Tier.cheap, f"simple with confidence {conf:.2f} >= {self.simple_threshold:.2f}"
+        if label == "medium" and conf >= self.medium_threshold:
+            return Tier.mid, f"medium with confidence {conf:.2f} >= {self.medium_threshold:.2f}"
+        if label == "complex":
+            return Tier.expensive, f"complex with confidence {conf:.2f}"
+        threshold = self.simple_threshold if label == "simple" else self.medium_threshold
+        return Tier.expensive, f"{label} with confidence {conf:.2f} < {threshold:.2f}"
+
+
+def build_policy(name: str, **kwargs: Any) -> RoutingPolicy:
+    try:
+        cls = POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown routing policy {name!r}; known: {sorted(POLICIES)}") from None
+    return cls(**kwargs)

@@ -1,0 +1,166 @@
+"""Message schemas shared by every stage: ingest, the Faust agents, the providers, the sink and replay.
+
+Every Kafka value is one of these models serialised as JSON. Producers writing straight to the
+prompts topic send a ``PromptMessage``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Label = Literal["simple", "medium", "complex"]
+LABELS: tuple[Label, ...] = ("simple", "medium", "complex")
+
+
+class Tier(str, Enum):
+    cheap = "cheap"
+    mid = "mid"
+    expensive = "expensive"
+
+
+TIER_ORDER: tuple[Tier, ...] = (Tier.cheap, Tier.mid, Tier.expensive)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str):
+        return cls.model_validate_json(raw)
+
+
+class PromptMessage(_Message):
+    """A prompt to route. Key it by ``request_id`` on the prompts topic so its events stay ordered."""
+
+    request_id: str = Field(default_factory=new_request_id, min_length=1, max_length=128)
+    prompt: str = Field(min_length=1)
+    max_tokens: int = Field(512, ge=1, le=128_000)
+    tenant: str = Field("default", min_length=1, max_length=128)
+    user: str | None = Field(None, max_length=128)
+    customer_tier: Literal["standard", "premium"] = "standard"
+    metadata: dict[str, str] = Field(default_factory=dict)
+    # Set by ingest's /generate bridge: the reply topic of the API process that waits for the answer.
+    reply_to: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty or whitespace")
+        return value
+
+
+class Prediction(_Message):
+    """What a difficulty classifier says about one prompt."""
+
+    label: Label
+    confidence: float = Field(ge=0.0, le=1.0)
+    probabilities: dict[str, float]
+
+
+class RoutingDecision(_Message):
+    """The routing policy's choice for one prompt, with the reasons that led to it."""
+
+    label: Label
+    confidence: float
+    probabilities: dict[str, float]
+    model: str
+    tier: Tier
+    reasons: list[str]
+    policy: str
+    classifier: str
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+AttemptStatus = Literal["ok", "error", "rejected"]
+
+
+class Attempt(_Message):
+    """One call to one model. ``rejected`` means it answered but an answer check refused the answer."""
+
+    model: str
+    tier: Tier
+    status: AttemptStatus
+    started_at: datetime = Field(default_factory=utcnow)
+    latency_ms: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micro_usd: int = 0
+    finish_reason: str | None = None
+    retries: int = 0
+    error: str | None = None
+    # Why the next attempt happened: "fallback: ..." after an error, "escalate: ..." after a rejection.
+    next_reason: str | None = None
+
+
+class RoutedMessage(_Message):
+    """A classified prompt on its way to a model's topic (``route.<model>``)."""
+
+    prompt: PromptMessage
+    decision: RoutingDecision
+    target_model: str
+    attempts: list[Attempt] = Field(default_factory=list)
+    routed_at: datetime = Field(default_factory=utcnow)
+
+
+CompletionStatus = Literal["ok", "failed"]
+
+
+class CompletionMessage(_Message):
+    """The outcome of one request: what the sink writes and what ``/generate`` returns."""
+
+    request_id: str
+    prompt: PromptMessage
+    decision: RoutingDecision
+    attempts: list[Attempt]
+    status: CompletionStatus
+    final_model: str | None
+    response: str | None
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micro_usd: int = 0
+    # What the expensive model would have cost for the same tokens, for savings without guessing.
+    counterfactual_model: str | None = None
+    counterfactual_cost_micro_usd: int | None = None
+    # Recorded correctness of the final answer, known only for replayed outcomes.
+    correct: bool | None = None
+    error: str | None = None
+    completed_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def latency_ms(self) -> float:
+        return sum(a.latency_ms for a in self.attempts)
+
+
+class DeadLetterMessage(_Message):
+    """A message that could not be parsed or processed, with where it came from and why."""
+
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    raw: str
+    error: str
+    stage: str
+    failed_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,63 @@
+"""The one settings object of the router. Every stage reads its configuration from here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Configuration from environment variables prefixed ``ROUTER_`` (or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", env_file=".env", extra="ignore")
+
+    # Broker
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic_prompts: str = "prompts"
+    topic_completions: str = "completions"
+    topic_dead_letter: str = "dead-letter"
+    topic_route_prefix: str = "route."
+    topic_replies_prefix: str = "replies."
+    prompts_partitions: int = Field(6, ge=1)
+    route_partitions: int = Field(6, ge=1)
+    completions_partitions: int = Field(6, ge=1)
+
+    # Faust workers. Short session timeout and heartbeat keep group joins fast on the local broker.
+    faust_app_id: str = "cost-router"
+    faust_data_dir: Path = PROJECT_ROOT / ".data" / "faust"
+    broker_session_timeout_s: float = 6.0
+    broker_heartbeat_interval_s: float = 1.0
+
+    # Database. PG_DSN is honoured as-is because it is the conventional name operators set.
+    pg_dsn: str | None = Field(None, validation_alias=AliasChoices("ROUTER_PG_DSN", "PG_DSN"))
+    pg_pool_max: int = Field(8, ge=1)
+
+    # Models and routing
+    models_config: Path = PROJECT_ROOT / "config" / "models.local.yaml"
+    prices_file: Path | None = None
+    classifier_artifact: Path | None = None
+    routing_policy: str = "threshold"
+
+    # Outcomes data (never committed): ROUTER_DATA_DIR points at the folder holding outcomes/*.jsonl.gz.
+    data_dir: Path | None = None
+
+    # Ingest API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_prompt_chars: int = Field(32_000, ge=1)
+    default_max_tokens: int = Field(512, ge=1)
+    generate_timeout_s: float = Field(60.0, gt=0)
+
+    # Dashboard
+    dashboard_port: int = 8501
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use rather than at import."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Model clients, token counting and prices."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: a real Tansu broker and a real Postgres, started once per test session.
+
+Postgres: ``ROUTER_TEST_PG_DSN`` (an admin DSN, as ``.ci/run`` sets it) or else an embedded server in a
+temporary folder. Each session gets a fresh database with the migrations applied.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from core.services import create_database, drop_database, free_port, start_embedded_postgres, start_tansu
+from sql.migrate import apply_migrations
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    process = start_tansu(port, log_path=log_path)
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    dsn = os.environ.get("ROUTER_TEST_PG_DSN")
+    if dsn:
+        yield dsn
+        return
+    _server, dsn = start_embedded_postgres(tmp_path_factory.mktemp("pgdata"))
+    yield dsn
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for this test session."""
+    name = f"router_test_{uuid.uuid4().hex[:10]}"
+    dsn = create_database(pg_admin_dsn, name)
+    apply_migrations(dsn)
+    yield dsn
+    drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture()
+def clean_db(pg_dsn: str) -> str:
+    """The session database with every data table emptied."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE requests, request_attempts, cost_rates, model_eval")
+    return pg_dsn
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The outcomes data folder (ROUTER_DATA_DIR, else ../shared/data beside the checkout)."""
+    candidates = [os.environ.get("ROUTER_DATA_DIR"), str(REPO_ROOT.parent / "shared" / "data")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "outcomes").is_dir():
+            return Path(candidate)
+    pytest.skip("outcomes data not found: set ROUTER_DATA_DIR")
