@@ -66,3 +66,19 @@ def data_dir() -> Path:
         if candidate and (Path(candidate) / "outcomes").is_dir():
             return Path(candidate)
     pytest.skip("outcomes data not found: set ROUTER_DATA_DIR")
+
+
+@pytest.fixture(scope="session")
+def stub_server() -> Iterator[str]:
+    """A local OpenAI-compatible server in its own process; yields its base URL (…/v1)."""
+    import subprocess
+    import sys
+
+    from core.services import wait_for_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "providers.stub_server", "--port", str(port)], cwd=REPO_ROOT)
+    wait_for_port("127.0.0.1", port)
+    yield f"http://127.0.0.1:{port}/v1"
+    process.terminate()
+    process.wait(timeout=10)

@@ -1,0 +1,126 @@
+"""A local OpenAI-compatible server on loopback that stands in for paid model APIs in tests and benchmarks.
+
+The real ``openai`` SDK talks to it over HTTP. Faults are injected per model through ``POST /_stub/faults``:
+HTTP errors for the next N calls (with an optional ``Retry-After``), a delay, a refusal, a truncated
+answer (``finish_reason=length``), or an empty answer. ``GET /_stub/calls`` lists the calls received.
+
+    python -m providers.stub_server --port 18080
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+
+class Fault(BaseModel):
+    fail_status: int | None = None
+    fail_times: int = 0
+    retry_after_s: float | None = None
+    delay_s: float = 0.0
+    refuse: bool = False
+    truncate: bool = False
+    empty: bool = False
+    omit_usage: bool = False
+    reply: str | None = None
+
+
+class StubState:
+    def __init__(self) -> None:
+        self.faults: dict[str, Fault] = {}
+        self.calls: list[dict[str, Any]] = []
+
+
+class FaultsBody(BaseModel):
+    faults: dict[str, Fault] = Field(default_factory=dict)
+    reset_calls: bool = True
+
+
+def _count_words(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="OpenAI-compatible stub")
+    state = StubState()
+    app.state.stub = state
+
+    @app.post("/_stub/faults")
+    async def set_faults(body: FaultsBody) -> dict[str, Any]:
+        state.faults = dict(body.faults)
+        if body.reset_calls:
+            state.calls.clear()
+        return {"ok": True}
+
+    @app.get("/_stub/calls")
+    async def calls() -> list[dict[str, Any]]:
+        return state.calls
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> JSONResponse:
+        body = await request.json()
+        model = body.get("model", "")
+        messages = body.get("messages") or []
+        prompt = "\n".join(str(m.get("content", "")) for m in messages)
+        fault = state.faults.get(model, Fault())
+        state.calls.append({"model": model, "prompt": prompt, "at": time.time()})
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault.fail_status and fault.fail_times > 0:
+            fault.fail_times -= 1
+            headers = {"retry-after": str(fault.retry_after_s)} if fault.retry_after_s is not None else {}
+            return JSONResponse(
+                {"error": {"message": f"injected failure for {model}", "type": "server_error"}},
+                status_code=fault.fail_status, headers=headers,
+            )
+        finish_reason = "stop"
+        if fault.refuse:
+            text = "I'm sorry, but I can't help with that."
+        elif fault.empty:
+            text = ""
+        elif fault.reply is not None:
+            text = fault.reply
+        else:
+            text = f"[{model}] answer: {prompt[:200]}"
+        if fault.truncate:
+            finish_reason = "length"
+        payload: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason}],
+        }
+        if not fault.omit_usage:
+            prompt_tokens, completion_tokens = _count_words(prompt), _count_words(text) if text else 0
+            payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                "total_tokens": prompt_tokens + completion_tokens}
+        return JSONResponse(payload)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Local OpenAI-compatible stub server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18080)
+    args = parser.parse_args(argv)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
