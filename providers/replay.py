@@ -1,0 +1,59 @@
+"""Replay provider: answers from recorded real outcomes, with the real token counts, for a known prompt.
+
+It lets a machine with no keys and no internet run the router for real: the responses, token counts
+and correctness are what the real models produced. An unknown prompt (or a prompt the model has no
+outcome for) raises ``ProviderError``, and the ladder falls back as for any error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+
+from core.messages import PromptMessage
+from core.outcomes import ModelOutcome, OutcomeRecord
+from providers.base import Provider, ProviderError, ProviderResult
+from providers.registry import ModelSpec
+
+
+class OutcomeIndex:
+    """Outcomes by exact prompt text, then by model id."""
+
+    def __init__(self, records: Iterable[OutcomeRecord]) -> None:
+        self._by_prompt: dict[str, Mapping[str, ModelOutcome]] = {}
+        for record in records:
+            self._by_prompt[record.prompt] = record.outcomes
+
+    def __len__(self) -> int:
+        return len(self._by_prompt)
+
+    def lookup(self, prompt: str, model_id: str) -> ModelOutcome | None:
+        outcomes = self._by_prompt.get(prompt)
+        return None if outcomes is None else outcomes.get(model_id)
+
+
+class ReplayProvider(Provider):
+    def __init__(self, spec: ModelSpec, index: OutcomeIndex) -> None:
+        super().__init__(spec)
+        self.index = index
+
+    async def complete(self, prompt: PromptMessage) -> ProviderResult:
+        started = time.perf_counter()
+        if self.spec.replay_latency_ms:
+            await asyncio.sleep(self.spec.replay_latency_ms / 1000)
+        outcome = self.index.lookup(prompt.prompt, self.spec.provider_model_id)
+        if outcome is None:
+            raise ProviderError(
+                f"{self.spec.name}: no recorded outcome for this prompt (replay answers known prompts only)",
+                status=404, latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        return ProviderResult(
+            text=outcome.response,
+            finish_reason="stop",
+            input_tokens=outcome.input_tokens,
+            output_tokens=outcome.output_tokens,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            usage_reported=True,
+            correct=outcome.correct,
+        )
