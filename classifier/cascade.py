@@ -40,6 +40,11 @@ class Answer:
     text: str
     finish_reason: str | None
     output_tokens: int
+    input_tokens: int = 0
+    # Earlier answers to the same request (cheaper tiers first), for checks that compare answers.
+    previous: tuple["Answer", ...] = ()
+    # The prompt classifier's label probabilities from the routing decision, when known.
+    label_probabilities: dict[str, float] | None = None
 
 
 class AnswerCheck(ABC):

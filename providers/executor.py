@@ -30,6 +30,7 @@ class LadderExecutor:
         spec = self.registry.get(routed.target_model)
         priced_at = prompt.created_at
         final = None
+        answers: list[Answer] = []
         while spec is not None:
             started = utcnow()
             try:
@@ -43,7 +44,10 @@ class LadderExecutor:
                     attempt.next_reason = f"fallback to {spec.name}: {exc}"
                 continue
             cost = self.costs.cost_micro_usd(spec.name, result.input_tokens, result.output_tokens, priced_at)
-            answer = Answer(spec.name, result.text, result.finish_reason, result.output_tokens)
+            answer = Answer(spec.name, result.text, result.finish_reason, result.output_tokens,
+                            input_tokens=result.input_tokens, previous=tuple(answers),
+                            label_probabilities=routed.decision.probabilities)
+            answers.append(answer)
             reason = self.escalation.reject_reason(prompt, answer)
             attempt = Attempt(model=spec.name, tier=spec.tier, status="rejected" if reason else "ok",
                               started_at=started, latency_ms=result.latency_ms, input_tokens=result.input_tokens,
