@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     faust_data_dir: Path = PROJECT_ROOT / ".data" / "faust"
     broker_session_timeout_s: float = 6.0
     broker_heartbeat_interval_s: float = 1.0
+    # Agent throughput knobs: classify and sink work in batches, providers in concurrent calls per model.
+    classify_batch_max: int = Field(128, ge=1)
+    classify_concurrency: int = Field(2, ge=1)
+    provider_concurrency: int = Field(64, ge=1)
+    sink_batch_max: int = Field(256, ge=1)
+    sink_concurrency: int = Field(2, ge=1)
+    batch_within_s: float = Field(0.05, gt=0)
+    # A reply topic whose API process is gone must not stall a provider agent.
+    reply_publish_timeout_s: float = Field(5.0, gt=0)
 
     # Database. PG_DSN is honoured as-is because it is the conventional name operators set.
     pg_dsn: str | None = Field(None, validation_alias=AliasChoices("ROUTER_PG_DSN", "PG_DSN"))
@@ -55,6 +64,8 @@ class Settings(BaseSettings):
 
     # Dashboard
     dashboard_port: int = 8501
+    # Where the dashboard's offline-evaluation view looks for harness reports (training.evaluate --json).
+    dashboard_reports_dir: Path = PROJECT_ROOT / "artifacts"
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,46 @@
+"""FastAPI dependencies: settings, the Kafka bridge and the database pool of this API process."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from psycopg_pool import AsyncConnectionPool
+
+from core.settings import Settings
+from ingest.api.schemas import PromptIn
+from ingest.bridge import KafkaBridge
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_bridge(request: Request) -> KafkaBridge:
+    return request.app.state.bridge
+
+
+def get_pool(request: Request) -> AsyncConnectionPool:
+    pool = request.app.state.pool
+    if pool is None:
+        raise HTTPException(503, detail="no database configured: set ROUTER_PG_DSN or PG_DSN")
+    return pool
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BridgeDep = Annotated[KafkaBridge, Depends(get_bridge)]
+PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
+
+
+def check_prompt_size(body: PromptIn, settings: Settings) -> None:
+    """Refuse an over-long prompt as a 422, before anything is published."""
+    if len(body.prompt) > settings.max_prompt_chars:
+        raise RequestValidationError([{
+            "type": "string_too_long", "loc": ("body", "prompt"),
+            "msg": f"prompt has {len(body.prompt)} characters; the limit is {settings.max_prompt_chars}",
+        }])
+    if not body.prompt.strip():
+        raise RequestValidationError([{
+            "type": "value_error", "loc": ("body", "prompt"), "msg": "prompt must not be empty or whitespace",
+        }])

@@ -1,0 +1,139 @@
+"""The API process's link to the broker: publishes prompts and collects the completions meant for it.
+
+Each API process owns a reply topic ``replies.<instance-id>`` (1 partition), created at startup and
+deleted at shutdown. The reply consumer assigns partition 0 by hand and reads from offset 0 with no
+consumer group: it never depends on latest offsets (which the local broker gets wrong) and several API
+processes never steal each other's replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from core.messages import CompletionMessage, PromptMessage
+from core.settings import Settings
+from stream_processors.topics import TopicSpec, create_topics, delete_topics
+
+log = logging.getLogger(__name__)
+
+
+def new_instance_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40]
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class GenerateTimeout(Exception):
+    def __init__(self, request_id: str, timeout_s: float) -> None:
+        super().__init__(f"no completion for {request_id} within {timeout_s:g}s")
+        self.request_id = request_id
+        self.timeout_s = timeout_s
+
+
+class KafkaBridge:
+    def __init__(self, settings: Settings, instance_id: str | None = None) -> None:
+        self.settings = settings
+        self.instance_id = instance_id or new_instance_id()
+        self.reply_topic = f"{settings.topic_replies_prefix}{self.instance_id}"
+        self._waiters: dict[str, asyncio.Future[CompletionMessage]] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._listener: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        bootstrap = self.settings.kafka_bootstrap
+        # Idempotent producers cannot handshake with the local broker; the sink dedupes by request id instead.
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, client_id=f"ingest-{self.instance_id}",
+                                          enable_idempotence=False, acks="all", linger_ms=2)
+        await self._producer.start()
+        await create_topics(bootstrap, [TopicSpec(self.reply_topic, 1)])
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=f"ingest-replies-{self.instance_id}",
+                                          group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+        await self._consumer.start()
+        partition = TopicPartition(self.reply_topic, 0)
+        self._consumer.assign([partition])
+        self._consumer.seek(partition, 0)
+        self._listener = asyncio.create_task(self._listen(), name="reply-listener")
+        log.info("ingest instance %s listening for replies on %s", self.instance_id, self.reply_topic)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        for waiter in self._waiters.values():
+            waiter.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        try:
+            await delete_topics(self.settings.kafka_bootstrap, [self.reply_topic])
+        except Exception as exc:  # noqa: BLE001 - shutting down: report and carry on
+            log.warning("could not delete reply topic %s: %s", self.reply_topic, exc)
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _listen(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - broker hiccup: keep listening
+                log.warning("reply consumer: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1)
+                continue
+            for records in batches.values():
+                for record in records:
+                    self._deliver(record.value)
+
+    def _deliver(self, raw: bytes | None) -> None:
+        try:
+            completion = CompletionMessage.from_bytes(raw or b"")
+        except (ValidationError, ValueError) as exc:
+            log.warning("ignoring unreadable reply on %s: %s", self.reply_topic, exc)
+            return
+        waiter = self._waiters.get(completion.request_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(completion)
+
+    def is_waiting(self, request_id: str) -> bool:
+        return request_id in self._waiters
+
+    async def publish(self, prompt: PromptMessage) -> None:
+        """Publish to the prompts topic, keyed by request id, and wait for the broker's ack."""
+        if self._producer is None:
+            raise RuntimeError("bridge not started")
+        await self._producer.send_and_wait(self.settings.topic_prompts, key=prompt.request_id.encode(),
+                                           value=prompt.to_bytes())
+
+    async def generate(self, prompt: PromptMessage, timeout_s: float) -> CompletionMessage:
+        """Publish with this process's reply topic and wait for that request's completion."""
+        prompt = prompt.model_copy(update={"reply_to": self.reply_topic})
+        waiter: asyncio.Future[CompletionMessage] = asyncio.get_running_loop().create_future()
+        self._waiters[prompt.request_id] = waiter  # registered before publishing, so no reply can slip by
+        try:
+            await self.publish(prompt)
+            try:
+                return await asyncio.wait_for(waiter, timeout=timeout_s)
+            except TimeoutError:
+                raise GenerateTimeout(prompt.request_id, timeout_s) from None
+        finally:
+            if self._waiters.get(prompt.request_id) is waiter:
+                del self._waiters[prompt.request_id]
+
+    async def broker_ok(self, timeout_s: float = 3.0) -> bool:
+        if self._producer is None:
+            return False
+        try:
+            return bool(await asyncio.wait_for(self._producer.client.force_metadata_update(), timeout=timeout_s))
+        except Exception:  # noqa: BLE001 - health check: any failure is "down"
+            return False

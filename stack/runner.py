@@ -1,0 +1,231 @@
+"""Starts the whole local stack on loopback, runs the demo, and keeps it up until Ctrl-C.
+
+    python -m stack [--workers N] [--api-workers N] [--demo-prompts N] [--exit-after-demo] [--no-dashboard]
+
+Broker: Tansu (memory engine) at ROUTER_KAFKA_BOOTSTRAP. Database: PG_DSN when set, else an embedded
+Postgres under .data/pg. Models: the registry at ROUTER_MODELS_CONFIG; the stub server stands in for
+paid endpoints and its address goes to ROUTER_STUB_URL. Logs: .data/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+from rich.console import Console
+
+from core.services import create_database, free_port, start_embedded_postgres, start_tansu, wait_for_port
+from core.settings import PROJECT_ROOT, Settings, get_settings
+from sql.migrate import apply_migrations
+from stack.processes import ManagedProcess, ProcessGroup, spawn, wait_until
+from stream_processors.runtime import load_registry
+from stream_processors.topics import ensure_pipeline_topics
+
+DATABASE_NAME = "router"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.split(",")[0].rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class LocalStack:
+    def __init__(self, settings: Settings, *, data_root: Path, workers: int = 1, api_workers: int = 1,
+                 dashboard: bool = True, console: Console | None = None) -> None:
+        self.settings = settings
+        self.data_root = data_root
+        self.log_dir = data_root / "logs"
+        self.workers = workers
+        self.api_workers = api_workers
+        self.dashboard = dashboard
+        self.console = console or Console()
+        self.children = ProcessGroup()
+        self.env: dict[str, str] = {}
+        self._postgres = None
+        self.api_url = f"http://{settings.api_host}:{settings.api_port}"
+        self.dashboard_url: str | None = None
+
+    def _ok(self, what: str, detail: str) -> None:
+        self.console.print(f"[green]✓[/green] [bold]{what:<10}[/bold] {detail}")
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._start_broker()
+        self._start_database()
+        self._start_stub()
+        # From here on every child and this process read the same settings.
+        self.settings = self.settings.model_copy(update={
+            "kafka_bootstrap": self.env["ROUTER_KAFKA_BOOTSTRAP"], "pg_dsn": self.env["ROUTER_PG_DSN"]})
+        os.environ["ROUTER_STUB_URL"] = self.env["ROUTER_STUB_URL"]  # the registry file may refer to it
+        registry = load_registry(self.settings)
+        created = asyncio.run(ensure_pipeline_topics(self.settings, registry))
+        self._ok("topics", f"{len(created)} created ({self.settings.topic_prompts}, "
+                           f"{', '.join(self.settings.topic_route_prefix + m.name for m in registry.models)}, "
+                           f"{self.settings.topic_completions}, {self.settings.topic_dead_letter})")
+        self._start_workers()
+        self._start_api()
+        self._start_dashboard()
+
+    def _start_broker(self) -> None:
+        host, port = _host_port(self.settings.kafka_bootstrap)
+        if _port_in_use(host, port):
+            raise StackError(f"port {port} is taken: is another stack running? Set ROUTER_KAFKA_BOOTSTRAP to "
+                             f"127.0.0.1:<free port>")
+        log_path = self.log_dir / "tansu.log"
+        process = start_tansu(port, log_path=log_path)
+        self.children.add(ManagedProcess("broker", process, log_path))
+        self.env["ROUTER_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
+        self._ok("broker", f"Tansu (memory engine) on 127.0.0.1:{port}")
+
+    def _start_database(self) -> None:
+        if self.settings.pg_dsn:
+            dsn = self.settings.pg_dsn
+            where = "PG_DSN"
+        else:
+            self._postgres, admin_dsn = start_embedded_postgres(self.data_root / "pg")
+            dsn = create_database(admin_dsn, DATABASE_NAME)
+            where = f"embedded, data in {self.data_root / 'pg'}"
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            conn.execute("SELECT 1")
+        applied = apply_migrations(dsn)
+        self.env["ROUTER_PG_DSN"] = dsn
+        self.env.pop("PG_DSN", None)
+        self._ok("postgres", f"{where}; migrations applied now: {', '.join(applied) or 'none pending'}")
+
+    def _start_stub(self) -> None:
+        if os.environ.get("ROUTER_STUB_URL"):
+            self.env["ROUTER_STUB_URL"] = os.environ["ROUTER_STUB_URL"]
+            self._ok("models", f"stub at {self.env['ROUTER_STUB_URL']} (given)")
+            return
+        port = free_port()
+        stub = self.children.add(spawn("stub-models", [sys.executable, "-m", "providers.stub_server", "--port",
+                                                       str(port)], self.log_dir / "stub.log", self.env, PROJECT_ROOT))
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200,
+                   "stub model server", 30, [stub])
+        self.env["ROUTER_STUB_URL"] = f"http://127.0.0.1:{port}/v1"
+        self._ok("models", f"OpenAI-compatible stub on 127.0.0.1:{port} (stands in for paid endpoints); "
+                           f"registry {self.settings.models_config}")
+
+    def _start_workers(self) -> None:
+        started = []
+        for number in range(1, self.workers + 1):
+            env = {**self.env, "ROUTER_FAUST_DATA_DIR": str(self.data_root / "faust" / f"worker-{number}")}
+            started.append(self.children.add(spawn(
+                f"worker-{number}", [sys.executable, "-m", "stream_processors", "worker", "--loglevel", "info"],
+                self.log_dir / f"worker-{number}.log", env, PROJECT_ROOT)))
+        for managed in started:
+            # Faust logs "Ready" once its agents run; the consumer group then assigns partitions.
+            wait_until(lambda m=managed: "Ready" in m.log_path.read_text(errors="replace"), f"{managed.name}", 120,
+                       [managed])
+        self._ok("workers", f"{self.workers} Faust worker(s): classify, provider x{len(load_registry(self.settings).models)}"
+                            f", sink (logs {self.log_dir}/worker-*.log)")
+
+    def _start_api(self) -> None:
+        api = self.children.add(spawn(
+            "api", [sys.executable, "-m", "ingest", "--host", self.settings.api_host, "--port",
+                    str(self.settings.api_port), "--workers", str(self.api_workers)],
+            self.log_dir / "api.log", self.env, PROJECT_ROOT))
+        wait_until(lambda: httpx.get(f"{self.api_url}/healthz", timeout=3).status_code == 200, "API /healthz", 60,
+                   [api])
+        self._ok("api", f"{self.api_url} ({self.api_workers} process(es); docs at {self.api_url}/docs)")
+
+    def _start_dashboard(self) -> None:
+        app_file = PROJECT_ROOT / "dashboard" / "app.py"
+        if not self.dashboard or not app_file.exists():
+            return
+        port = self.settings.dashboard_port
+        dash = self.children.add(spawn(
+            "dashboard", [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.headless", "true",
+                          "--server.port", str(port), "--server.address", "127.0.0.1",
+                          "--browser.gatherUsageStats", "false"],
+            self.log_dir / "dashboard.log", self.env, PROJECT_ROOT))
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=3).status_code == 200,
+                   "dashboard", 90, [dash])
+        self.dashboard_url = f"http://127.0.0.1:{port}"
+        self._ok("dashboard", self.dashboard_url)
+
+    def check_children(self) -> None:
+        dead = self.children.dead()
+        if dead:
+            managed = dead[0]
+            raise StackError(f"{managed.name} exited with code {managed.process.returncode}; last log lines "
+                             f"({managed.log_path}):\n{managed.log_tail()}")
+
+    def stop(self) -> None:
+        self.children.stop_all(lambda line: self.console.print(f"[dim]{line}[/dim]"))
+        if self._postgres is not None:
+            self._postgres.cleanup()
+            self._postgres = None
+            self.console.print("[dim]stopped embedded postgres[/dim]")
+
+
+def _raise_interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=1, help="Faust worker processes (default 1)")
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes (default 1)")
+    parser.add_argument("--demo-prompts", type=int, default=None,
+                        help="how many demo prompts to push (default: the built-in set)")
+    parser.add_argument("--no-demo", action="store_true", help="start the stack without pushing demo prompts")
+    parser.add_argument("--exit-after-demo", "--no-wait", dest="exit_after_demo", action="store_true",
+                        help="shut down after the demo instead of waiting for Ctrl-C")
+    parser.add_argument("--no-dashboard", action="store_true", help="do not start the Streamlit dashboard")
+    parser.add_argument("--data-root", type=Path, default=PROJECT_ROOT / ".data",
+                        help="folder for the embedded database, logs and worker data (default .data/)")
+    args = parser.parse_args(argv)
+
+    console = Console()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    stack = LocalStack(get_settings(), data_root=args.data_root, workers=args.workers, api_workers=args.api_workers,
+                       dashboard=not args.no_dashboard, console=console)
+    code = 0
+    try:
+        console.rule("[bold]starting the local stack")
+        stack.start()
+        if not args.no_demo:
+            from stack.demo import run_demo  # noqa: PLC0415
+
+            console.rule("[bold]demo")
+            asyncio.run(run_demo(stack.settings, stack.api_url, console=console, limit=args.demo_prompts))
+        console.rule("[bold]running")
+        console.print(f"API        {stack.api_url}   (docs {stack.api_url}/docs)")
+        if stack.dashboard_url:
+            console.print(f"Dashboard  {stack.dashboard_url}")
+        console.print(f"Logs       {stack.log_dir}")
+        if args.exit_after_demo:
+            return 0
+        console.print("Press Ctrl-C to stop.")
+        while True:
+            stack.check_children()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("\nshutting down…")
+    except Exception as exc:  # noqa: BLE001 - report clearly, then shut everything down
+        console.print(f"[red]error:[/red] {exc}")
+        code = 1
+    finally:
+        stack.stop()
+    return code

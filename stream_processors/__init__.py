@@ -1,0 +1,1 @@
+"""Faust stream processors: classify and route, one provider agent per model, and the Postgres sink."""

@@ -1,0 +1,1 @@
+"""One module per agent. Each ``register(app, context)`` adds its agent(s) to a Faust app."""

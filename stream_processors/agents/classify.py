@@ -1,0 +1,62 @@
+"""Classify and route: prompts topic -> ``route.<model>``, in batches through the shared Router."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import faust
+from pydantic import ValidationError
+
+from core.messages import PromptMessage, RoutedMessage
+from stream_processors.context import PipelineContext
+
+log = logging.getLogger(__name__)
+
+
+async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) -> None:
+    parsed: list[tuple[faust.EventT, PromptMessage]] = []
+    for event in events:
+        try:
+            parsed.append((event, PromptMessage.from_bytes(event.value)))
+        except (ValidationError, ValueError, TypeError) as exc:
+            await context.dead_letter(event, "classify", f"not a valid PromptMessage: {exc}")
+    if not parsed:
+        return
+    router = context.runtime.router
+    prompts = [prompt for _, prompt in parsed]
+    try:
+        # Off the event loop: a trained classifier is CPU work and must not starve heartbeats.
+        decisions = await asyncio.to_thread(router.route, prompts)
+    except Exception:  # one bad prompt must not sink its batch: route one by one to find it
+        log.exception("routing a batch of %d failed; routing one by one", len(prompts))
+        decisions = []
+        for event, prompt in parsed:
+            try:
+                decisions.extend(await asyncio.to_thread(router.route, [prompt]))
+            except Exception as exc:  # noqa: BLE001 - recorded in the dead letter
+                decisions.append(None)
+                await context.dead_letter(event, "classify", f"routing failed: {type(exc).__name__}: {exc}")
+    deliveries = []
+    for (event, prompt), decision in zip(parsed, decisions, strict=True):
+        if decision is None:
+            continue
+        topic = context.route_topics.get(decision.model)
+        if topic is None:
+            await context.dead_letter(event, "classify", f"policy chose unknown model {decision.model!r}")
+            continue
+        routed = RoutedMessage(prompt=prompt, decision=decision, target_model=decision.model)
+        deliveries.append(await topic.send(key=prompt.request_id.encode(), value=routed.to_bytes()))
+    # Offsets are committed after this batch returns: wait until the broker has every routed message.
+    await asyncio.gather(*deliveries)
+
+
+def register(app: faust.App, context: PipelineContext) -> None:
+    settings = context.settings
+
+    async def classify(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.classify_batch_max, within=settings.batch_within_s):
+            await route_batch(context, events)
+
+    app.agent(context.prompts_topic, name="classify", concurrency=settings.classify_concurrency)(classify)

@@ -1,0 +1,55 @@
+"""Provider agents, one per configured model: ``route.<model>`` -> call the ladder -> completions (+ reply_to)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+from pydantic import ValidationError
+
+from core.messages import CompletionMessage, RoutedMessage
+from providers.registry import ModelSpec
+from stream_processors.context import PipelineContext
+
+log = logging.getLogger(__name__)
+
+
+async def publish_reply(context: PipelineContext, completion: CompletionMessage) -> None:
+    """Best effort: the waiting API process may be gone; Postgres (via the completions topic) is the record."""
+    reply_to = completion.prompt.reply_to
+    if not reply_to:
+        return
+    try:
+        delivery = await context.app.producer.send(reply_to, completion.request_id.encode(), completion.to_bytes(),
+                                                   partition=0, timestamp=None, headers=None)
+        await asyncio.wait_for(delivery, timeout=context.settings.reply_publish_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a lost reply only means /generate answers 504
+        log.warning("reply for %s to %s not delivered: %s: %s", completion.request_id, reply_to,
+                    type(exc).__name__, exc)
+
+
+async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.EventT) -> None:
+    try:
+        routed = RoutedMessage.from_bytes(event.value)
+    except (ValidationError, ValueError, TypeError) as exc:
+        await context.dead_letter(event, f"provider:{spec.name}", f"not a valid RoutedMessage: {exc}")
+        return
+    try:
+        completion = await context.runtime.executor.run(routed)
+    except Exception as exc:  # noqa: BLE001 - provider failures are attempts; anything else is a bug to keep
+        log.exception("ladder failed on %s", routed.prompt.request_id)
+        await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")
+        return
+    delivery = await context.completions_topic.send(key=completion.request_id.encode(), value=completion.to_bytes())
+    await asyncio.gather(delivery, publish_reply(context, completion))
+
+
+def register(app: faust.App, context: PipelineContext, spec: ModelSpec) -> None:
+    async def provider(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await handle_routed(context, spec, event)
+
+    provider.__name__ = provider.__qualname__ = f"provider_{spec.name}"
+    app.agent(context.route_topics[spec.name], name=f"provider-{spec.name}",
+              concurrency=context.settings.provider_concurrency)(provider)

@@ -1,0 +1,73 @@
+"""The sink: completions -> Postgres, in batches, idempotent by request id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import faust
+import psycopg
+from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
+
+from core.messages import CompletionMessage
+from stream_processors.context import PipelineContext
+from stream_processors.repository import upsert_completion, upsert_completions
+
+log = logging.getLogger(__name__)
+
+# A database that is down or restarting: wait and retry without committing the offsets, never dead-letter.
+TRANSIENT_DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
+
+
+async def _retrying(operation):
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(TRANSIENT_DB_ERRORS),
+                                       wait=wait_exponential(multiplier=0.2, max=10),
+                                       before_sleep=before_sleep_log(log, logging.WARNING), reraise=True):
+        with attempt:
+            return await operation()
+
+
+async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) -> int:
+    parsed: list[tuple[faust.EventT, CompletionMessage]] = []
+    for event in events:
+        try:
+            parsed.append((event, CompletionMessage.from_bytes(event.value)))
+        except (ValidationError, ValueError, TypeError) as exc:
+            await context.dead_letter(event, "sink", f"not a valid CompletionMessage: {exc}")
+    if not parsed:
+        return 0
+    # A stable order keeps two sink actors from deadlocking on the same rows.
+    parsed.sort(key=lambda item: item[1].request_id)
+    pool = await context.pool()
+
+    async def write_all() -> int:
+        async with pool.connection() as conn:
+            return await upsert_completions(conn, [completion for _, completion in parsed])
+
+    try:
+        return await _retrying(write_all)
+    except psycopg.Error:
+        log.exception("writing a batch of %d failed; writing one by one", len(parsed))
+    written = 0
+    for event, completion in parsed:
+        async def write_one(completion: CompletionMessage = completion) -> bool:
+            async with pool.connection() as conn, conn.transaction():
+                return await upsert_completion(conn, completion)
+
+        try:
+            written += await _retrying(write_one)
+        except psycopg.Error as exc:
+            await context.dead_letter(event, "sink", f"database refused the completion: {type(exc).__name__}: {exc}")
+    return written
+
+
+def register(app: faust.App, context: PipelineContext) -> None:
+    settings = context.settings
+
+    async def sink(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.sink_batch_max, within=settings.batch_within_s):
+            await write_batch(context, events)
+
+    app.agent(context.completions_topic, name="sink", concurrency=settings.sink_concurrency)(sink)

@@ -1,0 +1,83 @@
+"""What every agent shares: settings, the routing runtime, topics, the database pool and the dead-letter path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from mode import Service
+from psycopg_pool import AsyncConnectionPool
+
+from core.messages import DeadLetterMessage
+from core.settings import Settings
+from stream_processors.runtime import Runtime
+from stream_processors.topics import route_topic
+
+log = logging.getLogger(__name__)
+
+# Dead-letter records keep the start of the bad message: enough to debug, never a huge record.
+_MAX_RAW_CHARS = 64_000
+_MAX_ERROR_CHARS = 4_000
+
+
+def _text(raw: bytes | str | None) -> str:
+    if raw is None:
+        return ""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return str(raw)
+
+
+class PipelineContext(Service):
+    """Started and stopped with the Faust app (as its dependency): owns the pool and the provider clients."""
+
+    def __init__(self, app: faust.App, settings: Settings, runtime: Runtime, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.settings = settings
+        self.runtime = runtime
+        self.prompts_topic = self.raw_topic(settings.topic_prompts, settings.prompts_partitions)
+        self.completions_topic = self.raw_topic(settings.topic_completions, settings.completions_partitions)
+        self.dead_letter_topic = self.raw_topic(settings.topic_dead_letter, 1)
+        self.route_topics = {
+            spec.name: self.raw_topic(route_topic(settings, spec.name), settings.route_partitions)
+            for spec in runtime.registry.models
+        }
+        self._pool: AsyncConnectionPool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    def raw_topic(self, name: str, partitions: int) -> faust.TopicT:
+        # Raw bytes in and out: every stage parses with core.messages itself, so a bad message is
+        # dead-lettered instead of crashing the agent inside Faust's deserializer.
+        return self.app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions)
+
+    async def pool(self) -> AsyncConnectionPool:
+        async with self._pool_lock:
+            if self._pool is None:
+                if not self.settings.pg_dsn:
+                    raise RuntimeError("the sink needs a database: set ROUTER_PG_DSN or PG_DSN")
+                pool = AsyncConnectionPool(self.settings.pg_dsn, min_size=1, max_size=self.settings.pg_pool_max,
+                                           open=False, name="router-sink")
+                await pool.open(wait=True, timeout=60)
+                self._pool = pool
+        return self._pool
+
+    async def on_stop(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        await self.runtime.aclose()
+
+    async def dead_letter(self, event: faust.EventT, stage: str, error: str) -> None:
+        """Publish the message that could not be handled to the dead-letter topic and wait for the broker's ack,
+        so the source offset is committed only once the dead letter is safe."""
+        message = event.message
+        record = DeadLetterMessage(
+            source_topic=message.topic, partition=message.partition, offset=message.offset,
+            key=_text(message.key) or None, raw=_text(message.value)[:_MAX_RAW_CHARS],
+            error=error[:_MAX_ERROR_CHARS], stage=stage,
+        )
+        log.warning("dead-lettered %s[%s]@%s at %s: %s", message.topic, message.partition, message.offset, stage,
+                    error.splitlines()[0][:300] if error else "")
+        await (await self.dead_letter_topic.send(key=message.key, value=record.to_bytes()))

@@ -1,0 +1,45 @@
+"""Wires the routing parts a worker needs from settings: registry, router, providers, cost book, executor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from classifier.cascade import Escalation
+from classifier.factory import build_router
+from classifier.router import Router
+from core.settings import Settings
+from providers.base import Provider
+from providers.costs import CostBook, RegistryCostBook
+from providers.executor import LadderExecutor
+from providers.factory import build_providers
+from providers.registry import ModelRegistry
+
+
+def load_registry(settings: Settings) -> ModelRegistry:
+    return ModelRegistry.from_yaml(settings.models_config)
+
+
+def build_cost_book(settings: Settings, registry: ModelRegistry) -> CostBook:
+    """The prices every attempt is charged at. The one place to swap in a database-backed, effective-dated book."""
+    return RegistryCostBook(registry)
+
+
+@dataclass
+class Runtime:
+    registry: ModelRegistry
+    router: Router
+    providers: dict[str, Provider]
+    executor: LadderExecutor
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+
+
+def build_runtime(settings: Settings, registry: ModelRegistry | None = None) -> Runtime:
+    registry = registry or load_registry(settings)
+    router = build_router(registry, settings.classifier_artifact, policy_name=settings.routing_policy)
+    providers = build_providers(registry, settings.data_dir)
+    executor = LadderExecutor(registry, providers, router.escalation or Escalation(registry),
+                              build_cost_book(settings, registry))
+    return Runtime(registry=registry, router=router, providers=providers, executor=executor)
