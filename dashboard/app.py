@@ -1,0 +1,120 @@
+"""The router's analytics dashboard: does routing pay, and did quality hold?
+
+    streamlit run dashboard/app.py --server.port 8501
+
+Reads Postgres at ``ROUTER_PG_DSN`` (or ``PG_DSN``). The view is chosen in the sidebar and kept in the
+URL (``?view=latency``), so every view has a link of its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import psycopg
+import streamlit as st
+
+# `streamlit run dashboard/app.py` puts dashboard/ first on sys.path, not the project root.
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+if _PROJECT_ROOT not in sys.path:
+    sys.path.insert(0, _PROJECT_ROOT)
+
+from core.settings import get_settings  # noqa: E402
+from dashboard import queries as q  # noqa: E402
+from dashboard import views  # noqa: E402
+
+DATABASE_VIEWS: dict[str, tuple[str, Callable[[str, q.Filters], None]]] = {
+    "overview": ("Overview", views.overview),
+    "mix": ("Model mix", views.model_mix),
+    "latency": ("Latency", views.latency),
+    "quality": ("Quality vs cost", views.quality),
+    "escalations": ("Escalations and fallbacks", views.escalations),
+    "explorer": ("Request explorer", views.explorer),
+}
+OFFLINE_VIEW = "offline"
+VIEW_TITLES = {slug: title for slug, (title, _) in DATABASE_VIEWS.items()} | {OFFLINE_VIEW: "Offline evaluation"}
+
+
+def choose_view() -> str:
+    """Sidebar navigation, mirrored in the ``view`` query parameter."""
+    slugs = list(VIEW_TITLES)
+    requested = st.query_params.get("view", slugs[0])
+    if "view" not in st.session_state:
+        st.session_state["view"] = requested if requested in VIEW_TITLES else slugs[0]
+    slug = st.sidebar.radio("View", slugs, format_func=VIEW_TITLES.get, key="view")
+    st.query_params["view"] = slug
+    return slug
+
+
+def choose_filters(dsn: str) -> q.Filters | None:
+    """Date range, model, difficulty and tenant filters; ``None`` when the database holds nothing yet."""
+    bounds = q.data_bounds(dsn)
+    if bounds is None:
+        return None
+    first, last = bounds
+    choices = q.filter_choices(dsn)
+    st.sidebar.header("Filters")
+    picked = st.sidebar.date_input("Date range (UTC)", value=(first, last), min_value=first, max_value=last,
+                                   key="date_range")
+    start, end = _date_range(picked, first, last)
+    models = st.sidebar.multiselect("Model", choices["model"], key="models",
+                                    help="The model that answered (Latency: the model called; Quality: the graded model).")
+    difficulties = st.sidebar.multiselect("Predicted difficulty", choices["difficulty"], key="difficulties")
+    tenants = st.sidebar.multiselect("Tenant", choices["tenant"], key="tenants")
+    if st.sidebar.button("Refresh data", help=f"Figures are cached for {q.CACHE_TTL_S} s."):
+        q.clear_caches()
+        st.rerun()
+    return q.Filters(start=start, end=end, models=tuple(models), difficulties=tuple(difficulties),
+                     tenants=tuple(tenants))
+
+
+def _date_range(picked: object, first: date, last: date) -> tuple[date, date]:
+    # While the user is picking, the widget holds only the first date of the range.
+    if isinstance(picked, tuple | list):
+        if len(picked) == 2:
+            return picked[0], picked[1]
+        if len(picked) == 1:
+            return picked[0], picked[0]
+        return first, last
+    if isinstance(picked, date):
+        return picked, picked
+    return first, last
+
+
+def main() -> None:
+    st.set_page_config(page_title="Router analytics", page_icon="💸", layout="wide")
+    settings = get_settings()
+    slug = choose_view()
+    st.sidebar.caption(f"Figures cached for {q.CACHE_TTL_S} s · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+    if slug == OFFLINE_VIEW:
+        views.offline(settings.dashboard_reports_dir)
+        return
+    dsn = settings.pg_dsn
+    if not dsn:
+        st.error("No database configured: set `ROUTER_PG_DSN` (or `PG_DSN`) to the router's Postgres DSN.")
+        return
+    try:
+        filters = choose_filters(dsn)
+    except (psycopg.OperationalError, TimeoutError) as exc:
+        st.error(f"Cannot reach the router's database: {exc}")
+        return
+    except psycopg.errors.UndefinedTable:
+        st.error("The database has no router tables yet: run `python -m sql.migrate`.")
+        return
+    title, render = DATABASE_VIEWS[slug]
+    if filters is None:
+        st.header(title)
+        st.info(
+            "The database holds no requests yet. Start the router and send it traffic (`./scripts/demo.sh` "
+            "replays recorded prompts through the whole pipeline); figures appear here as requests complete.",
+            icon="ℹ️",
+        )
+        return
+    render(dsn, filters)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Altair charts for the dashboard, built from the small aggregated frames of :mod:`dashboard.queries`."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+DAY = alt.X("day:T", title="Day (UTC)", axis=alt.Axis(format="%b %d"))
+CHART_HEIGHT = 260
+
+
+def spend_vs_counterfactual(daily: pd.DataFrame, counterfactual_model: str) -> alt.Chart:
+    """Daily spend next to what sending everything to the expensive model would have cost."""
+    long = daily.melt(
+        id_vars=["day"],
+        value_vars=["spend_usd", "counterfactual_spend_usd"],
+        var_name="series",
+        value_name="usd",
+    )
+    long["series"] = long["series"].map(
+        {"spend_usd": "Router spend", "counterfactual_spend_usd": f"Always {counterfactual_model}"}
+    )
+    return (
+        alt.Chart(long, title="Spend per day vs the always-expensive counterfactual")
+        .mark_line(point=True)
+        .encode(
+            x=DAY,
+            y=alt.Y("usd:Q", title="USD"),
+            color=alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom")),
+            tooltip=[alt.Tooltip("day:T"), "series:N", alt.Tooltip("usd:Q", format="$,.4f")],
+        )
+        .properties(height=CHART_HEIGHT)
+    )
+
+
+def savings_per_day(daily: pd.DataFrame) -> alt.Chart:
+    frame = daily.dropna(subset=["savings_ratio"])
+    return (
+        alt.Chart(frame, title="Savings vs counterfactual, per day")
+        .mark_bar()
+        .encode(
+            x=DAY,
+            y=alt.Y("savings_ratio:Q", title="Savings", axis=alt.Axis(format="%")),
+            tooltip=[alt.Tooltip("day:T"), alt.Tooltip("savings_ratio:Q", format=".1%", title="savings")],
+        )
+        .properties(height=CHART_HEIGHT)
+    )
+
+
+def cost_per_request(daily: pd.DataFrame) -> alt.Chart:
+    base = alt.Chart(daily, title="Requests and average cost per request, per day").encode(x=DAY)
+    bars = base.mark_bar(opacity=0.35).encode(
+        y=alt.Y("requests:Q", title="Requests"), tooltip=[alt.Tooltip("day:T"), "requests:Q"]
+    )
+    line = base.mark_line(point=True, color="#d62728").encode(
+        y=alt.Y("cost_per_request_usd:Q", title="USD per request"),
+        tooltip=[alt.Tooltip("day:T"), alt.Tooltip("cost_per_request_usd:Q", format="$,.6f")],
+    )
+    return alt.layer(bars, line).resolve_scale(y="independent").properties(height=CHART_HEIGHT)
+
+
+def share_over_time(frame: pd.DataFrame, category: str, title: str, sort: list[str] | None = None) -> alt.Chart:
+    """Normalised stacked bars: each day's share of requests by ``category``."""
+    daily = frame.groupby(["day", category], as_index=False)["requests"].sum()
+    return (
+        alt.Chart(daily, title=title)
+        .mark_bar()
+        .encode(
+            x=DAY,
+            y=alt.Y("requests:Q", stack="normalize", title="Share of requests", axis=alt.Axis(format="%")),
+            color=alt.Color(f"{category}:N", title=category.capitalize(), sort=sort),
+            order=alt.Order(f"{category}:N"),
+            tooltip=[alt.Tooltip("day:T"), f"{category}:N", "requests:Q"],
+        )
+        .properties(height=CHART_HEIGHT)
+    )
+
+
+def mix_heatmap(frame: pd.DataFrame, difficulty_order: list[str]) -> alt.Chart:
+    """Which model answered each predicted difficulty, over the whole range."""
+    totals = frame.groupby(["difficulty", "model"], as_index=False)["requests"].sum()
+    base = alt.Chart(totals, title="Answering model by predicted difficulty").encode(
+        x=alt.X("model:N", title="Answering model"),
+        y=alt.Y("difficulty:N", title="Predicted difficulty", sort=difficulty_order),
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color("requests:Q", title="Requests", scale=alt.Scale(scheme="blues")),
+        tooltip=["difficulty:N", "model:N", "requests:Q"],
+    )
+    labels = base.mark_text(baseline="middle").encode(text="requests:Q")
+    return alt.layer(cells, labels).properties(height=CHART_HEIGHT)
+
+
+def latency_percentiles(latency: pd.DataFrame) -> alt.Chart:
+    long = latency.melt(id_vars=["model"], value_vars=["p50_ms", "p95_ms", "p99_ms"], var_name="percentile",
+                        value_name="ms").dropna()
+    long["percentile"] = long["percentile"].str.removesuffix("_ms")
+    return (
+        alt.Chart(long, title="Latency per model (answered calls)")
+        .mark_bar()
+        .encode(
+            x=alt.X("model:N", title="Model"),
+            xOffset=alt.XOffset("percentile:N", sort=["p50", "p95", "p99"]),
+            y=alt.Y("ms:Q", title="Milliseconds"),
+            color=alt.Color("percentile:N", sort=["p50", "p95", "p99"], title="Percentile"),
+            tooltip=["model:N", "percentile:N", alt.Tooltip("ms:Q", format=",.0f")],
+        )
+        .properties(height=CHART_HEIGHT)
+    )
+
+
+def latency_trend(daily: pd.DataFrame) -> alt.Chart:
+    long = daily.melt(id_vars=["day", "model"], value_vars=["p50_ms", "p95_ms"], var_name="percentile",
+                      value_name="ms")
+    long["percentile"] = long["percentile"].str.removesuffix("_ms")
+    return (
+        alt.Chart(long, title="Daily p50 (solid) and p95 (dashed) per model")
+        .mark_line(point=True)
+        .encode(
+            x=DAY,
+            y=alt.Y("ms:Q", title="Milliseconds"),
+            color=alt.Color("model:N", title="Model"),
+            strokeDash=alt.StrokeDash("percentile:N", sort=["p50", "p95"], title="Percentile"),
+            tooltip=[alt.Tooltip("day:T"), "model:N", "percentile:N", alt.Tooltip("ms:Q", format=",.0f")],
+        )
+        .properties(height=CHART_HEIGHT)
+    )
+
+
+def pass_rate_and_cost(daily: pd.DataFrame) -> alt.Chart:
+    """Pass rate (line, left axis) against cost of the graded answers (bars, right axis), per day."""
+    base = alt.Chart(daily, title="Pass rate and cost per day (graded answers)").encode(x=DAY)
+    bars = base.mark_bar(opacity=0.35, color="#ff7f0e").encode(
+        y=alt.Y("cost_usd:Q", title="Cost of graded answers (USD)"),
+        tooltip=[alt.Tooltip("day:T"), alt.Tooltip("cost_usd:Q", format="$,.4f"), "graded:Q"],
+    )
+    line = base.mark_line(point=True, color="#1f77b4").encode(
+        y=alt.Y("pass_rate:Q", title="Pass rate", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+        tooltip=[alt.Tooltip("day:T"), alt.Tooltip("pass_rate:Q", format=".1%"), "graded:Q"],
+    )
+    return alt.layer(bars, line).resolve_scale(y="independent").properties(height=CHART_HEIGHT)
+
+
+def pass_rate_by_model(per_model: pd.DataFrame) -> alt.Chart:
+    """Pass rate against average cost, one point per model: up and to the left is better."""
+    return (
+        alt.Chart(per_model, title="Pass rate vs average cost, per model")
+        .mark_circle(opacity=0.85)
+        .encode(
+            x=alt.X("cost_per_answer_usd:Q", title="Average cost per graded answer (USD)"),
+            y=alt.Y("pass_rate:Q", title="Pass rate", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+            size=alt.Size("graded:Q", title="Graded answers"),
+            color=alt.Color("model:N", title="Model"),
+            tooltip=["model:N", alt.Tooltip("pass_rate:Q", format=".1%"),
+                     alt.Tooltip("cost_per_answer_usd:Q", format="$,.6f"), "graded:Q"],
+        )
+        .properties(height=CHART_HEIGHT)
+    )
+
+
+def escalation_rates(daily: pd.DataFrame) -> alt.Chart:
+    long = daily.melt(id_vars=["day"], value_vars=["escalation_rate", "fallback_rate"], var_name="kind",
+                      value_name="rate")
+    long["kind"] = long["kind"].map({"escalation_rate": "escalated", "fallback_rate": "fell back"})
+    return (
+        alt.Chart(long, title="Share of requests escalated / fallen back, per day")
+        .mark_line(point=True)
+        .encode(
+            x=DAY,
+            y=alt.Y("rate:Q", title="Share of requests", axis=alt.Axis(format="%")),
+            color=alt.Color("kind:N", title=None),
+            tooltip=[alt.Tooltip("day:T"), "kind:N", alt.Tooltip("rate:Q", format=".1%")],
+        )
+        .properties(height=CHART_HEIGHT)
+    )
+
+
+def transition_matrix(hops: pd.DataFrame) -> alt.Chart:
+    """From which model to which, split by escalation (bad answer) and fallback (error)."""
+    totals = hops.groupby(["kind", "from_model", "to_model"], as_index=False)["hops"].sum()
+    totals["path"] = totals["from_model"] + " → " + totals["to_model"].fillna("?")
+    return (
+        alt.Chart(totals, title="Hops by path")
+        .mark_bar()
+        .encode(
+            y=alt.Y("path:N", title=None, sort="-x"),
+            x=alt.X("hops:Q", title="Hops"),
+            color=alt.Color("kind:N", title=None),
+            tooltip=["kind:N", "from_model:N", "to_model:N", "hops:Q"],
+        )
+        .properties(height=max(120, 32 * totals["path"].nunique()))
+    )
+
+
+def offline_frontier(points: pd.DataFrame, sweep: pd.DataFrame | None) -> alt.Chart:
+    """Cost–accuracy plane of the offline harness: single-model baselines, oracle, router, sweep curve."""
+    layers = []
+    if sweep is not None and not sweep.empty:
+        tooltip = [alt.Tooltip("cost_usd:Q", format="$,.4f"), alt.Tooltip("accuracy:Q", format=".1%")]
+        if "label" in sweep.columns:
+            tooltip.insert(0, "label:N")
+        layers.append(
+            alt.Chart(sweep).mark_line(point=True, color="#888888", strokeDash=[4, 3]).encode(
+                x="cost_usd:Q", y="accuracy:Q", order="cost_usd:Q", tooltip=tooltip)
+        )
+    base = alt.Chart(points).encode(
+        x=alt.X("cost_usd:Q", title="Cost (USD)"),
+        y=alt.Y("accuracy:Q", title="Accuracy", axis=alt.Axis(format="%")),
+    )
+    layers.append(
+        base.mark_point(size=140, filled=True).encode(
+            color=alt.Color("kind:N", title=None),
+            shape=alt.Shape("kind:N", title=None),
+            tooltip=["name:N", "kind:N", alt.Tooltip("accuracy:Q", format=".1%"),
+                     alt.Tooltip("cost_usd:Q", format="$,.4f")],
+        )
+    )
+    layers.append(base.mark_text(align="left", dx=9, dy=-7).encode(text="name:N"))
+    return alt.layer(*layers, title="Offline evaluation: cost vs accuracy").properties(height=360)

@@ -1,0 +1,493 @@
+"""Every SQL query of the dashboard: aggregated in Postgres, filtered in WHERE clauses, cached briefly.
+
+Each public function takes the DSN and a :class:`Filters` and returns a small, already aggregated
+``DataFrame`` (one row per day, per model, ...), never the raw rows. Results are cached for
+``CACHE_TTL_S`` seconds with ``st.cache_data`` so that moving between views and re-running the
+script on a widget change does not hit the database again; the connection pool is one per DSN,
+created lazily with ``st.cache_resource``.
+
+Costs are stored as integer micro-USD; conversion to USD happens here so that every view shows dollars.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from psycopg_pool import ConnectionPool
+
+# Short enough that the demo's replayed traffic shows up within a refresh, long enough that
+# switching views and moving filters back and forth is served from cache.
+CACHE_TTL_S = 30
+STATEMENT_TIMEOUT_MS = 15_000
+MICRO = 1_000_000.0
+FAILED_MODEL_LABEL = "(failed)"
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The sidebar's filters. ``end`` is inclusive; empty tuples mean "all"."""
+
+    start: date
+    end: date
+    models: tuple[str, ...] = field(default=())
+    difficulties: tuple[str, ...] = field(default=())
+    tenants: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"date range ends ({self.end}) before it starts ({self.start})")
+
+    @property
+    def start_ts(self) -> datetime:
+        return datetime.combine(self.start, time.min, tzinfo=timezone.utc)
+
+    @property
+    def end_ts(self) -> datetime:
+        """Exclusive upper bound: midnight after the last selected day (UTC)."""
+        return datetime.combine(self.end + timedelta(days=1), time.min, tzinfo=timezone.utc)
+
+
+def _configure(conn: Any) -> None:
+    # Day buckets are UTC days whatever the server's timezone; runaway queries are cut off.
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+
+
+@st.cache_resource(show_spinner=False)
+def get_pool(dsn: str) -> ConnectionPool:
+    """One small pool per DSN for the whole Streamlit server process."""
+    from core.settings import get_settings
+
+    pool = ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=get_settings().pg_pool_max,
+        kwargs={"autocommit": True},
+        configure=_configure,
+        open=False,
+        name="dashboard",
+    )
+    pool.open(wait=True, timeout=10)
+    return pool
+
+
+def _fetch(dsn: str, query: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    with get_pool(dsn).connection() as conn, conn.cursor() as cur:
+        cur.execute(query, params or {})
+        columns = [column.name for column in cur.description]
+        frame = pd.DataFrame(cur.fetchall(), columns=columns)
+    if "day" in frame.columns:
+        frame["day"] = pd.to_datetime(frame["day"])
+    return frame
+
+
+def _request_where(filters: Filters, alias: str = "r") -> tuple[str, dict[str, Any]]:
+    """WHERE clause over ``requests``: created_at range, answering model, predicted difficulty, tenant.
+
+    Column names come from this module only; every value is a bound parameter.
+    """
+    clauses = [f"{alias}.created_at >= %(start)s", f"{alias}.created_at < %(end)s"]
+    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts}
+    if filters.models:
+        clauses.append(f"{alias}.final_model = ANY(%(models)s)")
+        params["models"] = list(filters.models)
+    if filters.difficulties:
+        clauses.append(f"{alias}.difficulty = ANY(%(difficulties)s)")
+        params["difficulties"] = list(filters.difficulties)
+    if filters.tenants:
+        clauses.append(f"{alias}.tenant = ANY(%(tenants)s)")
+        params["tenants"] = list(filters.tenants)
+    return " AND ".join(clauses), params
+
+
+def _scoped_where(
+    filters: Filters, time_column: str, model_column: str, difficulty_column: str | None
+) -> tuple[str, dict[str, Any], bool]:
+    """WHERE clause for attempts / evaluations; says whether ``requests r`` must be joined (tenant, difficulty)."""
+    clauses = [f"{time_column} >= %(start)s", f"{time_column} < %(end)s"]
+    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts}
+    needs_requests = False
+    if filters.models:
+        clauses.append(f"{model_column} = ANY(%(models)s)")
+        params["models"] = list(filters.models)
+    if filters.difficulties:
+        if difficulty_column is None:
+            difficulty_column, needs_requests = "r.difficulty", True
+        clauses.append(f"{difficulty_column} = ANY(%(difficulties)s)")
+        params["difficulties"] = list(filters.difficulties)
+    if filters.tenants:
+        clauses.append("r.tenant = ANY(%(tenants)s)")
+        params["tenants"] = list(filters.tenants)
+        needs_requests = True
+    return " AND ".join(clauses), params, needs_requests
+
+
+# ----------------------------------------------------------------------------- filter choices
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def data_bounds(dsn: str) -> tuple[date, date] | None:
+    """First and last UTC day holding requests or evaluations; ``None`` when the database is empty."""
+    frame = _fetch(
+        dsn,
+        """
+        SELECT min(t)::date AS first_day, max(t)::date AS last_day FROM (
+            SELECT min(created_at) AS t FROM requests UNION ALL SELECT max(created_at) FROM requests
+            UNION ALL SELECT min(evaluated_at) FROM model_eval UNION ALL SELECT max(evaluated_at) FROM model_eval
+        ) AS edges
+        """,
+    )
+    first, last = frame.iloc[0]["first_day"], frame.iloc[0]["last_day"]
+    if first is None or pd.isna(first):
+        return None
+    return first, last
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def filter_choices(dsn: str) -> dict[str, list[str]]:
+    """Distinct models, difficulties and tenants, for the sidebar's multiselects."""
+    frame = _fetch(
+        dsn,
+        """
+        SELECT 'model' AS kind, model AS value FROM (
+            SELECT DISTINCT final_model AS model FROM requests WHERE final_model IS NOT NULL
+            UNION SELECT DISTINCT model FROM request_attempts
+            UNION SELECT DISTINCT model FROM model_eval) AS m
+        UNION ALL SELECT 'difficulty', difficulty FROM (
+            SELECT DISTINCT difficulty FROM requests
+            UNION SELECT DISTINCT difficulty FROM model_eval WHERE difficulty IS NOT NULL) AS d
+        UNION ALL SELECT 'tenant', tenant FROM (SELECT DISTINCT tenant FROM requests) AS t
+        """,
+    )
+    choices: dict[str, list[str]] = {"model": [], "difficulty": [], "tenant": []}
+    for kind, value in frame.itertuples(index=False):
+        choices[kind].append(value)
+    order = {"simple": 0, "medium": 1, "complex": 2}
+    choices["difficulty"].sort(key=lambda label: (order.get(label, 99), label))
+    choices["model"].sort()
+    choices["tenant"].sort()
+    return choices
+
+
+# ----------------------------------------------------------------------------- overview
+
+_SPEND_COLUMNS = """
+    count(*)::bigint AS requests,
+    count(*) FILTER (WHERE r.status = 'ok')::bigint AS ok_requests,
+    coalesce(sum(r.cost_micro_usd), 0)::float8 / {micro} AS spend_usd,
+    coalesce(sum(r.cost_micro_usd) FILTER (WHERE r.counterfactual_cost_micro_usd IS NOT NULL), 0)::float8
+        / {micro} AS comparable_spend_usd,
+    coalesce(sum(r.counterfactual_cost_micro_usd), 0)::float8 / {micro} AS counterfactual_spend_usd,
+    count(r.counterfactual_cost_micro_usd)::bigint AS comparable_requests,
+    coalesce(sum(r.cost_micro_usd), 0)::float8 / {micro} / nullif(count(*), 0) AS cost_per_request_usd,
+    1 - sum(r.cost_micro_usd) FILTER (WHERE r.counterfactual_cost_micro_usd IS NOT NULL)::float8
+        / nullif(sum(r.counterfactual_cost_micro_usd), 0) AS savings_ratio,
+    count(*) FILTER (WHERE r.escalated)::bigint AS escalated,
+    count(*) FILTER (WHERE r.fell_back)::bigint AS fell_back
+""".format(micro=MICRO)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def overview_totals(dsn: str, filters: Filters) -> dict[str, Any]:
+    """Whole-range totals. Savings = 1 − spend / counterfactual spend, over requests that have a counterfactual."""
+    where, params = _request_where(filters)
+    frame = _fetch(
+        dsn,
+        f"""
+        SELECT {_SPEND_COLUMNS},
+               mode() WITHIN GROUP (ORDER BY r.counterfactual_model) AS counterfactual_model,
+               coalesce(sum(r.tokens_in), 0)::bigint AS tokens_in,
+               coalesce(sum(r.tokens_out), 0)::bigint AS tokens_out
+        FROM requests r WHERE {where}
+        """,
+        params,
+    )
+    return frame.iloc[0].to_dict()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def overview_daily(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Per UTC day: requests, spend, counterfactual spend, savings ratio, cost per request."""
+    where, params = _request_where(filters)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT date_trunc('day', r.created_at)::date AS day, {_SPEND_COLUMNS}
+        FROM requests r WHERE {where}
+        GROUP BY 1 ORDER BY 1
+        """,
+        params,
+    )
+
+
+# ----------------------------------------------------------------------------- model mix
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def mix_daily(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Per day, answering model and predicted difficulty: request counts (one pass, both breakdowns)."""
+    where, params = _request_where(filters)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT date_trunc('day', r.created_at)::date AS day,
+               coalesce(r.final_model, %(failed)s) AS model, r.difficulty,
+               count(*)::bigint AS requests,
+               coalesce(sum(r.cost_micro_usd), 0)::float8 / {MICRO} AS spend_usd
+        FROM requests r WHERE {where}
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        """,
+        {**params, "failed": FAILED_MODEL_LABEL},
+    )
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def routed_vs_final(dsn: str, filters: Filters) -> pd.DataFrame:
+    """How often the model the policy chose is the one that answered."""
+    where, params = _request_where(filters)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT r.routed_model, coalesce(r.final_model, %(failed)s) AS final_model, count(*)::bigint AS requests
+        FROM requests r WHERE {where}
+        GROUP BY 1, 2 ORDER BY 1, 2
+        """,
+        {**params, "failed": FAILED_MODEL_LABEL},
+    )
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def _attempts_from(needs_requests: bool) -> str:
+    return "request_attempts a JOIN requests r ON r.request_id = a.request_id" if needs_requests else "request_attempts a"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def latency_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
+    """p50/p95/p99 per model over answered calls (status ok or rejected; errors are counted, not timed)."""
+    where, params, needs_requests = _scoped_where(filters, "a.started_at", "a.model", None)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT a.model,
+               count(*) FILTER (WHERE a.status <> 'error')::bigint AS calls,
+               count(*) FILTER (WHERE a.status = 'error')::bigint AS errors,
+               percentile_cont(0.50) WITHIN GROUP (ORDER BY a.latency_ms) FILTER (WHERE a.status <> 'error') AS p50_ms,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency_ms) FILTER (WHERE a.status <> 'error') AS p95_ms,
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY a.latency_ms) FILTER (WHERE a.status <> 'error') AS p99_ms
+        FROM {_attempts_from(needs_requests)} WHERE {where}
+        GROUP BY a.model ORDER BY a.model
+        """,
+        params,
+    )
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def latency_daily(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Per day and model: p50 and p95 of answered calls."""
+    where, params, needs_requests = _scoped_where(filters, "a.started_at", "a.model", None)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT date_trunc('day', a.started_at)::date AS day, a.model,
+               percentile_cont(0.50) WITHIN GROUP (ORDER BY a.latency_ms) AS p50_ms,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency_ms) AS p95_ms
+        FROM {_attempts_from(needs_requests)} WHERE {where} AND a.status <> 'error'
+        GROUP BY 1, 2 ORDER BY 1, 2
+        """,
+        params,
+    )
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def end_to_end_latency(dsn: str, filters: Filters) -> dict[str, Any]:
+    """p50/p95/p99 of whole requests (every attempt of the chain), as the caller saw it."""
+    where, params = _request_where(filters)
+    frame = _fetch(
+        dsn,
+        f"""
+        SELECT count(*)::bigint AS requests,
+               percentile_cont(0.50) WITHIN GROUP (ORDER BY r.latency_ms) AS p50_ms,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms) AS p95_ms,
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY r.latency_ms) AS p99_ms
+        FROM requests r WHERE {where}
+        """,
+        params,
+    )
+    return frame.iloc[0].to_dict()
+
+
+# ----------------------------------------------------------------------------- quality vs cost
+
+
+def _eval_from(needs_requests: bool) -> str:
+    return "model_eval e JOIN requests r ON r.request_id = e.request_id" if needs_requests else "model_eval e"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def quality_daily(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Per day from ``model_eval``: graded answers, pass rate, cost and cost per graded answer."""
+    where, params, needs_requests = _scoped_where(filters, "e.evaluated_at", "e.model", "e.difficulty")
+    return _fetch(
+        dsn,
+        f"""
+        SELECT date_trunc('day', e.evaluated_at)::date AS day,
+               count(*)::bigint AS graded,
+               avg(e.correct::int)::float8 AS pass_rate,
+               sum(e.cost_micro_usd)::float8 / {MICRO} AS cost_usd,
+               avg(e.cost_micro_usd)::float8 / {MICRO} AS cost_per_answer_usd
+        FROM {_eval_from(needs_requests)} WHERE {where}
+        GROUP BY 1 ORDER BY 1
+        """,
+        params,
+    )
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def quality_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Per model and per (model, difficulty): pass rate and average cost of graded answers."""
+    where, params, needs_requests = _scoped_where(filters, "e.evaluated_at", "e.model", "e.difficulty")
+    return _fetch(
+        dsn,
+        f"""
+        SELECT e.model, coalesce(e.difficulty, 'all') AS difficulty,
+               count(*)::bigint AS graded,
+               avg(e.correct::int)::float8 AS pass_rate,
+               avg(e.cost_micro_usd)::float8 / {MICRO} AS cost_per_answer_usd,
+               GROUPING(e.difficulty) = 1 AS is_model_total
+        FROM {_eval_from(needs_requests)} WHERE {where}
+        GROUP BY GROUPING SETS ((e.model), (e.model, e.difficulty))
+        ORDER BY e.model, is_model_total DESC, difficulty
+        """,
+        params,
+    )
+
+
+# ----------------------------------------------------------------------------- escalations and fallbacks
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def escalation_daily(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Per day: requests, escalated and fell-back counts and rates (from the requests' flags)."""
+    where, params = _request_where(filters)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT date_trunc('day', r.created_at)::date AS day,
+               count(*)::bigint AS requests,
+               count(*) FILTER (WHERE r.escalated)::bigint AS escalated,
+               count(*) FILTER (WHERE r.fell_back)::bigint AS fell_back,
+               count(*) FILTER (WHERE r.status = 'failed')::bigint AS failed,
+               avg(r.escalated::int)::float8 AS escalation_rate,
+               avg(r.fell_back::int)::float8 AS fallback_rate
+        FROM requests r WHERE {where}
+        GROUP BY 1 ORDER BY 1
+        """,
+        params,
+    )
+
+
+# The executor writes next_reason as "escalate to <model>: <why>" or "fallback to <model>: <error>".
+_KIND_SQL = "CASE WHEN a.next_reason LIKE 'escalate%%' THEN 'escalation' ELSE 'fallback' END"
+_TO_MODEL_SQL = r"substring(a.next_reason from '^\w+ to ([^:]+):')"
+_WHY_SQL = r"left(coalesce(substring(a.next_reason from '^[^:]*: (.*)$'), a.next_reason), 120)"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def transitions(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Each hop of an escalation or fallback chain: kind, from which model, to which, why, how often."""
+    where, params = _request_where(filters)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT {_KIND_SQL} AS kind, a.model AS from_model, {_TO_MODEL_SQL} AS to_model,
+               {_WHY_SQL} AS reason, count(*)::bigint AS hops
+        FROM request_attempts a JOIN requests r ON r.request_id = a.request_id
+        WHERE a.next_reason IS NOT NULL AND {where}
+        GROUP BY 1, 2, 3, 4 ORDER BY hops DESC, kind, from_model
+        """,
+        params,
+    )
+
+
+# ----------------------------------------------------------------------------- request explorer
+
+EXPLORER_LIMIT = 200
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def search_requests(dsn: str, filters: Filters, text: str, limit: int = EXPLORER_LIMIT) -> pd.DataFrame:
+    """Newest requests matching the filters whose id equals ``text`` or whose prompt contains it."""
+    where, params = _request_where(filters)
+    text = text.strip()
+    search = ""
+    if text:
+        search = " AND (r.request_id = %(text)s OR r.prompt ILIKE %(pattern)s)"
+        params.update(text=text, pattern=_like_pattern(text))
+    return _fetch(
+        dsn,
+        f"""
+        SELECT r.request_id, r.created_at, r.tenant, r.difficulty, r.routed_model, r.final_model, r.status,
+               r.attempt_count, r.cost_micro_usd::float8 / {MICRO} AS cost_usd, r.latency_ms,
+               left(r.prompt, 160) AS prompt
+        FROM requests r WHERE {where}{search}
+        ORDER BY r.created_at DESC LIMIT %(limit)s
+        """,
+        {**params, "limit": limit},
+    )
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def request_detail(dsn: str, request_id: str) -> dict[str, Any] | None:
+    """One request: its decision, outcome, attempts (in chain order) and grading, if any."""
+    request = _fetch(
+        dsn,
+        f"""
+        SELECT r.*, r.cost_micro_usd::float8 / {MICRO} AS cost_usd,
+               r.counterfactual_cost_micro_usd::float8 / {MICRO} AS counterfactual_cost_usd
+        FROM requests r WHERE r.request_id = %(id)s
+        """,
+        {"id": request_id},
+    )
+    if request.empty:
+        return None
+    attempts = _fetch(
+        dsn,
+        f"""
+        SELECT attempt_no, model, tier, status, started_at, latency_ms, tokens_in, tokens_out,
+               cost_micro_usd::float8 / {MICRO} AS cost_usd, finish_reason, retries, error, next_reason
+        FROM request_attempts WHERE request_id = %(id)s ORDER BY attempt_no
+        """,
+        {"id": request_id},
+    )
+    grading = _fetch(
+        dsn,
+        f"""
+        SELECT evaluated_at, model, difficulty, source, item_id, correct, cost_micro_usd::float8 / {MICRO} AS cost_usd
+        FROM model_eval WHERE request_id = %(id)s
+        """,
+        {"id": request_id},
+    )
+    return {
+        "request": request.iloc[0].to_dict(),
+        "attempts": attempts,
+        "grading": None if grading.empty else grading.iloc[0].to_dict(),
+    }
+
+
+def clear_caches() -> None:
+    """Forget cached query results (the pool stays)."""
+    for cached in (data_bounds, filter_choices, overview_totals, overview_daily, mix_daily, routed_vs_final,
+                   latency_by_model, latency_daily, end_to_end_latency, quality_daily, quality_by_model,
+                   escalation_daily, transitions, search_requests, request_detail):
+        cached.clear()

@@ -1,0 +1,349 @@
+"""The dashboard's views. Each takes the DSN and the sidebar's filters and draws one page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts
+from dashboard import queries as q
+from dashboard.offline import OfflineReport, ReportError, find_reports, load_report, parse_report
+
+DIFFICULTY_ORDER = ["simple", "medium", "complex"]
+RESPONSE_PREVIEW_CHARS = 2_000
+
+
+def usd(value: float | None) -> str:
+    """Dollars with enough decimals to tell small per-request costs apart."""
+    if value is None or pd.isna(value):
+        return "–"
+    if abs(value) >= 100:
+        return f"${value:,.0f}"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    return f"${value:,.6f}".rstrip("0").rstrip(".") if value else "$0"
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None or pd.isna(value) else f"{value:.1%}"
+
+
+def milliseconds(value: float | None) -> str:
+    return "–" if value is None or pd.isna(value) else f"{value:,.0f} ms"
+
+
+def no_requests() -> None:
+    st.info(
+        "No requests match these filters. When the router has served traffic (for example `./scripts/demo.sh`), "
+        "its requests appear here; otherwise widen the date range or clear the filters.",
+        icon="ℹ️",
+    )
+
+
+# ----------------------------------------------------------------------------- Overview
+
+
+def overview(dsn: str, filters: q.Filters) -> None:
+    st.header("Overview")
+    totals = q.overview_totals(dsn, filters)
+    if not totals["requests"]:
+        no_requests()
+        return
+    counterfactual_model = totals["counterfactual_model"] or "expensive model"
+    cols = st.columns(5)
+    cols[0].metric("Requests", f"{totals['requests']:,}")
+    cols[1].metric("Spend", usd(totals["spend_usd"]))
+    cols[2].metric(f"Always {counterfactual_model}", usd(totals["counterfactual_spend_usd"]),
+                   help="What the same requests would have cost on the expensive model, for the same tokens.")
+    cols[3].metric("Savings", percent(totals["savings_ratio"]),
+                   help="1 − spend / counterfactual spend, over requests that have a counterfactual "
+                        f"({totals['comparable_requests']:,} of {totals['requests']:,}).")
+    cols[4].metric("Cost per request", usd(totals["cost_per_request_usd"]))
+    cols = st.columns(5)
+    cols[0].metric("Answered", percent(totals["ok_requests"] / totals["requests"]))
+    cols[1].metric("Escalated", percent(totals["escalated"] / totals["requests"]))
+    cols[2].metric("Fell back", percent(totals["fell_back"] / totals["requests"]))
+    cols[3].metric("Tokens in", f"{totals['tokens_in']:,}")
+    cols[4].metric("Tokens out", f"{totals['tokens_out']:,}")
+
+    daily = q.overview_daily(dsn, filters)
+    st.altair_chart(charts.spend_vs_counterfactual(daily, counterfactual_model), width="stretch")
+    left, right = st.columns(2)
+    left.altair_chart(charts.savings_per_day(daily), width="stretch")
+    right.altair_chart(charts.cost_per_request(daily), width="stretch")
+    with st.expander("Daily figures"):
+        st.dataframe(
+            daily[["day", "requests", "spend_usd", "counterfactual_spend_usd", "savings_ratio", "cost_per_request_usd",
+                   "escalated", "fell_back"]],
+            hide_index=True,
+            column_config={"day": st.column_config.DateColumn("Day"),
+                           "savings_ratio": st.column_config.NumberColumn("Savings", format="percent")},
+        )
+
+
+# ----------------------------------------------------------------------------- Model mix
+
+
+def model_mix(dsn: str, filters: q.Filters) -> None:
+    st.header("Model mix")
+    mix = q.mix_daily(dsn, filters)
+    if mix.empty:
+        no_requests()
+        return
+    total = int(mix["requests"].sum())
+    by_model = mix.groupby("model", as_index=False).agg(requests=("requests", "sum"), spend_usd=("spend_usd", "sum"))
+    by_model["share"] = by_model["requests"] / total
+    by_model = by_model.sort_values("requests", ascending=False)
+    cols = st.columns(max(1, len(by_model)))
+    for col, row in zip(cols, by_model.itertuples(index=False), strict=False):
+        col.metric(f"Share {row.model}", percent(row.share), help=f"{row.requests:,} of {total:,} requests")
+    left, right = st.columns(2)
+    left.altair_chart(charts.share_over_time(mix, "model", "Share by answering model, per day"), width="stretch")
+    right.altair_chart(
+        charts.share_over_time(mix, "difficulty", "Share by predicted difficulty, per day", sort=DIFFICULTY_ORDER),
+        width="stretch",
+    )
+    st.altair_chart(charts.mix_heatmap(mix, DIFFICULTY_ORDER), width="stretch")
+    by_difficulty = mix.groupby("difficulty", as_index=False)["requests"].sum()
+    by_difficulty["share"] = by_difficulty["requests"] / total
+    left, right = st.columns(2)
+    with left:
+        st.subheader("By model")
+        st.dataframe(by_model, hide_index=True,
+                     column_config={"share": st.column_config.NumberColumn("Share", format="percent")})
+    with right:
+        st.subheader("By predicted difficulty")
+        st.dataframe(by_difficulty, hide_index=True,
+                     column_config={"share": st.column_config.NumberColumn("Share", format="percent")})
+    with st.expander("Routed model vs answering model"):
+        st.dataframe(q.routed_vs_final(dsn, filters), hide_index=True)
+
+
+# ----------------------------------------------------------------------------- Latency
+
+
+def latency(dsn: str, filters: q.Filters) -> None:
+    st.header("Latency")
+    per_model = q.latency_by_model(dsn, filters)
+    if per_model.empty:
+        no_requests()
+        return
+    end_to_end = q.end_to_end_latency(dsn, filters)
+    cols = st.columns(3)
+    cols[0].metric("End-to-end p50", milliseconds(end_to_end["p50_ms"]))
+    cols[1].metric("End-to-end p95", milliseconds(end_to_end["p95_ms"]))
+    cols[2].metric("End-to-end p99", milliseconds(end_to_end["p99_ms"]))
+    st.caption("Per model: calls that returned an answer (accepted or rejected by the answer checks); failed calls "
+               "are counted under *errors*. End to end: every attempt of a request, as its caller waited.")
+    st.altair_chart(charts.latency_percentiles(per_model), width="stretch")
+    st.dataframe(per_model, hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(c, format="%.0f") for c in ("p50_ms", "p95_ms",
+                                                                                            "p99_ms")})
+    daily = q.latency_daily(dsn, filters)
+    if not daily.empty:
+        st.altair_chart(charts.latency_trend(daily), width="stretch")
+
+
+# ----------------------------------------------------------------------------- Quality vs cost
+
+
+def quality(dsn: str, filters: q.Filters) -> None:
+    st.header("Quality vs cost")
+    daily = q.quality_daily(dsn, filters)
+    if daily.empty:
+        st.info(
+            "No graded answers (`model_eval`) match these filters. Grades are written when the router replays "
+            "recorded outcomes (the demo) or an evaluation is loaded; live traffic alone has no correctness labels.",
+            icon="ℹ️",
+        )
+        return
+    graded = int(daily["graded"].sum())
+    pass_rate = float((daily["pass_rate"] * daily["graded"]).sum() / graded)
+    cost = float(daily["cost_usd"].sum())
+    cols = st.columns(4)
+    cols[0].metric("Graded answers", f"{graded:,}")
+    cols[1].metric("Pass rate", percent(pass_rate))
+    cols[2].metric("Cost of graded answers", usd(cost))
+    cols[3].metric("Cost per correct answer", usd(cost / (pass_rate * graded)) if pass_rate else "–")
+    st.altair_chart(charts.pass_rate_and_cost(daily), width="stretch")
+    per_model = q.quality_by_model(dsn, filters)
+    totals = per_model[per_model["is_model_total"]].drop(columns=["is_model_total", "difficulty"])
+    left, right = st.columns(2)
+    left.altair_chart(charts.pass_rate_by_model(totals), width="stretch")
+    with right:
+        st.subheader("Pass rate per model")
+        st.dataframe(totals, hide_index=True,
+                     column_config={"pass_rate": st.column_config.NumberColumn("Pass rate", format="percent")})
+    with st.expander("Per model and predicted difficulty"):
+        st.dataframe(per_model[~per_model["is_model_total"]].drop(columns=["is_model_total"]), hide_index=True,
+                     column_config={"pass_rate": st.column_config.NumberColumn("Pass rate", format="percent")})
+    with st.expander("Daily figures"):
+        st.dataframe(daily, hide_index=True,
+                     column_config={"day": st.column_config.DateColumn("Day"),
+                                    "pass_rate": st.column_config.NumberColumn("Pass rate", format="percent")})
+
+
+# ----------------------------------------------------------------------------- Escalations and fallbacks
+
+
+def escalations(dsn: str, filters: q.Filters) -> None:
+    st.header("Escalations and fallbacks")
+    daily = q.escalation_daily(dsn, filters)
+    if daily.empty:
+        no_requests()
+        return
+    requests = int(daily["requests"].sum())
+    cols = st.columns(4)
+    cols[0].metric("Escalated", percent(daily["escalated"].sum() / requests),
+                   help="Requests whose first answer was rejected by an answer check and retried on a stronger model.")
+    cols[1].metric("Fell back", percent(daily["fell_back"].sum() / requests),
+                   help="Requests where a model call failed and another model was tried.")
+    cols[2].metric("Failed", percent(daily["failed"].sum() / requests),
+                   help="Requests that got no answer from any model.")
+    hops = q.transitions(dsn, filters)
+    cols[3].metric("Hops", f"{int(hops['hops'].sum()) if not hops.empty else 0:,}")
+    st.altair_chart(charts.escalation_rates(daily), width="stretch")
+    if hops.empty:
+        st.info("No request in this range was escalated or fell back.", icon="ℹ️")
+        return
+    st.altair_chart(charts.transition_matrix(hops), width="stretch")
+    st.subheader("Why")
+    st.dataframe(hops, hide_index=True)
+
+
+# ----------------------------------------------------------------------------- Request explorer
+
+
+def _label(row: Any) -> str:
+    return f"{row.created_at:%Y-%m-%d %H:%M:%S} · {row.final_model or 'failed'} · {row.prompt[:70]}"
+
+
+def explorer(dsn: str, filters: q.Filters) -> None:
+    st.header("Request explorer")
+    text = st.text_input("Search", key="explorer_search", placeholder="request id, or words in the prompt")
+    found = q.search_requests(dsn, filters, text)
+    if found.empty:
+        st.info("No request matches." if text.strip() else "No requests match these filters.", icon="ℹ️")
+        return
+    st.caption(f"{len(found):,} newest matching requests" + (" (limit reached)" if len(found) == q.EXPLORER_LIMIT else ""))
+    st.dataframe(found, hide_index=True, height=240,
+                 column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="%.6f")})
+    labels = {row.request_id: _label(row) for row in found.itertuples(index=False)}
+    request_id = st.selectbox("Request", list(labels), format_func=labels.get, key="explorer_request")
+    if request_id is None:
+        return
+    detail = q.request_detail(dsn, request_id)
+    if detail is None:
+        st.warning(f"Request {request_id} is no longer in the database.")
+        return
+    show_request(detail)
+
+
+def show_request(detail: dict[str, Any]) -> None:
+    request = detail["request"]
+    st.subheader(f"Request `{request['request_id']}`")
+    cols = st.columns(4)
+    cols[0].metric("Predicted difficulty", request["difficulty"], help=f"confidence {request['confidence']:.2f}")
+    cols[1].metric("Routed to", request["routed_model"])
+    cols[2].metric("Answered by", request["final_model"] or "nobody (failed)")
+    cols[3].metric("Status", request["status"])
+    cols = st.columns(4)
+    cols[0].metric("Cost", usd(request["cost_usd"]))
+    cols[1].metric(f"Always {request['counterfactual_model'] or 'expensive'}", usd(request["counterfactual_cost_usd"]))
+    cols[2].metric("Tokens in / out", f"{request['tokens_in']:,} / {request['tokens_out']:,}")
+    cols[3].metric("Latency", milliseconds(request["latency_ms"]))
+    st.markdown("**Decision**")
+    st.write(f"{request['decision_reason']}  \npolicy `{request['policy']}`, classifier `{request['classifier']}`, "
+             f"tenant `{request['tenant']}`, customer tier `{request['customer_tier']}`, created "
+             f"{request['created_at']:%Y-%m-%d %H:%M:%S} UTC")
+    probabilities = request["probabilities"]
+    if isinstance(probabilities, str):
+        probabilities = json.loads(probabilities)
+    if probabilities:
+        st.dataframe(pd.DataFrame([probabilities]), hide_index=True)
+    st.markdown("**Attempts**")
+    st.dataframe(detail["attempts"], hide_index=True,
+                 column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="%.6f")})
+    grading = detail["grading"]
+    if grading:
+        st.markdown(f"**Graded:** {'correct' if grading['correct'] else 'incorrect'} "
+                    f"({grading['source'] or 'unknown source'} {grading['item_id'] or ''})")
+    if request["error"]:
+        st.error(f"Error: {request['error']}")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Prompt**")
+        st.text(_preview(request["prompt"]))
+    with right:
+        st.markdown("**Response**")
+        st.text(_preview(request["response"]) if request["response"] else "(no response)")
+
+
+def _preview(text: str) -> str:
+    return text if len(text) <= RESPONSE_PREVIEW_CHARS else text[:RESPONSE_PREVIEW_CHARS] + f" … (+{len(text) - RESPONSE_PREVIEW_CHARS:,} chars)"
+
+
+# ----------------------------------------------------------------------------- Offline evaluation
+
+
+def offline(reports_dir: Path) -> None:
+    st.header("Offline evaluation")
+    st.caption("The offline harness (`python -m training.evaluate --json OUT.json --plot OUT.png`) replays the "
+               "router over recorded outcomes. Upload its report, or pick one found under "
+               f"`{reports_dir}`.")
+    uploaded = st.file_uploader("Harness report (JSON)", type=["json"], key="offline_upload")
+    report: OfflineReport | None = None
+    plot: bytes | Path | None = None
+    try:
+        if uploaded is not None:
+            report = parse_report(json.loads(uploaded.getvalue()))
+        else:
+            found = find_reports(reports_dir)
+            default = str(found[0]) if found else ""
+            path_text = st.text_input("Report path", value=default, key="offline_path")
+            if path_text.strip():
+                path = Path(path_text.strip())
+                report = load_report(path)
+                sibling = path.with_suffix(".png")
+                plot = sibling if sibling.exists() else None
+    except (ReportError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        st.error(f"Cannot show this report: {exc}")
+        return
+    if report is None:
+        st.info("No harness report yet: run the offline harness, then upload its JSON or give its path.", icon="ℹ️")
+        return
+    plot_upload = st.file_uploader("Harness plot (PNG, optional)", type=["png"], key="offline_plot")
+    if plot_upload is not None:
+        plot = plot_upload.getvalue()
+    show_report(report, plot)
+
+
+def show_report(report: OfflineReport, plot: bytes | Path | None) -> None:
+    router = report.points[report.points["kind"] == "router"].iloc[0]
+    cols = st.columns(4)
+    cols[0].metric("Prompts", f"{report.n:,}" if report.n is not None else "–")
+    cols[1].metric("Router accuracy", percent(router["accuracy"]))
+    cols[2].metric("Router cost", usd(router["cost_usd"]))
+    cols[3].metric("Savings vs expensive", percent(report.savings_vs_expensive))
+    st.altair_chart(charts.offline_frontier(report.points, report.sweep), width="stretch")
+    st.dataframe(report.points, hide_index=True,
+                 column_config={"accuracy": st.column_config.NumberColumn("Accuracy", format="percent"),
+                                "cost_usd": st.column_config.NumberColumn("Cost (USD)", format="%.4f")})
+    if report.mix:
+        st.subheader("Router's model mix")
+        st.dataframe(pd.DataFrame({"model": list(report.mix), "share": list(report.mix.values())}), hide_index=True)
+    if report.per_source is not None:
+        st.subheader("Per source")
+        st.dataframe(report.per_source, hide_index=True)
+    if report.confidence:
+        st.subheader("Bootstrap confidence interval")
+        st.json(report.confidence)
+    if report.sweep is not None:
+        with st.expander("Threshold sweep"):
+            st.dataframe(report.sweep, hide_index=True)
+    if plot is not None:
+        st.image(plot if isinstance(plot, bytes) else str(plot), caption="Harness plot")
