@@ -1,0 +1,197 @@
+"""End to end on real parts: Tansu, Postgres, a Faust worker process, the API process and the stub models
+over HTTP with the real openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from core.messages import DeadLetterMessage, PromptMessage
+
+pytestmark = __import__("pytest").mark.timeout(240)
+
+
+def unique(text: str) -> str:
+    return f"{text} [{uuid.uuid4().hex[:8]}]"
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, key=key, value=value)
+    finally:
+        await producer.stop()
+
+
+async def read_dead_letters(bootstrap: str, topic: str, until, timeout_s: float = 60) -> list[DeadLetterMessage]:
+    """Read the dead-letter topic from offset 0 until ``until(letters)`` holds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    letters: list[DeadLetterMessage] = []
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek(partition, 0)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not until(letters):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                letters += [DeadLetterMessage.from_bytes(r.value) for r in records]
+    finally:
+        await consumer.stop()
+    return letters
+
+
+def attempt_count(dsn: str, request_id: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM request_attempts WHERE request_id = %s",
+                            (request_id,)).fetchone()[0]
+
+
+async def test_generate_returns_routed_models_answer_and_records_one_row(pipeline):
+    prompt = unique("What is the capital of France?")
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(f"{pipeline.api_url}/generate", json={"prompt": prompt, "max_tokens": 64})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "ok"
+        assert body["model"] == body["routed_model"] == "small"  # a short lookup goes to the cheap model
+        assert body["response"].startswith("[stub-small] answer:") and prompt in body["response"]
+        assert body["decision_reason"] and body["difficulty"] == "simple"
+
+        row = await pipeline.wait_for_row(body["request_id"], timeout_s=30)
+        assert row["final_model"] == "small" and row["routed_model"] == "small" and row["status"] == "ok"
+        assert row["tokens_in"] > 0 and row["tokens_out"] > 0
+        assert row["cost_micro_usd"] == body["cost_micro_usd"] > 0
+        assert row["counterfactual_model"] == "big" and row["counterfactual_cost_micro_usd"] > row["cost_micro_usd"]
+        assert row["decision_reason"] == body["decision_reason"] and row["difficulty"] == "simple"
+        assert row["classifier"] and row["policy"]
+        assert attempt_count(pipeline.dsn, body["request_id"]) == 1
+
+        fetched = await client.get(f"{pipeline.api_url}/requests/{body['request_id']}")
+        assert fetched.status_code == 200
+        assert fetched.json()["response"] == body["response"]
+        assert len(fetched.json()["attempt_rows"]) == 1
+        missing = await client.get(f"{pipeline.api_url}/requests/{uuid.uuid4().hex}")
+        assert missing.status_code == 404
+
+
+async def test_prompt_produced_straight_to_kafka_lands_in_postgres(pipeline):
+    message = PromptMessage(prompt=unique("Name three primary colors."), tenant="acme", user="u-42",
+                            metadata={"source": "producer-test"})
+    await produce(pipeline.settings.kafka_bootstrap, pipeline.settings.topic_prompts,
+                  [(message.request_id.encode(), message.to_bytes())])
+    row = await pipeline.wait_for_row(message.request_id)
+    assert row["status"] == "ok" and row["tenant"] == "acme" and row["user_id"] == "u-42"
+    assert row["prompt"] == message.prompt and row["metadata"] == {"source": "producer-test"}
+
+
+async def test_post_prompts_accepts_and_records(pipeline):
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(f"{pipeline.api_url}/prompts", json={"prompt": unique("Say hello."),
+                                                                           "request_id": f"client-{uuid.uuid4()}"})
+    assert response.status_code == 202
+    request_id = response.json()["request_id"]
+    assert request_id.startswith("client-")
+    assert (await pipeline.wait_for_row(request_id))["status"] == "ok"
+
+
+async def test_same_message_delivered_twice_leaves_one_row(pipeline):
+    message = PromptMessage(prompt=unique("Who wrote Pride and Prejudice?"))
+    record = (message.request_id.encode(), message.to_bytes())
+    await produce(pipeline.settings.kafka_bootstrap, pipeline.settings.topic_prompts, [record, record])
+
+    # Both deliveries are processed: the model is called twice for this prompt ...
+    deadline = time.monotonic() + 60
+    while len(calls := [c for c in pipeline.stub_calls() if c["prompt"] == message.prompt]) < 2:
+        assert time.monotonic() < deadline, f"expected 2 calls for the duplicate, saw {len(calls)}"
+        await asyncio.sleep(0.2)
+    second_call_at = max(c["at"] for c in calls)
+    # ... and the second answer reaches the sink as an update of the same row (completed after the 2nd call).
+    row = await pipeline.wait_for_row(message.request_id,
+                                      where=lambda r: r["completed_at"].timestamp() > second_call_at)
+    assert row["attempt_count"] == 1
+    with psycopg.connect(pipeline.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM requests WHERE request_id = %s",
+                            (message.request_id,)).fetchone()[0] == 1
+    assert attempt_count(pipeline.dsn, message.request_id) == 1
+
+
+async def test_unparseable_messages_go_to_dead_letter_and_processing_continues(pipeline):
+    settings = pipeline.settings
+    bad_json = f"{{not json {uuid.uuid4().hex}".encode()
+    empty_prompt = f'{{"request_id": "{uuid.uuid4().hex}", "prompt": "   "}}'.encode()
+    bad_completion = f"not a completion {uuid.uuid4().hex}".encode()
+    await produce(settings.kafka_bootstrap, settings.topic_prompts, [(b"bad-1", bad_json), (b"bad-2", empty_prompt)])
+    await produce(settings.kafka_bootstrap, settings.topic_completions, [(b"bad-3", bad_completion)])
+    await produce(settings.kafka_bootstrap, f"{settings.topic_route_prefix}medium", [(b"bad-4", b"[]")])
+    good = PromptMessage(prompt=unique("What is 12 times 7?"))
+    await produce(settings.kafka_bootstrap, settings.topic_prompts, [(good.request_id.encode(), good.to_bytes())])
+
+    wanted = {bad_json.decode(), empty_prompt.decode(), bad_completion.decode()}
+    letters = await read_dead_letters(
+        settings.kafka_bootstrap, settings.topic_dead_letter,
+        until=lambda got: wanted <= {g.raw for g in got} and any(g.key == "bad-4" for g in got))
+    by_raw = {letter.raw: letter for letter in letters}
+    assert wanted <= set(by_raw), f"dead letters seen: {[g.raw[:40] for g in letters]}"
+    assert by_raw[bad_json.decode()].stage == "classify" and by_raw[bad_json.decode()].key == "bad-1"
+    assert by_raw[bad_json.decode()].source_topic == settings.topic_prompts
+    assert "PromptMessage" in by_raw[bad_json.decode()].error
+    assert "prompt" in by_raw[empty_prompt.decode()].error
+    assert by_raw[bad_completion.decode()].stage == "sink"
+    route_letter = next(g for g in letters if g.key == "bad-4")
+    assert route_letter.stage == "provider:medium" and "RoutedMessage" in route_letter.error
+    # The agents kept going: the valid prompt after the bad ones is recorded.
+    assert (await pipeline.wait_for_row(good.request_id))["status"] == "ok"
+    pipeline.check_alive()
+
+
+async def test_generate_on_stalled_provider_returns_504_and_row_lands_later(pipeline):
+    pipeline.stub_faults({"stub-small": {"delay_s": 4}})
+    try:
+        prompt = unique("What is the boiling point of water?")
+        async with httpx.AsyncClient(timeout=30) as client:
+            started = time.monotonic()
+            response = await client.post(f"{pipeline.api_url}/generate", json={"prompt": prompt, "timeout_s": 1})
+            assert time.monotonic() - started < 4
+        assert response.status_code == 504, response.text
+        request_id = response.json()["request_id"]
+        assert request_id in response.json()["detail"]
+        assert pipeline.row(request_id) is None  # not answered yet ...
+        row = await pipeline.wait_for_row(request_id, timeout_s=60)  # ... but recorded once the model answers
+        assert row["status"] == "ok" and row["final_model"] == "small" and row["latency_ms"] >= 3500
+    finally:
+        pipeline.stub_faults({})
+
+
+async def test_several_api_processes_each_get_their_own_replies(pipeline):
+    second, second_url = pipeline.start_api("api-2")
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            reply_topics = {(await client.get(f"{url}/healthz")).json()["reply_topic"]
+                            for url in (pipeline.api_url, second_url)}
+            assert len(reply_topics) == 2
+            prompts = [unique(f"Spell the number {n} in words.") for n in range(8)]
+            urls = [pipeline.api_url if n % 2 else second_url for n in range(8)]
+            responses = await asyncio.gather(*(client.post(f"{url}/generate", json={"prompt": p})
+                                               for url, p in zip(urls, prompts, strict=True)))
+        for prompt, response in zip(prompts, responses, strict=True):
+            assert response.status_code == 200, response.text
+            assert prompt in response.json()["response"]
+    finally:
+        second.stop()
+    # A stopped API process removes its reply topic.
+    admin = AIOKafkaAdminClient(bootstrap_servers=pipeline.settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        topics = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    assert len(reply_topics & topics) == 1

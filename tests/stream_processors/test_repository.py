@@ -1,0 +1,89 @@
+"""The sink's writes: one row per request id however often a completion is delivered."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from core.messages import Attempt, CompletionMessage, PromptMessage, RoutingDecision, Tier, utcnow
+from stream_processors.repository import fetch_request, upsert_completion, upsert_completions
+
+
+def make_completion(request_id: str, *, response: str = "Paris.", attempts: int = 1, correct: bool | None = None,
+                    completed_offset_s: float = 0.0) -> CompletionMessage:
+    prompt = PromptMessage(request_id=request_id, prompt="What is the capital of France?",
+                           metadata={"source": "unit", "item_id": "q1"})
+    decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9, "medium": 0.08,
+                                                                             "complex": 0.02},
+                               model="phi-3-mini", tier=Tier.cheap, reasons=["label simple", "confidence 0.90"],
+                               policy="threshold", classifier="heuristic")
+    tried = [Attempt(model="phi-3-mini", tier=Tier.cheap, status="rejected", input_tokens=7, output_tokens=1,
+                     cost_micro_usd=1, error="too short", next_reason="escalate to llama-3-70b: too short")]
+    tried += [Attempt(model="llama-3-70b", tier=Tier.mid, status="ok", input_tokens=7, output_tokens=3,
+                      cost_micro_usd=6)]
+    tried = tried[-attempts:]
+    return CompletionMessage(
+        request_id=request_id, prompt=prompt, decision=decision, attempts=tried, status="ok",
+        final_model=tried[-1].model, response=response, finish_reason="stop", input_tokens=7, output_tokens=3,
+        cost_micro_usd=sum(a.cost_micro_usd for a in tried), counterfactual_model="gpt-4o",
+        counterfactual_cost_micro_usd=48, correct=correct,
+        completed_at=utcnow() + timedelta(seconds=completed_offset_s),
+    )
+
+
+def counts(dsn: str, request_id: str) -> tuple[int, int, int]:
+    with psycopg.connect(dsn) as conn:
+        return tuple(conn.execute(f"SELECT count(*) FROM {table} WHERE request_id = %s", (request_id,)).fetchone()[0]
+                     for table in ("requests", "request_attempts", "model_eval"))
+
+
+@pytest.fixture()
+async def conn(clean_db: str):
+    async with await psycopg.AsyncConnection.connect(clean_db) as connection:
+        yield connection
+
+
+async def test_redelivered_completion_updates_the_one_row(conn, clean_db):
+    completion = make_completion("req-dup", attempts=2)
+    assert await upsert_completions(conn, [completion, completion]) == 2
+    assert await upsert_completions(conn, [completion]) == 1
+    assert counts(clean_db, "req-dup") == (1, 2, 0)
+    row = await fetch_request(conn, "req-dup")
+    assert row["routed_model"] == "phi-3-mini" and row["final_model"] == "llama-3-70b"
+    assert row["escalated"] is True and row["fell_back"] is False
+    assert row["tokens_in"] == 7 and row["cost_micro_usd"] == 7 and row["counterfactual_cost_micro_usd"] == 48
+    assert row["decision_reason"] == "label simple; confidence 0.90"
+    assert [a["attempt_no"] for a in row["attempt_rows"]] == [1, 2]
+    assert row["attempt_rows"][0]["next_reason"].startswith("escalate")
+
+
+async def test_newer_answer_replaces_attempts_and_older_one_never_overwrites(conn, clean_db):
+    first = make_completion("req-two-answers", attempts=2, response="first")
+    newer = make_completion("req-two-answers", attempts=1, response="newer", completed_offset_s=5)
+    async with conn.transaction():
+        assert await upsert_completion(conn, first)
+    async with conn.transaction():
+        assert await upsert_completion(conn, newer)
+    async with conn.transaction():
+        assert not await upsert_completion(conn, first)  # a late redelivery of the older answer
+    row = await fetch_request(conn, "req-two-answers")
+    assert row["response"] == "newer" and row["attempt_count"] == 1
+    assert counts(clean_db, "req-two-answers") == (1, 1, 0)
+
+
+async def test_graded_completion_writes_one_eval_row(conn, clean_db):
+    graded = make_completion("req-graded", correct=True)
+    await upsert_completions(conn, [graded])
+    await upsert_completions(conn, [graded.model_copy(update={"correct": False,
+                                                              "completed_at": graded.completed_at
+                                                              + timedelta(seconds=1)})])
+    row = await fetch_request(conn, "req-graded")
+    assert counts(clean_db, "req-graded") == (1, 1, 1)
+    assert row["evaluation"]["correct"] is False
+    assert row["evaluation"]["source"] == "unit" and row["evaluation"]["item_id"] == "q1"
+
+
+async def test_missing_request_is_none(conn):
+    assert await fetch_request(conn, "no-such-request") is None

@@ -1,0 +1,42 @@
+"""Topic creation at final partition counts, idempotent, on the real broker."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiokafka import AIOKafkaConsumer
+
+from core.settings import Settings
+from providers.registry import ModelRegistry
+from stream_processors.topics import create_topics, delete_topics, pipeline_topics
+
+REGISTRY = ModelRegistry.model_validate({"models": [
+    {"name": "small", "tier": "cheap", "base_url": "http://127.0.0.1:1/v1", "prices": {"input": 1, "output": 1}},
+    {"name": "medium", "tier": "mid", "base_url": "http://127.0.0.1:1/v1", "prices": {"input": 2, "output": 2}},
+    {"name": "large", "tier": "expensive", "base_url": "http://127.0.0.1:1/v1", "prices": {"input": 3, "output": 3}},
+]})
+
+
+async def test_pipeline_topics_created_once_at_final_partition_counts(tansu_bootstrap):
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings().model_copy(update={
+        "kafka_bootstrap": tansu_bootstrap, "topic_prompts": f"prompts-{suffix}",
+        "topic_completions": f"completions-{suffix}", "topic_dead_letter": f"dead-letter-{suffix}",
+        "topic_route_prefix": f"route-{suffix}.", "prompts_partitions": 4, "route_partitions": 3,
+        "completions_partitions": 2})
+    topics = pipeline_topics(settings, REGISTRY)
+    assert {t.name for t in topics} == {f"prompts-{suffix}", f"completions-{suffix}", f"dead-letter-{suffix}",
+                                        f"route-{suffix}.small", f"route-{suffix}.medium", f"route-{suffix}.large"}
+    created = await create_topics(tansu_bootstrap, topics)
+    assert sorted(created) == sorted(t.name for t in topics)
+    assert await create_topics(tansu_bootstrap, topics) == []  # second start: nothing to do, no error
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=tansu_bootstrap)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        for topic in topics:
+            assert len(consumer.partitions_for_topic(topic.name) or ()) == topic.partitions, topic.name
+    finally:
+        await consumer.stop()
+    await delete_topics(tansu_bootstrap, [t.name for t in topics])
