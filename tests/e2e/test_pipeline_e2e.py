@@ -4,8 +4,10 @@ over HTTP with the real openai SDK."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -195,3 +197,14 @@ async def test_several_api_processes_each_get_their_own_replies(pipeline):
     finally:
         await admin.close()
     assert len(reply_topics & topics) == 1
+
+
+async def test_readme_producer_example_lands_in_postgres(pipeline):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("## Producers", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", example, env=pipeline.env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    row = await pipeline.wait_for_row(out.decode().strip())
+    assert row["tenant"] == "acme" and row["metadata"] == {"source": "readme-example"} and row["status"] == "ok"
