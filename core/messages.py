@@ -108,6 +108,8 @@ class Attempt(_Message):
     cost_micro_usd: int = 0
     finish_reason: str | None = None
     retries: int = 0
+    # False when the endpoint reported no usage and the tokens were counted with the model's tokenizer.
+    usage_reported: bool = True
     error: str | None = None
     # Why the next attempt happened: "fallback: ..." after an error, "escalate: ..." after a rejection.
     next_reason: str | None = None

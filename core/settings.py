@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     # Models and routing
     models_config: Path = PROJECT_ROOT / "config" / "models.local.yaml"
     prices_file: Path | None = None
+    # How often a worker re-reads cost_rates (a price update takes effect for requests created after it).
+    cost_rates_refresh_s: float = Field(30.0, gt=0)
     classifier_artifact: Path | None = None
     routing_policy: str = "threshold"
 

@@ -6,11 +6,24 @@ Rates are micro-USD per 1k tokens (USD per 1M tokens x 1000). A call's cost is
 
 from __future__ import annotations
 
+import bisect
+import json
+import logging
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from providers.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+# Effective date of seeded list prices: before any request, so every request finds a rate.
+SEED_EFFECTIVE_FROM = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -27,8 +40,58 @@ class Rate:
         return (numerator + 500) // 1000
 
 
-def usd_per_million_to_micro_per_1k(usd_per_million: float) -> int:
-    return round(usd_per_million * 1000)
+def usd_per_million_to_micro_per_1k(usd_per_million: float | str | Decimal) -> int:
+    """USD per 1M tokens -> integer micro-USD per 1k tokens, exactly (finer prices are refused, not rounded)."""
+    try:
+        value = Decimal(str(usd_per_million)) * 1000
+    except InvalidOperation:
+        raise ValueError(f"price {usd_per_million!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"price {usd_per_million!r} is negative")
+    if value != value.to_integral_value():
+        raise ValueError(f"price {usd_per_million!r} USD/1M is finer than the 0.001 USD/1M the cost book stores")
+    return int(value)
+
+
+class MissingRateError(KeyError):
+    """No rate is known for a model at the time a request was made."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "missing rate"
+
+
+def load_prices_file(path: Path | str) -> dict[str, tuple[int, int]]:
+    """A prices file (JSON, USD per 1M tokens: ``{"model": {"input": 2.5, "output": 10.0}, ...}``, keys
+    starting with ``_`` are notes) as ``{model: (input, output)}`` in micro-USD per 1k tokens."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prices file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"prices file {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"prices file {path} must hold an object of model -> {{input, output}}")
+    prices: dict[str, tuple[int, int]] = {}
+    for model, entry in raw.items():
+        if model.startswith("_"):
+            continue
+        if not isinstance(entry, dict) or set(entry) - {"input", "output"} or {"input", "output"} - set(entry):
+            raise ValueError(f"prices file {path}: {model!r} must be {{\"input\": USD/1M, \"output\": USD/1M}}, "
+                             f"got {entry!r}")
+        try:
+            prices[model] = (usd_per_million_to_micro_per_1k(entry["input"]),
+                             usd_per_million_to_micro_per_1k(entry["output"]))
+        except ValueError as exc:
+            raise ValueError(f"prices file {path}: {model!r}: {exc}") from None
+    if not prices:
+        raise ValueError(f"prices file {path} has no prices")
+    return prices
+
+
+def registry_prices(registry: ModelRegistry) -> dict[str, tuple[int, int]]:
+    return {m.name: (usd_per_million_to_micro_per_1k(m.prices.input), usd_per_million_to_micro_per_1k(m.prices.output))
+            for m in registry.models}
 
 
 class CostBook(ABC):
@@ -54,4 +117,143 @@ class RegistryCostBook(CostBook):
         try:
             return self._rates[model]
         except KeyError:
-            raise KeyError(f"no rate for model {model!r}") from None
+            raise MissingRateError(f"no rate for model {model!r}") from None
+
+
+class EffectiveDatedCostBook(CostBook):
+    """Rates that change over time: a request is priced at the rate in force at ``at`` (its created_at)."""
+
+    def __init__(self, rates: Iterable[Rate] = ()) -> None:
+        self._set(rates)
+
+    def _set(self, rates: Iterable[Rate]) -> None:
+        by_model: dict[str, list[Rate]] = {}
+        for rate in rates:
+            if rate.effective_from is None:
+                raise ValueError(f"rate for {rate.model!r} has no effective_from")
+            by_model.setdefault(rate.model, []).append(rate)
+        for rates_of_model in by_model.values():
+            rates_of_model.sort(key=lambda r: r.effective_from)
+        self._rates = by_model
+        self._starts = {model: [r.effective_from for r in rs] for model, rs in by_model.items()}
+
+    def _lookup(self, model: str, at: datetime) -> Rate | None:
+        starts = self._starts.get(model)
+        if not starts:
+            return None
+        if at.tzinfo is None:
+            raise ValueError("cost lookups need a timezone-aware time")
+        index = bisect.bisect_right(starts, at) - 1
+        return self._rates[model][index] if index >= 0 else None
+
+    def rate(self, model: str, at: datetime) -> Rate:
+        found = self._lookup(model, at)
+        if found is None:
+            raise MissingRateError(self._missing_message(model, at))
+        return found
+
+    def _missing_message(self, model: str, at: datetime) -> str:
+        starts = self._starts.get(model)
+        if not starts:
+            return f"no rate for model {model!r} (known: {sorted(self._rates)})"
+        return f"no rate for model {model!r} effective at {at.isoformat()}; its first rate starts {starts[0].isoformat()}"
+
+
+RATES_SQL = ("SELECT model, effective_from, input_micro_usd_per_1k, output_micro_usd_per_1k FROM cost_rates"
+             " ORDER BY model, effective_from")
+
+
+class DbCostBook(EffectiveDatedCostBook):
+    """Effective-dated rates from Postgres ``cost_rates``, cached in memory and re-read every ``refresh_s``.
+
+    Lookups stay in memory; the re-read is one small query (a few ms, on the caller's thread) every
+    ``refresh_s`` seconds, and once more at once when a model or date has no rate (it may just have been added).
+    """
+
+    def __init__(self, dsn: str, refresh_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 fallback: CostBook | None = None) -> None:
+        self.dsn = dsn
+        self.refresh_s = refresh_s
+        self._clock = clock
+        # Used (with a warning per model) when the table has no rate, so a request is never lost to pricing.
+        self.fallback = fallback
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._loaded_at = float("-inf")
+        super().__init__()
+        self.refresh()
+
+    def refresh(self) -> None:
+        import psycopg  # noqa: PLC0415
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(RATES_SQL).fetchall()
+        with self._lock:
+            self._set(Rate(model, int(i), int(o), effective_from=start) for model, start, i, o in rows)
+            self._loaded_at = self._clock()
+
+    def rate(self, model: str, at: datetime) -> Rate:
+        if self._clock() - self._loaded_at >= self.refresh_s:
+            self.refresh()
+        found = self._lookup(model, at)
+        if found is None:
+            self.refresh()
+            found = self._lookup(model, at)
+        if found is None:
+            message = self._missing_message(model, at) + " in cost_rates (seed it: python -m providers.prices seed)"
+            if self.fallback is None:
+                raise MissingRateError(message)
+            if model not in self._warned:
+                self._warned.add(model)
+                log.warning("%s; pricing %s at the model config's list price meanwhile", message, model)
+            return self.fallback.rate(model, at)
+        return found
+
+
+def build_db_cost_book(dsn: str, registry: ModelRegistry, refresh_s: float = 30.0,
+                       prices_file: Path | None = None) -> DbCostBook:
+    """The live cost book: seeds prices for configured models ``cost_rates`` has never seen (from
+    ``prices_file`` where it lists the model, else the model config's list price), then reads rates from it."""
+    seed = registry_prices(registry)
+    source = "registry:auto-seed"
+    if prices_file is not None:
+        from_file = load_prices_file(prices_file)
+        seed.update({model: rate for model, rate in from_file.items() if model in seed})
+        source = f"file:{Path(prices_file).name}:auto-seed"
+    insert_rates(dsn, seed, SEED_EFFECTIVE_FROM, source, only_missing_models=True)
+    return DbCostBook(dsn, refresh_s=refresh_s, fallback=RegistryCostBook(registry))
+
+
+def insert_rates(dsn: str, prices: Mapping[str, tuple[int, int]], effective_from: datetime, source: str,
+                 *, only_missing_models: bool = False, skip_unchanged: bool = False) -> list[str]:
+    """Add rates effective from ``effective_from``, in one transaction; returns the models written.
+
+    ``only_missing_models``: write only models with no rate at all (seeding). ``skip_unchanged``: skip a
+    model whose rate in force at ``effective_from`` is already this one. A different rate already recorded
+    for the same model and instant is an error: rates are history, never rewritten.
+    """
+    import psycopg  # noqa: PLC0415
+
+    if effective_from.tzinfo is None:
+        raise ValueError("effective_from needs a timezone (e.g. 2026-01-01T00:00:00+00:00)")
+    written: list[str] = []
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        conn.execute("LOCK TABLE cost_rates IN SHARE ROW EXCLUSIVE MODE")
+        existing = EffectiveDatedCostBook(
+            Rate(model, int(i), int(o), effective_from=start) for model, start, i, o in conn.execute(RATES_SQL))
+        for model, (input_rate, output_rate) in sorted(prices.items()):
+            if only_missing_models and model in existing._rates:
+                continue
+            current = existing._lookup(model, effective_from)
+            if current is not None and current.effective_from == effective_from:
+                if (current.input_micro_usd_per_1k, current.output_micro_usd_per_1k) == (input_rate, output_rate):
+                    continue
+                raise ValueError(f"{model!r} already has a different rate effective from {effective_from.isoformat()}")
+            if skip_unchanged and current is not None and \
+                    (current.input_micro_usd_per_1k, current.output_micro_usd_per_1k) == (input_rate, output_rate):
+                continue
+            conn.execute(
+                "INSERT INTO cost_rates (model, effective_from, input_micro_usd_per_1k, output_micro_usd_per_1k, source)"
+                " VALUES (%s, %s, %s, %s, %s)", (model, effective_from, input_rate, output_rate, source))
+            written.append(model)
+    return written

@@ -1,14 +1,25 @@
-"""Runs one routed request along the ladder: call, check the answer, escalate or fall back, account cost."""
+"""Runs one routed request along the ladder: call, check the answer, escalate or fall back, account cost.
+
+Every call is one ``Attempt`` (model, status, latency, retries, tokens, cost). Costs are priced at the
+request's ``created_at``, so a rate change mid-stream never reprices requests made before it. The
+counterfactual is what the expensive model would have charged for the same prompt and answer: its
+own billed tokens when it answered, else the prompt and the returned answer counted with its tokenizer
+(plus its chat framing when it is a live endpoint; replayed counts, like the outcomes data, have none).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from classifier.cascade import Answer, Escalation
 from core.messages import Attempt, CompletionMessage, RoutedMessage, utcnow
-from providers.base import Provider, ProviderError
+from providers.base import Provider, ProviderError, ProviderResult
 from providers.costs import CostBook
-from providers.registry import ModelRegistry
+from providers.health import CircuitBreaker
+from providers.registry import ModelRegistry, ModelSpec
+
+# (spec, text) -> tokens; providers.tokens.count_tokens by default.
+TokenCounter = Callable[[ModelSpec, str], int]
 
 
 class LadderExecutor:
@@ -18,11 +29,20 @@ class LadderExecutor:
         providers: Mapping[str, Provider],
         escalation: Escalation,
         costs: CostBook,
+        *,
+        breaker: CircuitBreaker | None = None,
+        token_counter: TokenCounter | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
         self.escalation = escalation
         self.costs = costs
+        self.breaker = breaker or CircuitBreaker()
+        if token_counter is None:
+            from providers.tokens import count_tokens  # noqa: PLC0415 - tokenizers load lazily on first count
+
+            token_counter = count_tokens
+        self.token_counter = token_counter
 
     async def run(self, routed: RoutedMessage) -> CompletionMessage:
         prompt = routed.prompt
@@ -33,9 +53,20 @@ class LadderExecutor:
         answers: list[Answer] = []
         while spec is not None:
             started = utcnow()
+            if self.breaker.is_open(spec.name):
+                skipped = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
+                                  error=f"{spec.name}: circuit open after "
+                                        f"{self.breaker.consecutive_failures(spec.name)} consecutive failures")
+                next_spec = self.escalation.next_after_error(spec, [*attempts, skipped])
+                if next_spec is not None:  # skip it only while another model is left to try
+                    skipped.next_reason = f"fallback to {next_spec.name}: circuit open"
+                    attempts.append(skipped)
+                    spec = next_spec
+                    continue
             try:
                 result = await self.providers[spec.name].complete(prompt)
             except ProviderError as exc:
+                self.breaker.record_failure(spec.name, exc.status)
                 attempt = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
                                   latency_ms=exc.latency_ms, retries=exc.retries, error=str(exc))
                 attempts.append(attempt)
@@ -43,6 +74,7 @@ class LadderExecutor:
                 if spec is not None:
                     attempt.next_reason = f"fallback to {spec.name}: {exc}"
                 continue
+            self.breaker.record_success(spec.name)
             cost = self.costs.cost_micro_usd(spec.name, result.input_tokens, result.output_tokens, priced_at)
             answer = Answer(spec.name, result.text, result.finish_reason, result.output_tokens,
                             input_tokens=result.input_tokens, previous=tuple(answers),
@@ -52,7 +84,8 @@ class LadderExecutor:
             attempt = Attempt(model=spec.name, tier=spec.tier, status="rejected" if reason else "ok",
                               started_at=started, latency_ms=result.latency_ms, input_tokens=result.input_tokens,
                               output_tokens=result.output_tokens, cost_micro_usd=cost,
-                              finish_reason=result.finish_reason, retries=result.retries, error=reason)
+                              finish_reason=result.finish_reason, retries=result.retries, error=reason,
+                              usage_reported=result.usage_reported)
             attempts.append(attempt)
             final = (spec, result)
             if reason is None:
@@ -79,7 +112,20 @@ class LadderExecutor:
             status="ok", final_model=final_spec.name, response=result.text, finish_reason=result.finish_reason,
             input_tokens=in_tokens, output_tokens=out_tokens, cost_micro_usd=total_cost,
             counterfactual_model=counterfactual.name,
-            counterfactual_cost_micro_usd=self.costs.cost_micro_usd(counterfactual.name, in_tokens, out_tokens,
-                                                                    priced_at),
+            counterfactual_cost_micro_usd=self._counterfactual_cost(counterfactual, final_spec, prompt.prompt,
+                                                                    result, priced_at),
             correct=result.correct,
         )
+
+    def _counterfactual_cost(self, counterfactual: ModelSpec, final_spec: ModelSpec, prompt: str,
+                             result: ProviderResult, priced_at) -> int:
+        if final_spec.name == counterfactual.name:
+            in_tokens, out_tokens = result.input_tokens, result.output_tokens
+        else:
+            in_tokens = self.token_counter(counterfactual, prompt)
+            if counterfactual.kind == "openai":
+                from providers.tokens import get_tokenizer  # noqa: PLC0415
+
+                in_tokens += get_tokenizer(counterfactual.tokenizer).chat_overhead()
+            out_tokens = self.token_counter(counterfactual, result.text)
+        return self.costs.cost_micro_usd(counterfactual.name, in_tokens, out_tokens, priced_at)

@@ -1,7 +1,18 @@
-"""Provider for any OpenAI-compatible endpoint (OpenAI, Azure, vLLM, Ollama, Groq, Together), on the openai SDK."""
+"""Provider for any OpenAI-compatible endpoint (OpenAI, Azure, vLLM, Ollama, Groq, Together), on the openai SDK.
+
+One ``AsyncOpenAI`` client per model, with the model's own timeout (per HTTP attempt) and retry budget.
+Retries are the SDK's own: exponential backoff with jitter on 408/409/429/5xx, timeouts and
+connection errors, honouring ``Retry-After`` / ``retry-after-ms`` (up to the SDK's cap). There is no
+second retry loop around it, so a call makes at most ``max_retries + 1`` HTTP requests; an httpx
+event hook counts them so every attempt records how many retries it took.
+
+When the endpoint reports no ``usage``, tokens are counted with the model family's tokenizer
+(``providers.tokens``): the prompt as the chat endpoint frames it, and the answer.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 
@@ -11,6 +22,33 @@ from openai import AsyncOpenAI
 from core.messages import PromptMessage
 from providers.base import Provider, ProviderError, ProviderResult
 from providers.registry import ModelSpec
+from providers.tokens import count_chat_prompt_tokens, count_tokens
+
+# HTTP requests sent for the call running in this task (a one-item list, so the hook can add to it).
+_requests_sent: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("requests_sent", default=None)
+
+
+async def _count_request(_request) -> None:
+    counter = _requests_sent.get()
+    if counter is not None:
+        counter[0] += 1
+
+
+class MissingApiKeyError(ValueError):
+    """A model names an API-key variable that is not set."""
+
+
+def resolve_api_key(spec: ModelSpec) -> str:
+    """The model's key from the environment variable it names; local endpoints may name none."""
+    if not spec.api_key_env:
+        return "unused"  # the SDK insists on a value; local servers (vLLM, Ollama, the stub) ignore it
+    key = os.environ.get(spec.api_key_env, "")
+    if not key:
+        raise MissingApiKeyError(
+            f"model {spec.name!r} reads its API key from ${spec.api_key_env}, which is not set "
+            f"(export it, or use config/models.demo.yaml to replay recorded outcomes without keys)"
+        )
+    return key
 
 
 class OpenAICompatibleProvider(Provider):
@@ -18,15 +56,22 @@ class OpenAICompatibleProvider(Provider):
         super().__init__(spec)
         if not spec.base_url:
             raise ValueError(f"model {spec.name!r} of kind 'openai' needs a base_url")
-        api_key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+        if "${" in spec.base_url:
+            raise ValueError(f"model {spec.name!r}: base_url {spec.base_url!r} names an environment variable "
+                             f"that is not set")
         self.client = AsyncOpenAI(
             base_url=spec.base_url,
-            api_key=api_key or "unused",
+            api_key=resolve_api_key(spec),
             timeout=spec.timeout_s,
             max_retries=spec.max_retries,
+            default_headers=spec.default_headers or None,
+            default_query=spec.default_query or None,
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_count_request]}),
         )
 
     async def complete(self, prompt: PromptMessage) -> ProviderResult:
+        counter = [0]
+        token = _requests_sent.set(counter)
         started = time.perf_counter()
         try:
             response = await self.client.chat.completions.create(
@@ -36,20 +81,39 @@ class OpenAICompatibleProvider(Provider):
             )
         except openai.APIStatusError as exc:
             raise ProviderError(f"{self.spec.name}: HTTP {exc.status_code}: {exc.message}", status=exc.status_code,
+                                retries=max(counter[0] - 1, 0),
                                 latency_ms=(time.perf_counter() - started) * 1000) from exc
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-            raise ProviderError(f"{self.spec.name}: {type(exc).__name__}: {exc}",
+            kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection error"
+            raise ProviderError(f"{self.spec.name}: {kind} after {self.spec.timeout_s:g}s per try: {exc}",
+                                retries=max(counter[0] - 1, 0),
                                 latency_ms=(time.perf_counter() - started) * 1000) from exc
+        except openai.OpenAIError as exc:  # e.g. a response body the SDK cannot parse
+            raise ProviderError(f"{self.spec.name}: {type(exc).__name__}: {exc}", retries=max(counter[0] - 1, 0),
+                                latency_ms=(time.perf_counter() - started) * 1000) from exc
+        finally:
+            _requests_sent.reset(token)
         latency_ms = (time.perf_counter() - started) * 1000
+        if not response.choices:
+            raise ProviderError(f"{self.spec.name}: response has no choices", retries=max(counter[0] - 1, 0),
+                                latency_ms=latency_ms)
         choice = response.choices[0]
+        text = choice.message.content or ""
         usage = response.usage
+        if usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
+            input_tokens, output_tokens, reported = usage.prompt_tokens, usage.completion_tokens, True
+        else:
+            input_tokens = count_chat_prompt_tokens(self.spec, prompt.prompt)
+            output_tokens = count_tokens(self.spec, text)
+            reported = False
         return ProviderResult(
-            text=choice.message.content or "",
+            text=text,
             finish_reason=choice.finish_reason,
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             latency_ms=latency_ms,
-            usage_reported=usage is not None,
+            usage_reported=reported,
+            retries=max(counter[0] - 1, 0),
         )
 
     async def aclose(self) -> None:

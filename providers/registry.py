@@ -1,12 +1,14 @@
 """The model registry: which models exist, how to reach them, their tier, limits and list prices.
 
-Loaded from a YAML file (``Settings.models_config``). ``${VAR}`` in the file is expanded from the
-environment so one file can point at endpoints whose address is only known at run time.
+Loaded from a YAML file (``Settings.models_config``). ``${VAR}`` and ``${VAR:-default}`` in the file
+are expanded from the environment, so one file can point at endpoints whose address is only known at
+run time. API keys never sit in the file: each model names the variable that holds its key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -37,8 +39,12 @@ class ModelSpec(BaseModel):
     max_output_tokens: int = Field(4096, ge=1)
     tokenizer: Literal["o200k", "llama3", "phi3"] = "o200k"
     prices: Prices
+    # Per HTTP try; the SDK retries 408/409/429/5xx, timeouts and connection errors up to max_retries times.
     timeout_s: float = Field(30.0, gt=0)
     max_retries: int = Field(2, ge=0)
+    # Sent with every request, e.g. Azure's {"api-version": "..."} query or a gateway's headers.
+    default_headers: dict[str, str] = Field(default_factory=dict)
+    default_query: dict[str, str] = Field(default_factory=dict)
     # Replay provider only: simulated latency.
     replay_latency_ms: float = Field(0.0, ge=0)
 
@@ -95,7 +101,24 @@ class ModelRegistry(BaseModel):
     def from_yaml(cls, path: Path | str) -> "ModelRegistry":
         path = Path(path)
         try:
-            text = os.path.expandvars(path.read_text())
+            text = expand_env(path.read_text())
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"model registry file not found: {path}") from exc
         return cls.model_validate(yaml.safe_load(text))
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """``${VAR}`` -> its value (left as is when unset, so a file naming an unused endpoint still loads);
+    ``${VAR:-default}`` -> its value, or ``default`` when unset or empty."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if default is not None:
+            return value or default
+        return value if value is not None else match.group(0)
+
+    return _ENV_REF.sub(substitute, text)

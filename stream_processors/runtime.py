@@ -9,10 +9,11 @@ from classifier.factory import build_router
 from classifier.router import Router
 from core.settings import Settings
 from providers.base import Provider
-from providers.costs import CostBook, RegistryCostBook
+from providers.costs import CostBook, RegistryCostBook, build_db_cost_book
 from providers.executor import LadderExecutor
 from providers.factory import build_providers
 from providers.registry import ModelRegistry
+from providers.tokens import count_tokens
 
 
 def load_registry(settings: Settings) -> ModelRegistry:
@@ -20,7 +21,11 @@ def load_registry(settings: Settings) -> ModelRegistry:
 
 
 def build_cost_book(settings: Settings, registry: ModelRegistry) -> CostBook:
-    """The prices every attempt is charged at. The one place to swap in a database-backed, effective-dated book."""
+    """The prices every attempt is charged at: effective-dated rates from Postgres ``cost_rates`` (seeded with
+    the config's list prices for models it lacks), or the config's list prices when there is no database."""
+    if settings.pg_dsn:
+        return build_db_cost_book(settings.pg_dsn, registry, refresh_s=settings.cost_rates_refresh_s,
+                                  prices_file=settings.prices_file)
     return RegistryCostBook(registry)
 
 
@@ -38,7 +43,8 @@ class Runtime:
 
 def build_runtime(settings: Settings, registry: ModelRegistry | None = None) -> Runtime:
     registry = registry or load_registry(settings)
-    router = build_router(registry, settings.classifier_artifact, policy_name=settings.routing_policy)
+    router = build_router(registry, settings.classifier_artifact, policy_name=settings.routing_policy,
+                          token_counter=count_tokens)
     providers = build_providers(registry, settings.data_dir)
     executor = LadderExecutor(registry, providers, router.escalation or Escalation(registry),
                               build_cost_book(settings, registry))

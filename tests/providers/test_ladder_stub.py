@@ -1,0 +1,212 @@
+"""The OpenAI-compatible provider and the ladder against the local stub on loopback, through the real SDK.
+
+The stub reports usage as word counts, so every cost below is computed by hand from word counts and
+the list prices: cheap 130/520, mid 590/790, expensive 2500/10000 micro-USD per 1k tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from classifier.cascade import Escalation
+from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier
+from providers.base import ProviderError
+from providers.costs import RegistryCostBook
+from providers.executor import LadderExecutor
+from providers.health import CircuitBreaker
+from providers.openai_compatible import MissingApiKeyError, OpenAICompatibleProvider
+from providers.registry import ModelRegistry
+from providers.tokens import count_chat_prompt_tokens, count_tokens
+
+REGISTRY_YAML = """
+counterfactual: big
+models:
+  - {name: small, tier: cheap, base_url: "STUB", model_id: stub-small, tokenizer: phi3,
+     prices: {input: 0.13, output: 0.52}, timeout_s: 0.5, max_retries: 2}
+  - {name: medium, tier: mid, base_url: "STUB", model_id: stub-medium, tokenizer: llama3,
+     prices: {input: 0.59, output: 0.79}, timeout_s: 0.5, max_retries: 1}
+  - {name: big, tier: expensive, base_url: "STUB", model_id: stub-big, tokenizer: o200k,
+     prices: {input: 2.5, output: 10.0}, timeout_s: 5, max_retries: 1}
+"""
+
+PROMPT = "one two three four five six seven eight nine ten"  # 10 words
+REPLY = "alpha beta gamma delta"  # 4 words
+
+
+@pytest.fixture()
+def registry(stub_server: str, tmp_path: Path) -> ModelRegistry:
+    path = tmp_path / "models.yaml"
+    path.write_text(REGISTRY_YAML.replace("STUB", stub_server))
+    return ModelRegistry.from_yaml(path)
+
+
+def set_faults(stub_server: str, **faults: dict) -> None:
+    base = stub_server.removesuffix("/v1")
+    response = httpx.post(f"{base}/_stub/faults", json={"faults": faults})
+    response.raise_for_status()
+
+
+def stub_calls(stub_server: str) -> list[dict]:
+    return httpx.get(stub_server.removesuffix("/v1") + "/_stub/calls").json()
+
+
+def routed_to(model: str, tier: Tier, prompt: str = PROMPT) -> RoutedMessage:
+    message = PromptMessage(prompt=prompt, max_tokens=64)
+    decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9, "medium": 0.05,
+                                                                             "complex": 0.05},
+                               model=model, tier=tier, reasons=["test"], policy="threshold", classifier="test")
+    return RoutedMessage(prompt=message, decision=decision, target_model=model)
+
+
+def executor(registry: ModelRegistry, **kwargs) -> LadderExecutor:
+    providers = {spec.name: OpenAICompatibleProvider(spec) for spec in registry.models}
+    return LadderExecutor(registry, providers, Escalation(registry), RegistryCostBook(registry), **kwargs)
+
+
+def half_up(numerator: int) -> int:
+    return (numerator + 500) // 1000
+
+
+async def test_retries_then_success_records_the_retry_count(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 500, "fail_times": 2, "reply": REPLY}})
+    result = await OpenAICompatibleProvider(registry.get("small")).complete(PromptMessage(prompt=PROMPT))
+    assert result.retries == 2
+    assert len(stub_calls(stub_server)) == 3  # the SDK's retries only: no second loop doubling them
+    assert (result.text, result.input_tokens, result.output_tokens, result.usage_reported) == (REPLY, 10, 4, True)
+
+
+async def test_retry_after_is_honoured(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 429, "fail_times": 1, "retry_after_s": 1.2}})
+    started = time.perf_counter()
+    result = await OpenAICompatibleProvider(registry.get("small")).complete(PromptMessage(prompt=PROMPT))
+    assert time.perf_counter() - started >= 1.2  # the SDK's own backoff would be at most 0.5 s
+    assert result.retries == 1
+
+
+async def test_persistent_500s_fall_back_to_the_next_tier(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 500, "fail_times": 99},
+                               "stub-medium": {"reply": REPLY}})
+    completion = await executor(registry).run(routed_to("small", Tier.cheap))
+    first, second = completion.attempts
+    assert (first.model, first.status, first.retries, first.cost_micro_usd) == ("small", "error", 2, 0)
+    assert "HTTP 500" in first.error and first.next_reason.startswith("fallback to medium")
+    assert (second.model, second.status, second.retries) == ("medium", "ok", 0)
+    assert (completion.status, completion.final_model, completion.response) == ("ok", "medium", REPLY)
+    # medium: 10 in x 590 + 4 out x 790 = 9060 -> 9 micro-USD
+    assert second.cost_micro_usd == completion.cost_micro_usd == half_up(10 * 590 + 4 * 790) == 9
+    assert [c["model"] for c in stub_calls(stub_server)] == ["stub-small"] * 3 + ["stub-medium"]
+
+
+async def test_timeouts_are_retried_then_fall_back(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"delay_s": 2.0}, "stub-medium": {"reply": REPLY}})
+    completion = await executor(registry).run(routed_to("small", Tier.cheap))
+    first, second = completion.attempts
+    assert (first.status, first.retries) == ("error", 2)
+    assert "timeout" in first.error
+    assert 1500 <= first.latency_ms < 4000  # three tries of 0.5 s plus the SDK's backoff
+    assert (second.model, second.status, completion.final_model) == ("medium", "ok", "medium")
+
+
+async def test_refusal_escalates_once_and_pays_for_both_calls(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"refuse": True}, "stub-medium": {"reply": REPLY}})
+    completion = await executor(registry).run(routed_to("small", Tier.cheap))
+    first, second = completion.attempts
+    assert (first.status, first.error) == ("rejected", "refusal")
+    assert first.next_reason == "escalate to medium: refusal"
+    # The refusal "I'm sorry, but I can't help with that." is 8 words.
+    assert first.cost_micro_usd == half_up(10 * 130 + 8 * 520) == 5
+    assert second.cost_micro_usd == half_up(10 * 590 + 4 * 790) == 9
+    assert completion.cost_micro_usd == 5 + 9
+    assert (completion.final_model, completion.response) == ("medium", REPLY)
+
+
+async def test_length_cutoff_escalates(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"truncate": True, "reply": REPLY}, "stub-medium": {"reply": REPLY}})
+    completion = await executor(registry).run(routed_to("small", Tier.cheap))
+    assert [(a.model, a.status, a.finish_reason) for a in completion.attempts] == [
+        ("small", "rejected", "length"), ("medium", "ok", "stop")]
+    assert completion.attempts[0].error == "finish_reason=length (truncated)"
+
+
+async def test_escalates_only_once(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"refuse": True}, "stub-medium": {"refuse": True}})
+    completion = await executor(registry).run(routed_to("small", Tier.cheap))
+    assert [(a.model, a.status) for a in completion.attempts] == [("small", "rejected"), ("medium", "rejected")]
+    assert completion.final_model == "medium"  # the best answer there is; no third call
+    assert "stub-big" not in [c["model"] for c in stub_calls(stub_server)]
+
+
+async def test_counterfactual_is_the_expensive_models_price(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-big": {"reply": REPLY}})
+    completion = await executor(registry).run(routed_to("big", Tier.expensive))
+    # The expensive model answered: its own billed tokens, 10 x 2500 + 4 x 10000 = 65000 -> 65.
+    assert completion.cost_micro_usd == completion.counterfactual_cost_micro_usd == 65
+
+    set_faults(stub_server, **{"stub-small": {"reply": REPLY}})
+    completion = await executor(registry, token_counter=lambda spec, text: len(text.split())).run(
+        routed_to("small", Tier.cheap))
+    assert completion.cost_micro_usd == half_up(10 * 130 + 4 * 520) == 3
+    # Another model answered: the same prompt and answer counted for the expensive model (here 1 token per
+    # word) plus its 7 tokens of chat framing, at its rates: 17 x 2500 + 4 x 10000 = 82500 -> 83 (half up).
+    assert completion.counterfactual_model == "big"
+    assert completion.counterfactual_cost_micro_usd == half_up(17 * 2500 + 4 * 10000) == 83
+
+
+async def test_missing_usage_is_counted_with_the_model_tokenizer(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"omit_usage": True, "reply": REPLY}})
+    completion = await executor(registry).run(routed_to("small", Tier.cheap))
+    attempt = completion.attempts[0]
+    spec = registry.get("small")
+    assert attempt.usage_reported is False
+    assert attempt.input_tokens == count_chat_prompt_tokens(spec, PROMPT) == count_tokens(spec, PROMPT) + 10
+    assert attempt.output_tokens == count_tokens(spec, REPLY)
+    assert attempt.cost_micro_usd == half_up(attempt.input_tokens * 130 + attempt.output_tokens * 520)
+
+
+async def test_every_model_failing_gives_a_failed_completion(registry, stub_server) -> None:
+    set_faults(stub_server, **{m: {"fail_status": 503, "fail_times": 99} for m in ("stub-small", "stub-medium",
+                                                                                   "stub-big")})
+    completion = await executor(registry).run(routed_to("medium", Tier.mid))
+    assert completion.status == "failed" and completion.final_model is None
+    assert [a.model for a in completion.attempts] == ["medium", "big", "small"]
+    assert all(a.status == "error" and a.cost_micro_usd == 0 for a in completion.attempts)
+    assert "HTTP 503" in completion.error
+
+
+async def test_a_model_that_keeps_failing_is_skipped_until_its_cooldown(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 500, "fail_times": 99},
+                               "stub-medium": {"reply": REPLY}})
+    ladder = executor(registry, breaker=CircuitBreaker(failure_threshold=2, cooldown_s=60))
+    for _ in range(2):
+        await ladder.run(routed_to("small", Tier.cheap))
+    calls_before = len(stub_calls(stub_server))
+    completion = await ladder.run(routed_to("small", Tier.cheap))
+    skipped = completion.attempts[0]
+    assert skipped.status == "error" and "circuit open after 2 consecutive failures" in skipped.error
+    assert skipped.latency_ms == 0 and skipped.next_reason == "fallback to medium: circuit open"
+    assert completion.final_model == "medium"
+    assert [c["model"] for c in stub_calls(stub_server)[calls_before:]] == ["stub-medium"]  # small not called
+
+
+async def test_missing_api_key_is_a_clear_error(registry, monkeypatch) -> None:
+    monkeypatch.delenv("ROUTER_TEST_MISSING_KEY", raising=False)
+    spec = registry.get("big").model_copy(update={"api_key_env": "ROUTER_TEST_MISSING_KEY"})
+    with pytest.raises(MissingApiKeyError, match=r"\$ROUTER_TEST_MISSING_KEY"):
+        OpenAICompatibleProvider(spec)
+
+
+async def test_unexpanded_base_url_is_a_clear_error(registry) -> None:
+    spec = registry.get("big").model_copy(update={"base_url": "${ROUTER_NOT_SET_ANYWHERE}"})
+    with pytest.raises(ValueError, match="environment variable"):
+        OpenAICompatibleProvider(spec)
+
+
+async def test_provider_error_carries_status_and_retries(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-medium": {"fail_status": 502, "fail_times": 99}})
+    with pytest.raises(ProviderError) as caught:
+        await OpenAICompatibleProvider(registry.get("medium")).complete(PromptMessage(prompt=PROMPT))
+    assert (caught.value.status, caught.value.retries) == (502, 1)
