@@ -5,7 +5,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-DAY = alt.X("day:T", title="Day (UTC)", axis=alt.Axis(format="%b %d"))
+# One tick per day at most: layered charts otherwise repeat each date at 12-hour ticks.
+DAY = alt.X("day:T", title="Day (UTC)", axis=alt.Axis(format="%b %d", tickCount={"interval": "day", "step": 1}))
 CHART_HEIGHT = 260
 
 
@@ -80,7 +81,7 @@ def mix_heatmap(frame: pd.DataFrame, difficulty_order: list[str]) -> alt.Chart:
     """Which model answered each predicted difficulty, over the whole range."""
     totals = frame.groupby(["difficulty", "model"], as_index=False)["requests"].sum()
     base = alt.Chart(totals, title="Answering model by predicted difficulty").encode(
-        x=alt.X("model:N", title="Answering model"),
+        x=alt.X("model:N", title="Answering model", axis=alt.Axis(labelAngle=0, labelLimit=260)),
         y=alt.Y("difficulty:N", title="Predicted difficulty", sort=difficulty_order),
     )
     cells = base.mark_rect().encode(
@@ -88,7 +89,8 @@ def mix_heatmap(frame: pd.DataFrame, difficulty_order: list[str]) -> alt.Chart:
         tooltip=["difficulty:N", "model:N", "requests:Q"],
     )
     labels = base.mark_text(baseline="middle").encode(text="requests:Q")
-    return alt.layer(cells, labels).properties(height=CHART_HEIGHT)
+    # A step, not a fixed height: Streamlit squashes discrete axes given a fixed height.
+    return alt.layer(cells, labels).properties(height=alt.Step(48))
 
 
 def latency_percentiles(latency: pd.DataFrame) -> alt.Chart:
@@ -99,7 +101,7 @@ def latency_percentiles(latency: pd.DataFrame) -> alt.Chart:
         alt.Chart(long, title="Latency per model (answered calls)")
         .mark_bar()
         .encode(
-            x=alt.X("model:N", title="Model"),
+            x=alt.X("model:N", title="Model", axis=alt.Axis(labelAngle=0, labelLimit=260)),
             xOffset=alt.XOffset("percentile:N", sort=["p50", "p95", "p99"]),
             y=alt.Y("ms:Q", title="Milliseconds"),
             color=alt.Color("percentile:N", sort=["p50", "p95", "p99"], title="Percentile"),
@@ -183,12 +185,12 @@ def transition_matrix(hops: pd.DataFrame) -> alt.Chart:
         alt.Chart(totals, title="Hops by path")
         .mark_bar()
         .encode(
-            y=alt.Y("path:N", title=None, sort="-x"),
+            y=alt.Y("path:N", title=None, sort="-x", axis=alt.Axis(labelLimit=400)),
             x=alt.X("hops:Q", title="Hops"),
             color=alt.Color("kind:N", title=None),
             tooltip=["kind:N", "from_model:N", "to_model:N", "hops:Q"],
         )
-        .properties(height=max(120, 32 * totals["path"].nunique()))
+        .properties(height=alt.Step(32))
     )
 
 
@@ -209,7 +211,7 @@ def offline_frontier(points: pd.DataFrame, sweep: pd.DataFrame | None) -> alt.Ch
     )
     layers.append(
         base.mark_point(size=140, filled=True).encode(
-            color=alt.Color("kind:N", title=None),
+            color=alt.Color("kind:N", title=None, legend=alt.Legend(orient="bottom")),
             shape=alt.Shape("kind:N", title=None),
             tooltip=["name:N", "kind:N", alt.Tooltip("accuracy:Q", format=".1%"),
                      alt.Tooltip("cost_usd:Q", format="$,.4f")],
@@ -217,3 +219,25 @@ def offline_frontier(points: pd.DataFrame, sweep: pd.DataFrame | None) -> alt.Ch
     )
     layers.append(base.mark_text(align="left", dx=9, dy=-7).encode(text="name:N"))
     return alt.layer(*layers, title="Offline evaluation: cost vs accuracy").properties(height=360)
+
+
+def attempt_timeline(attempts: pd.DataFrame) -> alt.Chart:
+    """One request's chain of calls on a time axis: where its latency went and which call failed."""
+    frame = attempts.copy()
+    first = frame["started_at"].min()
+    frame["start_ms"] = (frame["started_at"] - first).dt.total_seconds() * 1000
+    frame["end_ms"] = frame["start_ms"] + frame["latency_ms"]
+    frame["call"] = frame["attempt_no"].astype(str) + ". " + frame["model"]
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            y=alt.Y("call:N", title=None, sort=frame["call"].tolist(), axis=alt.Axis(labelLimit=300)),
+            x=alt.X("start_ms:Q", title="Milliseconds since the first call"),
+            x2="end_ms:Q",
+            color=alt.Color("status:N", title="Status",
+                            scale=alt.Scale(domain=["ok", "rejected", "error"], range=["#2ca02c", "#ff7f0e", "#d62728"])),
+            tooltip=["call:N", "status:N", alt.Tooltip("latency_ms:Q", format=",.0f"), "next_reason:N"],
+        )
+        .properties(height=alt.Step(32))
+    )

@@ -231,7 +231,8 @@ def explorer(dsn: str, filters: q.Filters) -> None:
         return
     st.caption(f"{len(found):,} newest matching requests" + (" (limit reached)" if len(found) == q.EXPLORER_LIMIT else ""))
     st.dataframe(found, hide_index=True, height=240,
-                 column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="%.6f")})
+                 column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="%.6f"),
+                                "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.0f")})
     labels = {row.request_id: _label(row) for row in found.itertuples(index=False)}
     request_id = st.selectbox("Request", list(labels), format_func=labels.get, key="explorer_request")
     if request_id is None:
@@ -246,12 +247,12 @@ def explorer(dsn: str, filters: q.Filters) -> None:
 def show_request(detail: dict[str, Any]) -> None:
     request = detail["request"]
     st.subheader(f"Request `{request['request_id']}`")
-    cols = st.columns(4)
+    cols = st.columns([1, 2, 2, 1])
     cols[0].metric("Predicted difficulty", request["difficulty"], help=f"confidence {request['confidence']:.2f}")
     cols[1].metric("Routed to", request["routed_model"])
     cols[2].metric("Answered by", request["final_model"] or "nobody (failed)")
     cols[3].metric("Status", request["status"])
-    cols = st.columns(4)
+    cols = st.columns([1, 2, 2, 1])
     cols[0].metric("Cost", usd(request["cost_usd"]))
     cols[1].metric(f"Always {request['counterfactual_model'] or 'expensive'}", usd(request["counterfactual_cost_usd"]))
     cols[2].metric("Tokens in / out", f"{request['tokens_in']:,} / {request['tokens_out']:,}")
@@ -266,8 +267,11 @@ def show_request(detail: dict[str, Any]) -> None:
     if probabilities:
         st.dataframe(pd.DataFrame([probabilities]), hide_index=True)
     st.markdown("**Attempts**")
+    if not detail["attempts"].empty:
+        st.altair_chart(charts.attempt_timeline(detail["attempts"]), width="stretch")
     st.dataframe(detail["attempts"], hide_index=True,
-                 column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="%.6f")})
+                 column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="%.6f"),
+                                "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.0f")})
     grading = detail["grading"]
     if grading:
         st.markdown(f"**Graded:** {'correct' if grading['correct'] else 'incorrect'} "
