@@ -82,7 +82,7 @@ async def _wait_for_rows(dsn: str, request_ids: list[str], timeout_s: float) -> 
 async def push_prompts(settings: Settings, api_url: str, prompts: list[str], console: Console) -> DemoSummary:
     """Half the prompts through POST /generate (concurrently), half straight to the prompts topic."""
     summary = DemoSummary()
-    via_http, via_kafka = prompts[: (len(prompts) + 1) // 2], prompts[(len(prompts) + 1) // 2:]
+    via_http, via_kafka = prompts[0::2], prompts[1::2]  # both paths get easy and hard prompts
     async with httpx.AsyncClient(timeout=settings.generate_timeout_s + 10) as client:
         ids = await asyncio.gather(*(_generate(client, api_url, p, console) for p in via_http))
     summary.request_ids += [i for i in ids if i]

@@ -85,5 +85,7 @@ class ProcessGroup:
     def stop_all(self, report: Callable[[str], None] = print) -> None:
         for managed in reversed(self.members):
             code = managed.stop()
-            report(f"stopped {managed.name} (exit {code})")
+            # uvicorn re-raises SIGTERM after its graceful shutdown, so a negative code is a clean stop too.
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+            report(f"stopped {managed.name} ({how})")
         self.members.clear()
