@@ -7,8 +7,10 @@ import logging
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from mode import Service
 from psycopg_pool import AsyncConnectionPool
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, wait_exponential
 
 from core.messages import DeadLetterMessage
 from core.settings import Settings
@@ -20,6 +22,11 @@ log = logging.getLogger(__name__)
 # Dead-letter records keep the start of the bad message: enough to debug, never a huge record.
 _MAX_RAW_CHARS = 64_000
 _MAX_ERROR_CHARS = 4_000
+
+
+def _broker_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError)) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)))
 
 
 def _text(raw: bytes | str | None) -> str:
@@ -80,4 +87,13 @@ class PipelineContext(Service):
         )
         log.warning("dead-lettered %s[%s]@%s at %s: %s", message.topic, message.partition, message.offset, stage,
                     error.splitlines()[0][:300] if error else "")
-        await (await self.dead_letter_topic.send(key=message.key, value=record.to_bytes()))
+        await self.deliver(self.dead_letter_topic, message.key, record.to_bytes())
+
+    async def deliver(self, topic: faust.TopicT, key: bytes | None, value: bytes) -> None:
+        """Send and wait for the broker's ack, retrying while the broker is unreachable: the source offset is
+        committed after this returns, so giving up here would lose the message."""
+        async for attempt in AsyncRetrying(retry=retry_if_exception(_broker_unavailable),
+                                           wait=wait_exponential(multiplier=0.2, max=10),
+                                           before_sleep=before_sleep_log(log, logging.WARNING), reraise=True):
+            with attempt:
+                await (await topic.send(key=key, value=value))

@@ -56,6 +56,21 @@ UPSERT_EVAL_SQL = (
 DELETE_EVAL_SQL = "DELETE FROM model_eval WHERE request_id = %s"
 
 
+def _without_nul(value: Any) -> Any:
+    """Postgres text and jsonb cannot hold NUL; a model that emits one must not cost us the row."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def storable(completion: CompletionMessage) -> CompletionMessage:
+    return CompletionMessage.model_validate(_without_nul(completion.model_dump()))
+
+
 def request_row(completion: CompletionMessage) -> dict[str, Any]:
     prompt, decision = completion.prompt, completion.decision
     attempts = completion.attempts
@@ -117,6 +132,7 @@ def eval_row(completion: CompletionMessage) -> dict[str, Any] | None:
 
 async def upsert_completion(conn: AsyncConnection, completion: CompletionMessage) -> bool:
     """Write one completion inside the caller's transaction; False when a newer answer was already stored."""
+    completion = storable(completion)
     cursor = await conn.execute(UPSERT_REQUEST_SQL, request_row(completion))
     if await cursor.fetchone() is None:
         return False

@@ -47,9 +47,18 @@ async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
             await context.dead_letter(event, "classify", f"policy chose unknown model {decision.model!r}")
             continue
         routed = RoutedMessage(prompt=prompt, decision=decision, target_model=decision.model)
-        deliveries.append(await topic.send(key=prompt.request_id.encode(), value=routed.to_bytes()))
+        deliveries.append(deliver_or_dead_letter(context, event, topic, prompt.request_id, routed.to_bytes()))
     # Offsets are committed after this batch returns: wait until the broker has every routed message.
     await asyncio.gather(*deliveries)
+
+
+async def deliver_or_dead_letter(context: PipelineContext, event: faust.EventT, topic: faust.TopicT,
+                                 request_id: str, value: bytes) -> None:
+    try:
+        await context.deliver(topic, request_id.encode(), value)
+    except Exception as exc:  # noqa: BLE001 - a permanent broker refusal (e.g. too large): keep it as a dead letter
+        await context.dead_letter(event, "classify", f"could not publish to {topic.get_topic_name()}: "
+                                                     f"{type(exc).__name__}: {exc}")
 
 
 def register(app: faust.App, context: PipelineContext) -> None:

@@ -41,8 +41,13 @@ async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.
         log.exception("ladder failed on %s", routed.prompt.request_id)
         await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")
         return
-    delivery = await context.completions_topic.send(key=completion.request_id.encode(), value=completion.to_bytes())
-    await asyncio.gather(delivery, publish_reply(context, completion))
+    try:
+        await asyncio.gather(
+            context.deliver(context.completions_topic, completion.request_id.encode(), completion.to_bytes()),
+            publish_reply(context, completion))
+    except Exception as exc:  # noqa: BLE001 - a permanent broker refusal: keep the request as a dead letter
+        await context.dead_letter(event, f"provider:{spec.name}",
+                                  f"could not publish the completion: {type(exc).__name__}: {exc}")
 
 
 def register(app: faust.App, context: PipelineContext, spec: ModelSpec) -> None:

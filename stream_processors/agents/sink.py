@@ -48,7 +48,7 @@ async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
 
     try:
         return await _retrying(write_all)
-    except psycopg.Error:
+    except Exception:  # noqa: BLE001 - a refused batch: find the message(s) at fault one by one
         log.exception("writing a batch of %d failed; writing one by one", len(parsed))
     written = 0
     for event, completion in parsed:
@@ -58,7 +58,7 @@ async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
 
         try:
             written += await _retrying(write_one)
-        except psycopg.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - anything but an outage: keep it as a dead letter, carry on
             await context.dead_letter(event, "sink", f"database refused the completion: {type(exc).__name__}: {exc}")
     return written
 

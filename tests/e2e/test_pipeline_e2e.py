@@ -51,6 +51,21 @@ async def read_dead_letters(bootstrap: str, topic: str, until, timeout_s: float 
     return letters
 
 
+def completion_payload(request_id: str, input_tokens: int = 5) -> bytes:
+    """A well-formed completion as a provider agent would publish it."""
+    from core.messages import Attempt, CompletionMessage, RoutingDecision, Tier
+
+    decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9, "medium": 0.1,
+                                                                             "complex": 0.0},
+                               model="small", tier=Tier.cheap, reasons=["test"], policy="threshold",
+                               classifier="heuristic")
+    return CompletionMessage(
+        request_id=request_id, prompt=PromptMessage(request_id=request_id, prompt="Hi"), decision=decision,
+        attempts=[Attempt(model="small", tier=Tier.cheap, status="ok", input_tokens=input_tokens, output_tokens=2)],
+        status="ok", final_model="small", response="Hello", input_tokens=input_tokens, output_tokens=2,
+    ).to_bytes()
+
+
 def attempt_count(dsn: str, request_id: str) -> int:
     with psycopg.connect(dsn) as conn:
         return conn.execute("SELECT count(*) FROM request_attempts WHERE request_id = %s",
@@ -131,8 +146,13 @@ async def test_unparseable_messages_go_to_dead_letter_and_processing_continues(p
     bad_json = f"{{not json {uuid.uuid4().hex}".encode()
     empty_prompt = f'{{"request_id": "{uuid.uuid4().hex}", "prompt": "   "}}'.encode()
     bad_completion = f"not a completion {uuid.uuid4().hex}".encode()
+    # Parses, but the database refuses it (a token count beyond the column's range) ...
+    refused_id, fine_id = f"refused-{uuid.uuid4().hex[:8]}", f"fine-{uuid.uuid4().hex[:8]}"
     await produce(settings.kafka_bootstrap, settings.topic_prompts, [(b"bad-1", bad_json), (b"bad-2", empty_prompt)])
-    await produce(settings.kafka_bootstrap, settings.topic_completions, [(b"bad-3", bad_completion)])
+    await produce(settings.kafka_bootstrap, settings.topic_completions, [
+        (b"bad-3", bad_completion),
+        (refused_id.encode(), completion_payload(refused_id, input_tokens=2**40)),
+        (fine_id.encode(), completion_payload(fine_id))])  # ... while a good one in the same batch is written
     await produce(settings.kafka_bootstrap, f"{settings.topic_route_prefix}medium", [(b"bad-4", b"[]")])
     good = PromptMessage(prompt=unique("What is 12 times 7?"))
     await produce(settings.kafka_bootstrap, settings.topic_prompts, [(good.request_id.encode(), good.to_bytes())])
@@ -140,7 +160,7 @@ async def test_unparseable_messages_go_to_dead_letter_and_processing_continues(p
     wanted = {bad_json.decode(), empty_prompt.decode(), bad_completion.decode()}
     letters = await read_dead_letters(
         settings.kafka_bootstrap, settings.topic_dead_letter,
-        until=lambda got: wanted <= {g.raw for g in got} and any(g.key == "bad-4" for g in got))
+        until=lambda got: wanted <= {g.raw for g in got} and {"bad-4", refused_id} <= {g.key for g in got})
     by_raw = {letter.raw: letter for letter in letters}
     assert wanted <= set(by_raw), f"dead letters seen: {[g.raw[:40] for g in letters]}"
     assert by_raw[bad_json.decode()].stage == "classify" and by_raw[bad_json.decode()].key == "bad-1"
@@ -148,9 +168,13 @@ async def test_unparseable_messages_go_to_dead_letter_and_processing_continues(p
     assert "PromptMessage" in by_raw[bad_json.decode()].error
     assert "prompt" in by_raw[empty_prompt.decode()].error
     assert by_raw[bad_completion.decode()].stage == "sink"
+    refused = next(g for g in letters if g.key == refused_id)
+    assert refused.stage == "sink" and "database refused" in refused.error
     route_letter = next(g for g in letters if g.key == "bad-4")
     assert route_letter.stage == "provider:medium" and "RoutedMessage" in route_letter.error
-    # The agents kept going: the valid prompt after the bad ones is recorded.
+    # The agents kept going: the good completion and the valid prompt after the bad ones are recorded.
+    assert (await pipeline.wait_for_row(fine_id))["response"] == "Hello"
+    assert pipeline.row(refused_id) is None
     assert (await pipeline.wait_for_row(good.request_id))["status"] == "ok"
     pipeline.check_alive()
 

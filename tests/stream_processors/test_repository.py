@@ -87,3 +87,19 @@ async def test_graded_completion_writes_one_eval_row(conn, clean_db):
 
 async def test_missing_request_is_none(conn):
     assert await fetch_request(conn, "no-such-request") is None
+
+
+async def test_nul_characters_from_a_model_do_not_cost_the_row(conn, clean_db):
+    completion = make_completion("req-nul", response="bad\x00byte")
+    completion.attempts[0].error = "odd\x00error"
+    await upsert_completions(conn, [completion])
+    row = await fetch_request(conn, "req-nul")
+    assert row["response"] == "bad\ufffdbyte" and row["attempt_rows"][0]["error"] == "odd\ufffderror"
+
+
+async def test_out_of_range_value_is_refused_without_writing_anything(conn, clean_db):
+    broken = make_completion("req-broken").model_copy(update={"input_tokens": 2**40})
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+        await upsert_completions(conn, [make_completion("req-fine-but-same-batch"), broken])
+    await conn.rollback()
+    assert counts(clean_db, "req-fine-but-same-batch") == (0, 0, 0)  # the batch is one transaction
