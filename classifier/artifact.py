@@ -1,0 +1,94 @@
+"""A trained classifier artifact: the folder ``python -m training.train`` writes and the router loads.
+
+    classifier.json      labels, max length, padding side, pad id, which ONNX file to serve
+    model.int8.onnx      the fine-tuned prompt classifier (or model.fp32.onnx where int8 lost accuracy)
+    tokenizer.json       its tokenizer, for the ``tokenizers`` library
+    policy.json          the calibrated routing policy, answer checks, verifier margins, max escalations
+    verifier.json        the learned answer verifier (numpy logistic heads)
+    model_card.json      metrics, data fingerprint, held-out split, ladder, prices, commands  (+ MODEL_CARD.md)
+
+Loading needs numpy, onnxruntime and tokenizers only: no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from classifier.calibrated import CascadePolicy  # noqa: F401 - registers the "cascade" policy
+from classifier.cascade import ANSWER_CHECKS, AnswerCheck, Escalation
+from classifier.onnx_classifier import OnnxClassifier
+from classifier.policy import TokenCounter, approximate_token_count, build_policy
+from classifier.router import Router
+from classifier.verifier import LearnedVerifierCheck, VerifierModel
+from providers.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("classifier.json", "tokenizer.json", "policy.json", "model_card.json")
+
+
+class ArtifactError(ValueError):
+    """The artifact folder is missing a file or holds something this code cannot load."""
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact file missing: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"artifact file {path} is not valid JSON: {exc}") from None
+
+
+def artifact_digest(artifact_dir: Path) -> str:
+    """SHA-256 over every file of the artifact: proves evaluation left it untouched."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(artifact_dir).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(artifact_dir)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def margin_value(value: float | None) -> float:
+    return float("inf") if value is None else float(value)
+
+
+def build_escalation(artifact_dir: Path, policy_doc: dict[str, Any], registry: ModelRegistry) -> Escalation:
+    checks: list[AnswerCheck] = []
+    for name in policy_doc.get("checks", []):
+        if name not in ANSWER_CHECKS:
+            raise ArtifactError(f"policy.json names unknown answer check {name!r}; known: {sorted(ANSWER_CHECKS)}")
+        if name == "verifier":
+            verifier = policy_doc.get("verifier") or {}
+            model = VerifierModel.from_json(read_json(artifact_dir / verifier.get("file", "verifier.json")))
+            margins = {tier: margin_value(v) for tier, v in verifier.get("margins", {}).items()}
+            checks.append(LearnedVerifierCheck(model, registry, margins))
+        else:
+            checks.append(ANSWER_CHECKS[name]())
+    return Escalation(registry, checks, max_escalations=int(policy_doc.get("max_escalations", 1)))
+
+
+def load_router_from_artifact(
+    artifact_dir: Path,
+    registry: ModelRegistry,
+    token_counter: TokenCounter = approximate_token_count,
+) -> Router:
+    artifact_dir = Path(artifact_dir)
+    missing = [name for name in REQUIRED_FILES if not (artifact_dir / name).exists()]
+    if missing:
+        raise ArtifactError(f"{artifact_dir} is not a classifier artifact: missing {missing}")
+    policy_doc = read_json(artifact_dir / "policy.json")
+    classifier = OnnxClassifier.from_dir(artifact_dir)
+    try:
+        policy = build_policy(policy_doc["policy"], token_counter=token_counter, **policy_doc.get("params", {}))
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"policy.json does not describe a usable policy: {exc}") from None
+    escalation = build_escalation(artifact_dir, policy_doc, registry)
+    card = read_json(artifact_dir / "model_card.json")
+    log.info("classifier artifact %s: policy %s %s, ladder %s", artifact_dir, policy.name, policy.params(),
+             card.get("ladder"))
+    return Router(classifier, policy, registry, escalation)

@@ -1,0 +1,103 @@
+"""Training on a small slice, the evaluate JSON contract, and evaluation leaving the artifact untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from classifier.artifact import artifact_digest, load_router_from_artifact
+from classifier.factory import build_router
+from classifier.onnx_classifier import OnnxClassifier
+from training import evaluate, train
+from training.data import Ladder, load_prices, replay_registry
+
+from synthetic_outcomes import LADDER, LADDER_ARG
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--max-train-prompts", "40", "--folds", "2", "--epochs", "1", "--max-length", "48", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def artifact(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("artifact") / "router"
+    rc = train.main(["--data", str(synthetic_dir), "--ladder", LADDER_ARG, "--prices",
+                     str(synthetic_dir / "prices.json"), "--out", str(out), *FAST])
+    assert rc == 0
+    return out
+
+
+def test_training_writes_a_complete_artifact(artifact: Path) -> None:
+    for name in ("classifier.json", "tokenizer.json", "policy.json", "verifier.json", "model_card.json",
+                 "MODEL_CARD.md"):
+        assert (artifact / name).is_file(), name
+    assert not artifact.with_name(artifact.name + ".partial").exists()
+    card = json.loads((artifact / "model_card.json").read_text())
+    assert card["ladder"] == dict(zip(("cheap", "mid", "expensive"), LADDER, strict=True))
+    assert card["data"]["n"] == 120 and len(card["data"]["fingerprint"]) == 16
+    assert card["data"]["per_source"] == {"alpha": 70, "beta": 50}
+    assert 0 <= card["classifier"]["out_of_fold"]["macro_f1"] <= 1
+    assert card["classifier"]["onnx"]["fp32_vs_torch_max_abs_diff"] < 1e-3
+    policy = json.loads((artifact / "policy.json").read_text())
+    assert policy["policy"] == "cascade" and "verifier" in policy["checks"] and policy["sweep"]
+    # Calibration met its guard on its own (out-of-fold) data.
+    cal = card["calibration"]
+    assert cal["feasible"]
+    assert cal["chosen_out_of_fold"]["accuracy"] >= cal["expensive_accuracy"] - 0.01
+    # The synthetic data has an easy, learnable structure: the cascade must save money on it.
+    assert cal["chosen_out_of_fold"]["savings_vs_expensive"] > 0.3
+
+
+def test_router_loads_through_the_factory(artifact: Path, synthetic_dir: Path) -> None:
+    registry = replay_registry(Ladder.parse(LADDER_ARG), load_prices(synthetic_dir / "prices.json"))
+    router = build_router(registry, artifact)
+    assert isinstance(router.classifier, OnnxClassifier)
+    assert router.policy.name == "cascade"
+    assert any(check.name == "verifier" for check in router.escalation.checks)
+    decisions = router.route([__import__("core.messages", fromlist=["PromptMessage"]).PromptMessage(prompt="hi")])
+    assert decisions[0].model in LADDER and abs(sum(decisions[0].probabilities.values()) - 1) < 1e-5
+    assert load_router_from_artifact(artifact, registry).policy.params() == router.policy.params()
+
+
+def test_evaluate_json_contract_and_artifact_untouched(artifact: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    digest = artifact_digest(artifact)
+    mtimes = {p: p.stat().st_mtime_ns for p in artifact.iterdir()}
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "curve.png"
+    rc = evaluate.main(["--data", str(synthetic_dir / "alpha.jsonl.gz"), str(synthetic_dir / "beta.jsonl.gz"),
+                        "--ladder", LADDER_ARG, "--prices", str(synthetic_dir / "prices.json"),
+                        "--artifact", str(artifact), "--json", str(out_json), "--plot", str(out_png),
+                        "--bootstrap", "200"])
+    assert rc == 0
+    report = json.loads(out_json.read_text())
+    assert report["n"] == 120
+    for model in LADDER:
+        assert set(report["baselines"][model]) >= {"accuracy", "cost_usd"}
+    assert set(report["oracle"]) >= {"accuracy", "cost_usd"}
+    router = report["router"]
+    assert set(router) >= {"accuracy", "cost_usd", "savings_vs_expensive", "mix", "accuracy_minus_expensive_ci95"}
+    assert abs(sum(router["mix"].values()) - 1) < 1e-9
+    expensive = report["baselines"][LADDER[2]]
+    assert router["savings_vs_expensive"] == pytest.approx(1 - router["cost_usd"] / expensive["cost_usd"])
+    ci = router["accuracy_minus_expensive_ci95"]
+    assert ci["low"] <= ci["estimate"] <= ci["high"]
+    assert ci["estimate"] == pytest.approx(router["accuracy"] - expensive["accuracy"])
+    assert set(report["per_source"]) == {"alpha", "beta"}
+    assert sum(s["n"] for s in report["per_source"].values()) == 120
+    # The oracle is the floor on cost among perfect-knowledge routers and at least as accurate as any model.
+    assert report["oracle"]["accuracy"] >= max(b["accuracy"] for b in report["baselines"].values())
+    # The vectorised ladder rule used for calibration agrees exactly with the real executor replay.
+    assert report["simulator_check"]["matches_replay"]
+    # Evaluation never tunes: the artifact is byte-for-byte what training wrote.
+    assert report["artifact"]["sha256_before"] == report["artifact"]["sha256_after"] == artifact_digest(artifact)
+    assert digest == artifact_digest(artifact)
+    assert mtimes == {p: p.stat().st_mtime_ns for p in artifact.iterdir()}
+    assert out_png.stat().st_size > 10_000
+
+
+def test_evaluate_rejects_a_different_ladder(artifact: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="trained for ladder"):
+        evaluate.main(["--data", str(synthetic_dir), "--ladder", "small-model,mid-model,other-model",
+                       "--prices", str(synthetic_dir / "prices.json"), "--artifact", str(artifact),
+                       "--json", str(tmp_path / "x.json")])

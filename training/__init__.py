@@ -1,0 +1,1 @@
+"""Training, calibration and the offline cost/accuracy harness of the difficulty router."""

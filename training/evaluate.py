@@ -1,0 +1,258 @@
+"""Offline cost/accuracy harness: the artifact's router replayed on recorded outcomes vs fixed baselines.
+
+    python -m training.evaluate --data FILE_OR_DIR... --ladder CHEAP,MID,EXPENSIVE --prices FILE \\
+        --artifact ARTIFACT_DIR --json OUT.json [--plot OUT.png]
+
+It runs the live routing code, not a model of it: ``Router.route`` (classifier + calibrated policy)
+and ``providers.executor.LadderExecutor`` with its answer checks and escalation, each model a
+``ReplayProvider`` answering with the recorded response and token counts, every call charged by a
+cost book built from the prices file. The policy is used as the artifact holds it: nothing is tuned
+here, and the artifact's digest before and after is written to the JSON to prove it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from classifier.artifact import artifact_digest, read_json
+from classifier.factory import build_router
+from classifier.verifier import VerifierModel
+from core.messages import LABELS, TIER_ORDER, CompletionMessage, PromptMessage, RoutedMessage
+from providers.costs import RegistryCostBook
+from providers.executor import LadderExecutor
+from providers.replay import OutcomeIndex, ReplayProvider
+from training.calibrate import answer_matrices, score_verifier, simulate, start_tiers
+from training.calibrate import build_named_policy, margin_from_json
+from training.data import Ladder, LadderData, load_ladder_data, load_prices, replay_registry
+
+# Replayed requests are priced at one fixed instant so reruns give identical costs.
+PRICED_AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", required=True, help="outcomes files or folders")
+    p.add_argument("--ladder", required=True, help="CHEAP,MID,EXPENSIVE model ids as in the outcomes")
+    p.add_argument("--prices", type=Path, required=True)
+    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--json", type=Path, required=True, dest="json_out")
+    p.add_argument("--plot", type=Path)
+    p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per Router.route call")
+    p.add_argument("--concurrency", type=int, default=64, help="replayed requests in flight")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def request_id(record_id: str) -> str:
+    return hashlib.sha256(record_id.encode()).hexdigest()[:32]
+
+
+async def replay(data: LadderData, router: Any, registry: Any, batch_size: int, concurrency: int) -> list[CompletionMessage]:
+    index = OutcomeIndex(data.records)
+    providers = {spec.name: ReplayProvider(spec, index) for spec in registry.models}
+    executor = LadderExecutor(registry, providers, router.escalation, RegistryCostBook(registry))
+    prompts = [PromptMessage(request_id=request_id(r.id), prompt=r.prompt, created_at=PRICED_AT) for r in data.records]
+    completions: list[CompletionMessage | None] = [None] * len(prompts)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run_one(i: int, routed: RoutedMessage) -> None:
+        async with gate:
+            completions[i] = await executor.run(routed)
+
+    with tqdm(total=len(prompts), desc="route + replay", unit="prompt") as bar:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            decisions = router.route(batch)
+            tasks = [run_one(start + j, RoutedMessage(prompt=p, decision=d, target_model=d.model))
+                     for j, (p, d) in enumerate(zip(batch, decisions, strict=True))]
+            await asyncio.gather(*tasks)
+            bar.update(len(batch))
+    return [c for c in completions if c is not None]
+
+
+def paired_bootstrap(router_correct: np.ndarray, expensive_correct: np.ndarray, resamples: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    diff = router_correct.astype(float) - expensive_correct.astype(float)
+    n = len(diff)
+    stats = np.array([diff[rng.integers(0, n, n)].mean() for _ in range(resamples)])
+    return {"estimate": float(diff.mean()), "low": float(np.quantile(stats, 0.025)),
+            "high": float(np.quantile(stats, 0.975)), "resamples": resamples, "confidence": 0.95}
+
+
+def summarise(data: LadderData, completions: list[CompletionMessage], costs: np.ndarray, rows: np.ndarray) -> dict:
+    ladder = data.ladder.models
+    router_correct = np.array([bool(completions[i].correct) for i in rows])
+    router_cost = sum(completions[i].cost_micro_usd for i in rows) / 1e6
+    expensive_cost = float(costs[rows, 2].sum())
+    finals = Counter(completions[i].final_model for i in rows)
+    called = Counter(a.model for i in rows for a in completions[i].attempts)
+    # Oracle: the cheapest model that is right; where none is, the cheapest model.
+    oracle_correct = data.correct[rows].any(axis=1)
+    oracle_cost = 0.0
+    for i in rows:
+        right = [k for k in range(3) if data.correct[i, k]]
+        oracle_cost += float(min(costs[i, k] for k in right) if right else costs[i].min())
+    return {
+        "n": int(len(rows)),
+        "baselines": {m: {"accuracy": float(data.correct[rows, k].mean()), "cost_usd": float(costs[rows, k].sum())}
+                      for k, m in enumerate(ladder)},
+        "oracle": {"accuracy": float(oracle_correct.mean()), "cost_usd": oracle_cost,
+                   "savings_vs_expensive": 1 - oracle_cost / expensive_cost if expensive_cost else 0.0},
+        "router": {
+            "accuracy": float(router_correct.mean()), "cost_usd": router_cost,
+            "savings_vs_expensive": 1 - router_cost / expensive_cost if expensive_cost else 0.0,
+            "mix": {m: finals.get(m, 0) / len(rows) for m in ladder},
+            "calls_per_request": {m: called.get(m, 0) / len(rows) for m in ladder},
+            "failed": sum(1 for i in rows if completions[i].status != "ok"),
+        },
+    }
+
+
+def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    scores = []
+    for k in range(len(LABELS)):
+        tp = int(((predicted == k) & (truth == k)).sum())
+        fp = int(((predicted == k) & (truth != k)).sum())
+        fn = int(((predicted != k) & (truth == k)).sum())
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def sweep_curve(data: LadderData, artifact: Path, policy_doc: dict, registry: Any, probabilities: np.ndarray,
+                costs: np.ndarray) -> list[dict[str, Any]]:
+    """Cost and accuracy of every setting on the artifact's calibration frontier, on this data
+    (the simulator of the ladder rule; the chosen point is cross-checked against the real replay)."""
+    matrices = answer_matrices(data, probabilities)
+    scores = None
+    if "verifier" in policy_doc.get("checks", []):
+        scores = score_verifier(VerifierModel.from_json(read_json(artifact / policy_doc["verifier"]["file"])),
+                                matrices, registry)
+    points = []
+    for cand in tqdm(policy_doc.get("sweep", []), desc="threshold sweep", unit="setting"):
+        policy = build_named_policy(cand["policy"], cand["policy_params"])
+        start = start_tiers(policy, data.records, probabilities, registry)
+        margins = (margin_from_json(cand["margins"]["cheap"]), margin_from_json(cand["margins"]["mid"]))
+        out = simulate(data.correct, costs, start, matrices.default_reject, scores, margins, cand["max_escalations"])
+        points.append({**cand, "eval_accuracy": out.accuracy, "eval_cost_usd": out.cost_usd})
+    return points
+
+
+def simulate_chosen(data: LadderData, artifact: Path, policy_doc: dict, registry: Any, probabilities: np.ndarray,
+                    costs: np.ndarray) -> dict[str, float]:
+    chosen = {"policy": policy_doc["policy"], "policy_params": policy_doc["params"],
+              "margins": policy_doc.get("verifier", {}).get("margins", {"cheap": None, "mid": None}),
+              "max_escalations": policy_doc["max_escalations"]}
+    doc = {**policy_doc, "sweep": [chosen]}
+    (point,) = sweep_curve(data, artifact, doc, registry, probabilities, costs)
+    return {"accuracy": point["eval_accuracy"], "cost_usd": point["eval_cost_usd"]}
+
+
+def plot(report: dict[str, Any], curve: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib  # noqa: PLC0415 - training extra
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = sorted((p["eval_cost_usd"], p["eval_accuracy"]) for p in curve)
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3, color="tab:blue", alpha=0.7,
+                label="router: calibration frontier (threshold sweep)")
+    for name, values in report["baselines"].items():
+        ax.scatter(values["cost_usd"], values["accuracy"], marker="s", s=60, label=f"always {name}")
+    ax.scatter(report["oracle"]["cost_usd"], report["oracle"]["accuracy"], marker="*", s=120, color="gold",
+               edgecolor="k", label="oracle")
+    r = report["router"]
+    ax.scatter(r["cost_usd"], r["accuracy"], marker="D", s=90, color="red", edgecolor="k", zorder=5,
+               label=f"router (chosen): {100 * r['savings_vs_expensive']:.0f}% saved")
+    expensive = list(report["baselines"].values())[-1]
+    ax.axhline(expensive["accuracy"] - 0.01, ls="--", color="grey", lw=1, label="expensive - 1 pt")
+    ax.set_xlabel("cost (USD, list prices)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ladder = Ladder.parse(args.ladder)
+    prices = load_prices(args.prices)
+    registry = replay_registry(ladder, prices)
+    card = read_json(args.artifact / "model_card.json")
+    trained = card.get("ladder", {})
+    if [trained.get("cheap"), trained.get("mid"), trained.get("expensive")] != ladder.models:
+        raise SystemExit(f"the artifact was trained for ladder {trained}, not {ladder.models}")
+    digest_before = artifact_digest(args.artifact)
+    policy_doc = read_json(args.artifact / "policy.json")
+    data = load_ladder_data(args.data, ladder, prices)
+    router = build_router(registry, args.artifact)
+    completions = asyncio.run(replay(data, router, registry, args.batch_size, args.concurrency))
+    book = RegistryCostBook(registry)
+    costs = np.array([[book.cost_micro_usd(m, r.outcomes[m].input_tokens, r.outcomes[m].output_tokens, PRICED_AT)
+                       for m in ladder.models] for r in data.records]) / 1e6
+    report: dict[str, Any] = {"ladder": ladder.models, **summarise(data, completions, costs, np.arange(data.n))}
+    router_correct = np.array([bool(c.correct) for c in completions])
+    report["router"]["accuracy_minus_expensive_ci95"] = paired_bootstrap(
+        router_correct, data.correct[:, 2], args.bootstrap, args.seed)
+    report["per_source"] = {
+        source: summarise(data, completions, costs, np.array([i for i, s in enumerate(data.sources) if s == source]))
+        for source in sorted(set(data.sources))
+    }
+    probabilities = np.array([[c.decision.probabilities.get(label, 0.0) for label in LABELS] for c in completions])
+    truth = data.label_ids()
+    predicted = probabilities.argmax(axis=1)
+    report["classifier"] = {"accuracy": float((predicted == truth).mean()), "macro_f1": macro_f1(truth, predicted),
+                            "label_share": {lab: float((truth == k).mean()) for k, lab in enumerate(LABELS)},
+                            "unsolvable_share": float(data.unsolvable.mean())}
+    report["start_tier_share"] = {t.value: float(np.mean([c.decision.tier == t for c in completions]))
+                                  for t in TIER_ORDER}
+    report["escalation_reasons"] = dict(Counter(
+        (a.error or "").split(":")[0] for c in completions for a in c.attempts if a.status == "rejected"))
+    simulated = simulate_chosen(data, args.artifact, policy_doc, registry, probabilities, costs)
+    report["simulator_check"] = {**simulated, "matches_replay":
+                                 abs(simulated["accuracy"] - report["router"]["accuracy"]) < 1e-9
+                                 and abs(simulated["cost_usd"] - report["router"]["cost_usd"]) < 1e-6}
+    curve = sweep_curve(data, args.artifact, policy_doc, registry, probabilities, costs)
+    report["sweep"] = [{k: p[k] for k in ("policy_params", "margins", "max_escalations", "eval_accuracy",
+                                          "eval_cost_usd")} for p in curve]
+    report["policy"] = {k: policy_doc[k] for k in ("policy", "params", "max_escalations", "checks")}
+    report["policy"]["verifier_margins"] = policy_doc.get("verifier", {}).get("margins")
+    report["artifact"] = {"path": str(args.artifact), "sha256_before": digest_before,
+                          "sha256_after": artifact_digest(args.artifact),
+                          "training_fingerprint": card.get("data", {}).get("fingerprint")}
+    report["data_fingerprint"] = data.fingerprint()
+    report["skipped_incomplete"] = data.skipped_incomplete
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json_out.with_name(args.json_out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.json_out)
+    if args.plot:
+        plot(report, curve, args.plot, f"{' -> '.join(ladder.models)}  (n={data.n})")
+    r, e = report["router"], report["baselines"][ladder.expensive]
+    ci = r["accuracy_minus_expensive_ci95"]
+    print(f"n={data.n}  router accuracy {r['accuracy']:.4f} vs expensive {e['accuracy']:.4f} "
+          f"(diff {ci['estimate']:+.4f}, 95% CI [{ci['low']:+.4f}, {ci['high']:+.4f}]); "
+          f"cost ${r['cost_usd']:.4f} vs ${e['cost_usd']:.4f}: savings {100 * r['savings_vs_expensive']:.1f}%; "
+          f"oracle savings {100 * report['oracle']['savings_vs_expensive']:.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
