@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import httpx
 import psycopg
@@ -140,4 +141,136 @@ async def run_demo(settings: Settings, api_url: str, *, console: Console | None 
     await summarize(settings, summary, console)
     if summary.recorded < len(summary.request_ids):
         raise RuntimeError(f"only {summary.recorded} of {len(summary.request_ids)} demo requests reached Postgres")
+    return summary
+
+
+# --- Replay demo: real prompts and real recorded answers, no keys, no internet -------------------------
+
+REPLAY_LADDER_SOURCES = ("gsm8k", "math-l5", "crux")  # sources answered by all three demo ladder models
+
+
+@dataclass
+class ReplaySummary:
+    sent: int
+    recorded: int
+    spend_micro_usd: int
+    correct: int
+    graded: int
+    by_model: dict[str, int]
+    escalated: int
+    fell_back: int
+    baseline_model: str
+    baseline_micro_usd: int
+    baseline_correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.graded if self.graded else 0.0
+
+    @property
+    def baseline_accuracy(self) -> float:
+        return self.baseline_correct / self.sent if self.sent else 0.0
+
+    @property
+    def savings_pct(self) -> float:
+        return 100.0 * (1 - self.spend_micro_usd / self.baseline_micro_usd) if self.baseline_micro_usd else 0.0
+
+
+def replay_sample(data_dir, registry, sample: int, seed: int = 7):
+    """A seeded random sample of outcomes records that every ladder model has an answer for."""
+    import random
+
+    from core.outcomes import load_outcomes, outcome_files
+
+    files = [f for f in outcome_files([data_dir / "outcomes"]) if f.name.split(".")[0] in REPLAY_LADDER_SOURCES]
+    ids = [m.provider_model_id for m in registry.ladder]
+    records = [r for r in load_outcomes(files) if all(i in r.outcomes for i in ids)]
+    if not records:
+        raise RuntimeError(f"no outcomes under {data_dir}/outcomes answered by all of {ids}")
+    random.Random(seed).shuffle(records)
+    return records[:sample]
+
+
+async def run_replay_demo(settings: Settings, *, console: Console | None = None, sample: int = 200,
+                          seed: int = 7, timeout_s: float = 300) -> ReplaySummary:
+    """Stream a sample of outcomes prompts through the running stack (replay providers answer with the real
+    recorded responses and token counts), then print spend, accuracy and savings vs always-expensive from Postgres."""
+    from tqdm import tqdm
+
+    from providers.costs import RegistryCostBook
+    from stream_processors.runtime import build_cost_book, load_registry
+
+    console = console or Console()
+    if settings.data_dir is None:
+        raise RuntimeError("the replay demo needs the outcomes data: set ROUTER_DATA_DIR or pass --data-dir")
+    registry = load_registry(settings)
+    records = replay_sample(settings.data_dir, registry, sample, seed)
+    console.print(f"replaying {len(records)} outcomes prompts ({', '.join(REPLAY_LADDER_SOURCES)}) on the ladder "
+                  f"{' → '.join(m.name for m in registry.ladder)}")
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all",
+                                linger_ms=5)
+    await producer.start()
+    request_ids: list[str] = []
+    try:
+        sends = []
+        for record in records:
+            message = PromptMessage(request_id=new_request_id(), prompt=record.prompt, max_tokens=4096,
+                                    metadata={"source": record.source, "item_id": record.id, "demo": "replay"})
+            request_ids.append(message.request_id)
+            sends.append(await producer.send(settings.topic_prompts, key=message.request_id.encode(),
+                                             value=message.to_bytes()))
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+    assert settings.pg_dsn
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=len(request_ids), desc="recorded in Postgres", unit="req") as progress:
+        async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+            while True:
+                cursor = await conn.execute("SELECT count(*) FROM requests WHERE request_id = ANY(%s)",
+                                            (request_ids,))
+                (found,) = await cursor.fetchone()
+                progress.update(found - progress.n)
+                if found >= len(request_ids) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.25)
+            cursor = await conn.execute(
+                "SELECT coalesce(r.final_model, '(failed)'), count(*), sum(r.cost_micro_usd)::bigint,"
+                " count(e.correct) FILTER (WHERE e.correct), count(e.correct),"
+                " count(*) FILTER (WHERE r.escalated), count(*) FILTER (WHERE r.fell_back)"
+                " FROM requests r LEFT JOIN model_eval e USING (request_id)"
+                " WHERE r.request_id = ANY(%s) GROUP BY 1 ORDER BY 1", (request_ids,))
+            rows = await cursor.fetchall()
+
+    # Always-expensive: what the expensive model really answered and billed for the same prompts, at the
+    # rates the pipeline priced with (from cost_rates at each prompt's time; here the same instant).
+    expensive = registry.counterfactual_model
+    costs = build_cost_book(settings, registry) if settings.pg_dsn else RegistryCostBook(registry)
+    now = datetime.now(timezone.utc)
+    baseline = sum(costs.cost_micro_usd(expensive.name, r.outcomes[expensive.provider_model_id].input_tokens,
+                                        r.outcomes[expensive.provider_model_id].output_tokens, now) for r in records)
+    baseline_correct = sum(r.outcomes[expensive.provider_model_id].correct for r in records)
+
+    summary = ReplaySummary(
+        sent=len(records), recorded=sum(r[1] for r in rows), spend_micro_usd=sum(int(r[2]) for r in rows),
+        correct=sum(r[3] for r in rows), graded=sum(r[4] for r in rows), by_model={r[0]: r[1] for r in rows},
+        escalated=sum(r[5] for r in rows), fell_back=sum(r[6] for r in rows), baseline_model=expensive.name,
+        baseline_micro_usd=baseline, baseline_correct=baseline_correct)
+
+    table = Table(title=f"replay demo: {summary.recorded}/{summary.sent} requests recorded in Postgres")
+    for column in ("answered by", "requests", "spend USD", "correct"):
+        table.add_column(column, justify="left" if column == "answered by" else "right")
+    for model, count, cost, correct, graded, _, _ in rows:
+        table.add_row(model, str(count), f"{int(cost) / 1e6:.6f}", f"{correct}/{graded}")
+    console.print(table)
+    console.print(f"router:           spend {summary.spend_micro_usd / 1e6:.6f} USD, accuracy {summary.accuracy:.1%} "
+                  f"({summary.correct}/{summary.graded}); {summary.escalated} escalated, {summary.fell_back} fell back")
+    console.print(f"always {expensive.name}: spend {baseline / 1e6:.6f} USD, accuracy "
+                  f"{summary.baseline_accuracy:.1%} ({baseline_correct}/{summary.sent})")
+    console.print(f"[bold]savings vs always {expensive.name}: {summary.savings_pct:.1f}%[/bold] "
+                  f"(accuracy {100 * (summary.accuracy - summary.baseline_accuracy):+.1f} points)")
+    if summary.recorded < summary.sent:
+        raise RuntimeError(f"only {summary.recorded} of {summary.sent} replayed requests reached Postgres")
     return summary

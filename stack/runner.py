@@ -1,6 +1,7 @@
 """Starts the whole local stack on loopback, runs the demo, and keeps it up until Ctrl-C.
 
     python -m stack [--workers N] [--api-workers N] [--demo-prompts N] [--exit-after-demo] [--no-dashboard]
+    python -m stack --replay [--sample 200] [--data-dir DIR]   # real recorded outcomes, no keys needed
 
 Broker: Tansu (memory engine) at ROUTER_KAFKA_BOOTSTRAP. Database: PG_DSN when set, else an embedded
 Postgres under .data/pg. Models: the registry at ROUTER_MODELS_CONFIG; the stub server stands in for
@@ -195,17 +196,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Streamlit dashboard")
     parser.add_argument("--data-root", type=Path, default=PROJECT_ROOT / ".data",
                         help="folder for the embedded database, logs and worker data (default .data/)")
+    parser.add_argument("--replay", action="store_true",
+                        help="replay real recorded outcomes (config/models.demo.yaml) instead of the stub models, "
+                             "and print spend, accuracy and savings vs always the expensive model")
+    parser.add_argument("--sample", type=int, default=200, help="--replay: how many outcomes prompts (default 200)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="--replay: the outcomes data folder (default: ROUTER_DATA_DIR)")
     args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.replay:
+        data_dir = args.data_dir or settings.data_dir
+        if data_dir is None or not (Path(data_dir) / "outcomes").is_dir():
+            parser.error(f"--replay needs the outcomes data: set ROUTER_DATA_DIR or pass --data-dir "
+                         f"(no outcomes/ folder under {data_dir})")
+        # The workers read these from the environment they inherit.
+        os.environ["ROUTER_MODELS_CONFIG"] = str(PROJECT_ROOT / "config" / "models.demo.yaml")
+        os.environ["ROUTER_DATA_DIR"] = str(Path(data_dir).resolve())
+        settings = settings.model_copy(update={"models_config": Path(os.environ["ROUTER_MODELS_CONFIG"]),
+                                               "data_dir": Path(os.environ["ROUTER_DATA_DIR"])})
 
     console = Console()
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    stack = LocalStack(get_settings(), data_root=args.data_root, workers=args.workers, api_workers=args.api_workers,
+    stack = LocalStack(settings, data_root=args.data_root, workers=args.workers, api_workers=args.api_workers,
                        dashboard=not args.no_dashboard, console=console)
     code = 0
     try:
         console.rule("[bold]starting the local stack")
         stack.start()
-        if not args.no_demo:
+        if args.replay and not args.no_demo:
+            from stack.demo import run_replay_demo  # noqa: PLC0415
+
+            console.rule("[bold]replay demo")
+            asyncio.run(run_replay_demo(stack.settings, console=console, sample=args.sample))
+        elif not args.no_demo:
             from stack.demo import run_demo  # noqa: PLC0415
 
             console.rule("[bold]demo")
