@@ -5,15 +5,26 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-# One tick per day at most: layered charts otherwise repeat each date at 12-hour ticks.
-DAY = alt.X("day:T", title="Day (UTC)", axis=alt.Axis(format="%b %d", tickCount={"interval": "day", "step": 1}))
+
+
+def period_x(bucket: str) -> alt.X:
+    """The time axis of trend charts: one tick per bucket at most (layered charts otherwise repeat labels)."""
+    if bucket == "hour":
+        return alt.X("period:T", title="Hour (UTC)", axis=alt.Axis(format="%H:%M", tickCount={"interval": "hour", "step": 1}))
+    return alt.X("period:T", title="Day (UTC)", axis=alt.Axis(format="%b %d", tickCount={"interval": "day", "step": 1}))
+
+
+def period_tooltip(bucket: str) -> alt.Tooltip:
+    return alt.Tooltip("period:T", title=bucket, format="%Y-%m-%d %H:%M" if bucket == "hour" else "%Y-%m-%d")
+
+
 CHART_HEIGHT = 260
 
 
-def spend_vs_counterfactual(daily: pd.DataFrame, counterfactual_model: str) -> alt.Chart:
+def spend_vs_counterfactual(daily: pd.DataFrame, counterfactual_model: str, bucket: str = "day") -> alt.Chart:
     """Daily spend next to what sending everything to the expensive model would have cost."""
     long = daily.melt(
-        id_vars=["day"],
+        id_vars=["period"],
         value_vars=["spend_usd", "counterfactual_spend_usd"],
         var_name="series",
         value_name="usd",
@@ -22,56 +33,58 @@ def spend_vs_counterfactual(daily: pd.DataFrame, counterfactual_model: str) -> a
         {"spend_usd": "Router spend", "counterfactual_spend_usd": f"Always {counterfactual_model}"}
     )
     return (
-        alt.Chart(long, title="Spend per day vs the always-expensive counterfactual")
+        alt.Chart(long, title=f"Spend per {bucket} vs the always-expensive counterfactual")
         .mark_line(point=True)
         .encode(
-            x=DAY,
+            x=period_x(bucket),
             y=alt.Y("usd:Q", title="USD"),
             color=alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom")),
-            tooltip=[alt.Tooltip("day:T"), "series:N", alt.Tooltip("usd:Q", format="$,.4f")],
+            tooltip=[period_tooltip(bucket), "series:N", alt.Tooltip("usd:Q", format="$,.4f")],
         )
         .properties(height=CHART_HEIGHT)
     )
 
 
-def savings_per_day(daily: pd.DataFrame) -> alt.Chart:
+def savings_per_day(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
     frame = daily.dropna(subset=["savings_ratio"])
     return (
-        alt.Chart(frame, title="Savings vs counterfactual, per day")
+        alt.Chart(frame, title=f"Savings vs counterfactual, per {bucket}")
         .mark_bar()
         .encode(
-            x=DAY,
+            x=period_x(bucket),
             y=alt.Y("savings_ratio:Q", title="Savings", axis=alt.Axis(format="%")),
-            tooltip=[alt.Tooltip("day:T"), alt.Tooltip("savings_ratio:Q", format=".1%", title="savings")],
+            tooltip=[period_tooltip(bucket), alt.Tooltip("savings_ratio:Q", format=".1%", title="savings")],
         )
         .properties(height=CHART_HEIGHT)
     )
 
 
-def cost_per_request(daily: pd.DataFrame) -> alt.Chart:
-    base = alt.Chart(daily, title="Requests and average cost per request, per day").encode(x=DAY)
+def cost_per_request(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
+    base = alt.Chart(daily, title=f"Requests and average cost per request, per {bucket}").encode(x=period_x(bucket))
     bars = base.mark_bar(opacity=0.35).encode(
-        y=alt.Y("requests:Q", title="Requests"), tooltip=[alt.Tooltip("day:T"), "requests:Q"]
+        y=alt.Y("requests:Q", title="Requests"), tooltip=[period_tooltip(bucket), "requests:Q"]
     )
     line = base.mark_line(point=True, color="#d62728").encode(
         y=alt.Y("cost_per_request_usd:Q", title="USD per request"),
-        tooltip=[alt.Tooltip("day:T"), alt.Tooltip("cost_per_request_usd:Q", format="$,.6f")],
+        tooltip=[period_tooltip(bucket), alt.Tooltip("cost_per_request_usd:Q", format="$,.6f")],
     )
     return alt.layer(bars, line).resolve_scale(y="independent").properties(height=CHART_HEIGHT)
 
 
-def share_over_time(frame: pd.DataFrame, category: str, title: str, sort: list[str] | None = None) -> alt.Chart:
-    """Normalised stacked bars: each day's share of requests by ``category``."""
-    daily = frame.groupby(["day", category], as_index=False)["requests"].sum()
+def share_over_time(
+    frame: pd.DataFrame, category: str, title: str, sort: list[str] | None = None, bucket: str = "day"
+) -> alt.Chart:
+    """Normalised stacked bars: each bucket's share of requests by ``category``."""
+    daily = frame.groupby(["period", category], as_index=False)["requests"].sum()
     return (
         alt.Chart(daily, title=title)
         .mark_bar()
         .encode(
-            x=DAY,
+            x=period_x(bucket),
             y=alt.Y("requests:Q", stack="normalize", title="Share of requests", axis=alt.Axis(format="%")),
             color=alt.Color(f"{category}:N", title=category.capitalize(), sort=sort),
             order=alt.Order(f"{category}:N"),
-            tooltip=[alt.Tooltip("day:T"), f"{category}:N", "requests:Q"],
+            tooltip=[period_tooltip(bucket), f"{category}:N", "requests:Q"],
         )
         .properties(height=CHART_HEIGHT)
     )
@@ -111,34 +124,34 @@ def latency_percentiles(latency: pd.DataFrame) -> alt.Chart:
     )
 
 
-def latency_trend(daily: pd.DataFrame) -> alt.Chart:
-    long = daily.melt(id_vars=["day", "model"], value_vars=["p50_ms", "p95_ms"], var_name="percentile",
+def latency_trend(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
+    long = daily.melt(id_vars=["period", "model"], value_vars=["p50_ms", "p95_ms"], var_name="percentile",
                       value_name="ms")
     long["percentile"] = long["percentile"].str.removesuffix("_ms")
     return (
-        alt.Chart(long, title="Daily p50 (solid) and p95 (dashed) per model")
+        alt.Chart(long, title=f"p50 (solid) and p95 (dashed) per model, per {bucket}")
         .mark_line(point=True)
         .encode(
-            x=DAY,
+            x=period_x(bucket),
             y=alt.Y("ms:Q", title="Milliseconds"),
             color=alt.Color("model:N", title="Model"),
             strokeDash=alt.StrokeDash("percentile:N", sort=["p50", "p95"], title="Percentile"),
-            tooltip=[alt.Tooltip("day:T"), "model:N", "percentile:N", alt.Tooltip("ms:Q", format=",.0f")],
+            tooltip=[period_tooltip(bucket), "model:N", "percentile:N", alt.Tooltip("ms:Q", format=",.0f")],
         )
         .properties(height=CHART_HEIGHT)
     )
 
 
-def pass_rate_and_cost(daily: pd.DataFrame) -> alt.Chart:
-    """Pass rate (line, left axis) against cost of the graded answers (bars, right axis), per day."""
-    base = alt.Chart(daily, title="Pass rate and cost per day (graded answers)").encode(x=DAY)
+def pass_rate_and_cost(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
+    """Pass rate (line, left axis) against cost of the graded answers (bars, right axis), per time bucket."""
+    base = alt.Chart(daily, title=f"Pass rate and cost per {bucket} (graded answers)").encode(x=period_x(bucket))
     bars = base.mark_bar(opacity=0.35, color="#ff7f0e").encode(
         y=alt.Y("cost_usd:Q", title="Cost of graded answers (USD)"),
-        tooltip=[alt.Tooltip("day:T"), alt.Tooltip("cost_usd:Q", format="$,.4f"), "graded:Q"],
+        tooltip=[period_tooltip(bucket), alt.Tooltip("cost_usd:Q", format="$,.4f"), "graded:Q"],
     )
     line = base.mark_line(point=True, color="#1f77b4").encode(
         y=alt.Y("pass_rate:Q", title="Pass rate", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
-        tooltip=[alt.Tooltip("day:T"), alt.Tooltip("pass_rate:Q", format=".1%"), "graded:Q"],
+        tooltip=[period_tooltip(bucket), alt.Tooltip("pass_rate:Q", format=".1%"), "graded:Q"],
     )
     return alt.layer(bars, line).resolve_scale(y="independent").properties(height=CHART_HEIGHT)
 
@@ -160,18 +173,18 @@ def pass_rate_by_model(per_model: pd.DataFrame) -> alt.Chart:
     )
 
 
-def escalation_rates(daily: pd.DataFrame) -> alt.Chart:
-    long = daily.melt(id_vars=["day"], value_vars=["escalation_rate", "fallback_rate"], var_name="kind",
+def escalation_rates(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
+    long = daily.melt(id_vars=["period"], value_vars=["escalation_rate", "fallback_rate"], var_name="kind",
                       value_name="rate")
     long["kind"] = long["kind"].map({"escalation_rate": "escalated", "fallback_rate": "fell back"})
     return (
-        alt.Chart(long, title="Share of requests escalated / fallen back, per day")
+        alt.Chart(long, title=f"Share of requests escalated / fallen back, per {bucket}")
         .mark_line(point=True)
         .encode(
-            x=DAY,
+            x=period_x(bucket),
             y=alt.Y("rate:Q", title="Share of requests", axis=alt.Axis(format="%")),
             color=alt.Color("kind:N", title=None),
-            tooltip=[alt.Tooltip("day:T"), "kind:N", alt.Tooltip("rate:Q", format=".1%")],
+            tooltip=[period_tooltip(bucket), "kind:N", alt.Tooltip("rate:Q", format=".1%")],
         )
         .properties(height=CHART_HEIGHT)
     )

@@ -42,6 +42,11 @@ class Filters:
             raise ValueError(f"date range ends ({self.end}) before it starts ({self.start})")
 
     @property
+    def bucket(self) -> str:
+        """Time bucket of the trend charts: hours when one day is selected (a demo's traffic), else days."""
+        return "hour" if self.start == self.end else "day"
+
+    @property
     def start_ts(self) -> datetime:
         return datetime.combine(self.start, time.min, tzinfo=timezone.utc)
 
@@ -80,8 +85,9 @@ def _fetch(dsn: str, query: str, params: dict[str, Any] | None = None) -> pd.Dat
         cur.execute(query, params or {})
         columns = [column.name for column in cur.description]
         frame = pd.DataFrame(cur.fetchall(), columns=columns)
-    if "day" in frame.columns:
-        frame["day"] = pd.to_datetime(frame["day"])
+    if "period" in frame.columns:
+        # Naive UTC: Vega-Lite would otherwise shift the buckets into the viewer's timezone.
+        frame["period"] = pd.to_datetime(frame["period"], utc=True).dt.tz_convert(None)
     return frame
 
 
@@ -91,7 +97,7 @@ def _request_where(filters: Filters, alias: str = "r") -> tuple[str, dict[str, A
     Column names come from this module only; every value is a bound parameter.
     """
     clauses = [f"{alias}.created_at >= %(start)s", f"{alias}.created_at < %(end)s"]
-    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts}
+    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket}
     if filters.models:
         clauses.append(f"{alias}.final_model = ANY(%(models)s)")
         params["models"] = list(filters.models)
@@ -109,7 +115,7 @@ def _scoped_where(
 ) -> tuple[str, dict[str, Any], bool]:
     """WHERE clause for attempts / evaluations; says whether ``requests r`` must be joined (tenant, difficulty)."""
     clauses = [f"{time_column} >= %(start)s", f"{time_column} < %(end)s"]
-    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts}
+    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket}
     needs_requests = False
     if filters.models:
         clauses.append(f"{model_column} = ANY(%(models)s)")
@@ -211,12 +217,12 @@ def overview_totals(dsn: str, filters: Filters) -> dict[str, Any]:
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def overview_daily(dsn: str, filters: Filters) -> pd.DataFrame:
-    """Per UTC day: requests, spend, counterfactual spend, savings ratio, cost per request."""
+    """Per time bucket (UTC day, or hour for a one-day range): requests, spend, counterfactual spend, savings ratio, cost per request."""
     where, params = _request_where(filters)
     return _fetch(
         dsn,
         f"""
-        SELECT date_trunc('day', r.created_at)::date AS day, {_SPEND_COLUMNS}
+        SELECT date_trunc(%(bucket)s, r.created_at) AS period, {_SPEND_COLUMNS}
         FROM requests r WHERE {where}
         GROUP BY 1 ORDER BY 1
         """,
@@ -234,7 +240,7 @@ def mix_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     return _fetch(
         dsn,
         f"""
-        SELECT date_trunc('day', r.created_at)::date AS day,
+        SELECT date_trunc(%(bucket)s, r.created_at) AS period,
                coalesce(r.final_model, %(failed)s) AS model, r.difficulty,
                count(*)::bigint AS requests,
                coalesce(sum(r.cost_micro_usd), 0)::float8 / {MICRO} AS spend_usd
@@ -294,7 +300,7 @@ def latency_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     return _fetch(
         dsn,
         f"""
-        SELECT date_trunc('day', a.started_at)::date AS day, a.model,
+        SELECT date_trunc(%(bucket)s, a.started_at) AS period, a.model,
                percentile_cont(0.50) WITHIN GROUP (ORDER BY a.latency_ms) AS p50_ms,
                percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency_ms) AS p95_ms
         FROM {_attempts_from(needs_requests)} WHERE {where} AND a.status <> 'error'
@@ -336,7 +342,7 @@ def quality_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     return _fetch(
         dsn,
         f"""
-        SELECT date_trunc('day', e.evaluated_at)::date AS day,
+        SELECT date_trunc(%(bucket)s, e.evaluated_at) AS period,
                count(*)::bigint AS graded,
                avg(e.correct::int)::float8 AS pass_rate,
                sum(e.cost_micro_usd)::float8 / {MICRO} AS cost_usd,
@@ -378,7 +384,7 @@ def escalation_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     return _fetch(
         dsn,
         f"""
-        SELECT date_trunc('day', r.created_at)::date AS day,
+        SELECT date_trunc(%(bucket)s, r.created_at) AS period,
                count(*)::bigint AS requests,
                count(*) FILTER (WHERE r.escalated)::bigint AS escalated,
                count(*) FILTER (WHERE r.fell_back)::bigint AS fell_back,

@@ -44,6 +44,12 @@ def no_requests() -> None:
     )
 
 
+def _period_column(filters: q.Filters):
+    if filters.bucket == "hour":
+        return st.column_config.DatetimeColumn("Hour (UTC)", format="YYYY-MM-DD HH:mm")
+    return st.column_config.DateColumn("Day (UTC)")
+
+
 # ----------------------------------------------------------------------------- Overview
 
 
@@ -71,16 +77,16 @@ def overview(dsn: str, filters: q.Filters) -> None:
     cols[4].metric("Tokens out", f"{totals['tokens_out']:,}")
 
     daily = q.overview_daily(dsn, filters)
-    st.altair_chart(charts.spend_vs_counterfactual(daily, counterfactual_model), width="stretch")
+    st.altair_chart(charts.spend_vs_counterfactual(daily, counterfactual_model, filters.bucket), width="stretch")
     left, right = st.columns(2)
-    left.altair_chart(charts.savings_per_day(daily), width="stretch")
-    right.altair_chart(charts.cost_per_request(daily), width="stretch")
-    with st.expander("Daily figures"):
+    left.altair_chart(charts.savings_per_day(daily, filters.bucket), width="stretch")
+    right.altair_chart(charts.cost_per_request(daily, filters.bucket), width="stretch")
+    with st.expander(f"Figures per {filters.bucket}"):
         st.dataframe(
-            daily[["day", "requests", "spend_usd", "counterfactual_spend_usd", "savings_ratio", "cost_per_request_usd",
+            daily[["period", "requests", "spend_usd", "counterfactual_spend_usd", "savings_ratio", "cost_per_request_usd",
                    "escalated", "fell_back"]],
             hide_index=True,
-            column_config={"day": st.column_config.DateColumn("Day"),
+            column_config={"period": _period_column(filters),
                            "savings_ratio": st.column_config.NumberColumn("Savings", format="percent")},
         )
 
@@ -102,9 +108,11 @@ def model_mix(dsn: str, filters: q.Filters) -> None:
     for col, row in zip(cols, by_model.itertuples(index=False), strict=False):
         col.metric(f"Share {row.model}", percent(row.share), help=f"{row.requests:,} of {total:,} requests")
     left, right = st.columns(2)
-    left.altair_chart(charts.share_over_time(mix, "model", "Share by answering model, per day"), width="stretch")
+    left.altair_chart(charts.share_over_time(mix, "model", f"Share by answering model, per {filters.bucket}",
+                                            bucket=filters.bucket), width="stretch")
     right.altair_chart(
-        charts.share_over_time(mix, "difficulty", "Share by predicted difficulty, per day", sort=DIFFICULTY_ORDER),
+        charts.share_over_time(mix, "difficulty", f"Share by predicted difficulty, per {filters.bucket}",
+                               sort=DIFFICULTY_ORDER, bucket=filters.bucket),
         width="stretch",
     )
     st.altair_chart(charts.mix_heatmap(mix, DIFFICULTY_ORDER), width="stretch")
@@ -145,7 +153,7 @@ def latency(dsn: str, filters: q.Filters) -> None:
                                                                                             "p99_ms")})
     daily = q.latency_daily(dsn, filters)
     if not daily.empty:
-        st.altair_chart(charts.latency_trend(daily), width="stretch")
+        st.altair_chart(charts.latency_trend(daily, filters.bucket), width="stretch")
 
 
 # ----------------------------------------------------------------------------- Quality vs cost
@@ -169,7 +177,7 @@ def quality(dsn: str, filters: q.Filters) -> None:
     cols[1].metric("Pass rate", percent(pass_rate))
     cols[2].metric("Cost of graded answers", usd(cost))
     cols[3].metric("Cost per correct answer", usd(cost / (pass_rate * graded)) if pass_rate else "–")
-    st.altair_chart(charts.pass_rate_and_cost(daily), width="stretch")
+    st.altair_chart(charts.pass_rate_and_cost(daily, filters.bucket), width="stretch")
     per_model = q.quality_by_model(dsn, filters)
     totals = per_model[per_model["is_model_total"]].drop(columns=["is_model_total", "difficulty"])
     left, right = st.columns(2)
@@ -181,9 +189,9 @@ def quality(dsn: str, filters: q.Filters) -> None:
     with st.expander("Per model and predicted difficulty"):
         st.dataframe(per_model[~per_model["is_model_total"]].drop(columns=["is_model_total"]), hide_index=True,
                      column_config={"pass_rate": st.column_config.NumberColumn("Pass rate", format="percent")})
-    with st.expander("Daily figures"):
+    with st.expander(f"Figures per {filters.bucket}"):
         st.dataframe(daily, hide_index=True,
-                     column_config={"day": st.column_config.DateColumn("Day"),
+                     column_config={"period": _period_column(filters),
                                     "pass_rate": st.column_config.NumberColumn("Pass rate", format="percent")})
 
 
@@ -206,7 +214,7 @@ def escalations(dsn: str, filters: q.Filters) -> None:
                    help="Requests that got no answer from any model.")
     hops = q.transitions(dsn, filters)
     cols[3].metric("Hops", f"{int(hops['hops'].sum()) if not hops.empty else 0:,}")
-    st.altair_chart(charts.escalation_rates(daily), width="stretch")
+    st.altair_chart(charts.escalation_rates(daily, filters.bucket), width="stretch")
     if hops.empty:
         st.info("No request in this range was escalated or fell back.", icon="ℹ️")
         return

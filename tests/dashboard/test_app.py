@@ -132,7 +132,7 @@ def test_quality_vs_cost(seeded: str, run_view: RunView) -> None:
     per_model = frame_with(at, "pass_rate").set_index("model")["pass_rate"].to_dict()
     assert per_model == {known.GPT: 1.0, known.LLAMA: 0.5, known.PHI: 1.0}
     assert len(charts(at)) >= 2
-    daily = [d.value for d in at.dataframe if "day" in d.value.columns and "graded" in d.value.columns][0]
+    daily = [d.value for d in at.dataframe if "period" in d.value.columns and "graded" in d.value.columns][0]
     assert daily["pass_rate"].tolist() == [0.5, 1.0]
     assert daily["cost_usd"].round(6).tolist() == [0.0004, 0.0032]
 
@@ -274,3 +274,14 @@ def test_offline_evaluation_minimal_and_bad_reports(tmp_path: Path, run_view: Ru
 def test_offline_evaluation_without_report(run_view: RunView) -> None:
     at = run_view("offline")
     assert any("No harness report yet" in info.value for info in at.info)
+
+
+def test_one_day_range_buckets_by_hour(seeded: str, run_view: RunView) -> None:
+    at = run_view("overview")
+    assert frame_with(at, "savings_ratio")["period"].dt.hour.tolist() == [0, 0]  # two days, daily buckets
+    at.date_input(key="date_range").set_value((known.DAY2.date(), known.DAY2.date())).run()
+    hourly = frame_with(at, "savings_ratio")
+    assert hourly["period"].dt.hour.tolist() == [15, 16, 17]  # r3, r4, r5 in three hours of day 2
+    assert hourly["requests"].tolist() == [1, 1, 1]
+    assert hourly["savings_ratio"].round(4).tolist()[:2] == [0.0, 0.8]
+    assert hourly["savings_ratio"].isna().tolist()[2]  # r5 failed: no counterfactual
