@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from mode import Service
 from psycopg_pool import AsyncConnectionPool
@@ -54,6 +55,27 @@ class PipelineContext(Service):
         }
         self._pool: AsyncConnectionPool | None = None
         self._pool_lock = asyncio.Lock()
+        self._reply_producer: AIOKafkaProducer | None = None
+        self._reply_lock = asyncio.Lock()
+
+    async def reply_producer(self) -> AIOKafkaProducer:
+        """A producer of its own for the API processes' reply topics. Kept apart from Faust's producer because
+        a Kafka client keeps refreshing metadata for every topic it ever wrote to, and on a broker that
+        auto-creates topics that would bring back the reply topic of an API process that has gone."""
+        async with self._reply_lock:
+            if self._reply_producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                            client_id=f"{self.settings.faust_app_id}-replies",
+                                            enable_idempotence=False, acks=1)
+                await producer.start()
+                self._reply_producer = producer
+        return self._reply_producer
+
+    @Service.timer(30.0)
+    async def _forget_reply_topics(self) -> None:
+        # An empty topic set means "metadata for all existing topics": no refresh asks for a deleted one.
+        if self._reply_producer is not None:
+            await self._reply_producer.client.set_topics([])
 
     def raw_topic(self, name: str, partitions: int) -> faust.TopicT:
         # Raw bytes in and out: every stage parses with core.messages itself, so a bad message is
@@ -72,6 +94,8 @@ class PipelineContext(Service):
         return self._pool
 
     async def on_stop(self) -> None:
+        if self._reply_producer is not None:
+            await self._reply_producer.stop()
         if self._pool is not None:
             await self._pool.close()
         await self.runtime.aclose()

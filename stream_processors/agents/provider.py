@@ -21,9 +21,10 @@ async def publish_reply(context: PipelineContext, completion: CompletionMessage)
     if not reply_to:
         return
     try:
-        delivery = await context.app.producer.send(reply_to, completion.request_id.encode(), completion.to_bytes(),
-                                                   partition=0, timestamp=None, headers=None)
-        await asyncio.wait_for(delivery, timeout=context.settings.reply_publish_timeout_s)
+        producer = await context.reply_producer()
+        await asyncio.wait_for(producer.send_and_wait(reply_to, completion.to_bytes(), completion.request_id.encode(),
+                                                      partition=0),
+                               timeout=context.settings.reply_publish_timeout_s)
     except Exception as exc:  # noqa: BLE001 - a lost reply only means /generate answers 504
         log.warning("reply for %s to %s not delivered: %s: %s", completion.request_id, reply_to,
                     type(exc).__name__, exc)
