@@ -1,0 +1,102 @@
+"""The prompt classifier: the Phi-3 + LoRA path on a tiny random Phi3Config, ONNX agreeing with PyTorch,
+and a serving path that imports neither torch nor transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, Phi3Config, Phi3ForSequenceClassification
+
+from classifier.onnx_classifier import OnnxClassifier
+from core.messages import LABELS
+from training.prompt_model import FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba, resolve_base
+
+PROMPTS = ["What is 2 + 2?", "Prove that there are infinitely many primes, with every step justified.",
+           "Translate 'cat' into French.", "Design a distributed consensus protocol tolerant to byzantine faults."]
+LABEL_IDS = [0, 2, 0, 2]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_left():
+    tok = AutoTokenizer.from_pretrained(resolve_base("all-MiniLM-L6-v2"))
+    tok.padding_side = "left"
+    return tok
+
+
+def _tiny_phi3(tok) -> Phi3ForSequenceClassification:
+    torch.manual_seed(0)
+    config = Phi3Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                        pad_token_id=tok.pad_token_id, num_labels=len(LABELS))
+    return Phi3ForSequenceClassification(config).eval()
+
+
+def test_phi3_lora_trains_predicts_saves_and_reloads(tokenizer_left, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    base = _tiny_phi3(tokenizer_left)
+    base.save_pretrained(tmp_path / "base")
+    config = FineTuneConfig(base="tiny-phi3", max_length=32, epochs=2, batch_size=2, learning_rate=1e-2,
+                            max_train_prompts=4)
+    pm = load_base(config, base, tokenizer_left)
+    assert pm.is_phi3 and pm.padding_side == "left"
+    assert pm.model.config.pad_token_id == tokenizer_left.pad_token_id
+    trainable = [n for n, p in pm.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "score" in n for n in trainable)
+    lora_before = {n: p.detach().clone() for n, p in pm.model.named_parameters() if "lora_B" in n}
+
+    fine_tune(pm, PROMPTS, LABEL_IDS)
+    assert any(not torch.equal(lora_before[n], p) for n, p in pm.model.named_parameters() if n in lora_before)
+    probs = predict_proba(pm, PROMPTS)
+    assert probs.shape == (4, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # Left padding: a prompt scores the same alone as beside a longer prompt in one batch.
+    alone = predict_proba(pm, PROMPTS[:1])
+    pm_batch = predict_proba(pm, PROMPTS[:2], batch_size=2)
+    assert np.allclose(alone[0], pm_batch[0], atol=1e-4)
+
+    pm.model.save_pretrained(tmp_path / "lora")
+    reloaded = PeftModel.from_pretrained(Phi3ForSequenceClassification.from_pretrained(tmp_path / "base"),
+                                         tmp_path / "lora").eval()
+    pm2 = type(pm)(reloaded, tokenizer_left, config, is_phi3=True)
+    assert np.allclose(predict_proba(pm2, PROMPTS), probs, atol=1e-5)
+
+
+def test_phi3_requires_left_padding_and_matching_pad_id(tokenizer_left) -> None:
+    right = AutoTokenizer.from_pretrained(resolve_base("all-MiniLM-L6-v2"))
+    right.padding_side = "right"
+    with pytest.raises(ValueError, match="left padding"):
+        load_base(FineTuneConfig(base="tiny"), _tiny_phi3(right), right)
+
+
+def test_onnx_export_agrees_with_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = resolve_base("all-MiniLM-L6-v2")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+    pm = load_base(FineTuneConfig(max_length=64), model, tok)
+    check = PROMPTS * 5 + ["x " * 200]  # one prompt longer than max_length: truncation must agree too
+    report = export_onnx(pm, tmp_path, check, quantize=True)
+    served = OnnxClassifier.from_dir(tmp_path)
+    torch_probs = predict_proba(pm, check)
+    fp32 = OnnxClassifier(tmp_path / "model.fp32.onnx", tmp_path / "tokenizer.json",
+                          {**__import__("json").loads((tmp_path / "classifier.json").read_text()),
+                           "model_file": "model.fp32.onnx"}) if (tmp_path / "model.fp32.onnx").exists() else None
+    assert report["fp32_vs_torch_max_abs_diff"] < 1e-4
+    assert report["fp32_vs_torch_label_agreement"] == 1.0
+    onnx_probs = served.probabilities(check)
+    tolerance = 1e-4 if fp32 is not None else 0.05  # int8 served: close, not identical
+    assert np.abs(onnx_probs - torch_probs).max() < tolerance
+    predictions = served.predict(check)
+    assert [p.label for p in predictions] == [LABELS[i] for i in torch_probs.argmax(axis=1)] or fp32 is None
+
+
+def test_serving_imports_neither_torch_nor_transformers() -> None:
+    code = ("import sys, classifier.artifact, classifier.onnx_classifier, classifier.verifier, classifier.factory\n"
+            "bad = [m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
