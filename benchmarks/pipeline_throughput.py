@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+import psutil
 import psycopg
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
@@ -74,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                 "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
                 " (ORDER BY extract(epoch FROM completed_at - created_at) * 1000)"
                 " FROM requests WHERE metadata->>'run' = %s", (tag,)).fetchone()[0]
-        result = {"prompts": args.prompts, "recorded": done, "workers": args.workers,
+        cpu_s = {}
+        for managed in stack.children.members:
+            times = psutil.Process(managed.process.pid).cpu_times()
+            cpu_s[managed.name] = round(times.user + times.system, 1)
+        result = {"cpu_seconds_by_process": cpu_s, "prompts": args.prompts, "recorded": done, "workers": args.workers,
                   "seconds": round(elapsed, 2), "prompts_per_s": round(done / elapsed, 1),
                   "latency_ms_p50": round(p50), "latency_ms_p95": round(p95), "latency_ms_p99": round(p99)}
         console.print_json(json.dumps(result))

@@ -55,6 +55,9 @@ class PipelineContext(Service):
         }
         self._pool: AsyncConnectionPool | None = None
         self._pool_lock = asyncio.Lock()
+        self._delivery_retry = AsyncRetrying(retry=retry_if_exception(_broker_unavailable),
+                                             wait=wait_exponential(multiplier=0.2, max=10),
+                                             before_sleep=before_sleep_log(log, logging.WARNING), reraise=True)
         self._reply_producer: AIOKafkaProducer | None = None
         self._reply_lock = asyncio.Lock()
 
@@ -116,8 +119,6 @@ class PipelineContext(Service):
     async def deliver(self, topic: faust.TopicT, key: bytes | None, value: bytes) -> None:
         """Send and wait for the broker's ack, retrying while the broker is unreachable: the source offset is
         committed after this returns, so giving up here would lose the message."""
-        async for attempt in AsyncRetrying(retry=retry_if_exception(_broker_unavailable),
-                                           wait=wait_exponential(multiplier=0.2, max=10),
-                                           before_sleep=before_sleep_log(log, logging.WARNING), reraise=True):
+        async for attempt in self._delivery_retry.copy():
             with attempt:
                 await (await topic.send(key=key, value=value))

@@ -107,14 +107,15 @@ def pipeline(tansu_bootstrap: str, pg_admin_dsn: str, stub_server: str,
     }
     env.pop("PG_DSN", None)
     env.pop("ROUTER_CLASSIFIER_ARTIFACT", None)  # the seed heuristic: routing must not depend on local artifacts
-    os.environ["ROUTER_STUB_URL"] = stub_server
     settings = Settings(_env_file=None).model_copy(update={
         "kafka_bootstrap": tansu_bootstrap, "pg_dsn": dsn, "models_config": models,
         "topic_prompts": env["ROUTER_TOPIC_PROMPTS"], "topic_completions": env["ROUTER_TOPIC_COMPLETIONS"],
         "topic_dead_letter": env["ROUTER_TOPIC_DEAD_LETTER"], "topic_route_prefix": env["ROUTER_TOPIC_ROUTE_PREFIX"],
         "topic_replies_prefix": env["ROUTER_TOPIC_REPLIES_PREFIX"], "prompts_partitions": 3, "route_partitions": 2,
         "completions_partitions": 2})
-    asyncio.run(ensure_pipeline_topics(settings, load_registry(settings)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROUTER_STUB_URL", stub_server)  # the registry file refers to it
+        asyncio.run(ensure_pipeline_topics(settings, load_registry(settings)))
 
     worker = spawn("worker", [sys.executable, "-m", "stream_processors", "worker"], log_dir / "worker.log", env,
                    REPO_ROOT)
