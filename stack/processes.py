@@ -41,8 +41,16 @@ class ManagedProcess:
         return self.process.returncode
 
 
-def spawn(name: str, command: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path) -> ManagedProcess:
+def fresh_log(log_path: Path) -> Path:
+    """Keep the previous run's log as ``<name>.log.1`` so health checks read only this run's lines."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if log_path.exists():
+        log_path.replace(log_path.with_name(log_path.name + ".1"))
+    return log_path
+
+
+def spawn(name: str, command: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path) -> ManagedProcess:
+    fresh_log(log_path)
     with open(log_path, "ab") as log_file:
         # Own session: a Ctrl-C in the terminal reaches the runner only, which stops children in order.
         process = subprocess.Popen(list(command), stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,

@@ -26,7 +26,7 @@ from rich.console import Console
 from core.services import create_database, free_port, start_embedded_postgres, start_tansu, wait_for_port
 from core.settings import PROJECT_ROOT, Settings, get_settings
 from sql.migrate import apply_migrations
-from stack.processes import ManagedProcess, ProcessGroup, spawn, wait_until
+from stack.processes import ManagedProcess, ProcessGroup, fresh_log, spawn, wait_until
 from stream_processors.runtime import load_registry
 from stream_processors.topics import ensure_pipeline_topics
 
@@ -91,7 +91,7 @@ class LocalStack:
         if _port_in_use(host, port):
             raise StackError(f"port {port} is taken: is another stack running? Set ROUTER_KAFKA_BOOTSTRAP to "
                              f"127.0.0.1:<free port>")
-        log_path = self.log_dir / "tansu.log"
+        log_path = fresh_log(self.log_dir / "tansu.log")
         process = start_tansu(port, log_path=log_path)
         self.children.add(ManagedProcess("broker", process, log_path))
         self.env["ROUTER_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
