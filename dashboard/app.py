@@ -3,7 +3,7 @@
     streamlit run dashboard/app.py --server.port 8501
 
 Reads Postgres at ``ROUTER_PG_DSN`` (or ``PG_DSN``). The view is chosen in the sidebar and kept in the
-URL (``?view=latency``), so every view has a link of its own.
+URL with the date range (``?view=latency&from=2026-01-01&to=2026-01-31``), so a link opens the same figures.
 """
 
 from __future__ import annotations
@@ -56,9 +56,12 @@ def choose_filters(dsn: str) -> q.Filters | None:
     first, last = bounds
     choices = q.filter_choices(dsn)
     st.sidebar.header("Filters")
-    picked = st.sidebar.date_input("Date range (UTC)", value=(first, last), min_value=first, max_value=last,
-                                   key="date_range")
+    if "date_range" not in st.session_state:
+        st.session_state["date_range"] = _range_from_url(first, last)
+    picked = st.sidebar.date_input("Date range (UTC)", min_value=first, max_value=last, key="date_range")
     start, end = _date_range(picked, first, last)
+    # Kept in the URL with the view, so a link opens the same figures.
+    st.query_params["from"], st.query_params["to"] = start.isoformat(), end.isoformat()
     models = st.sidebar.multiselect("Model", choices["model"], key="models",
                                     help="The model that answered (Latency: the model called; Quality: the graded model).")
     difficulties = st.sidebar.multiselect("Predicted difficulty", choices["difficulty"], key="difficulties")
@@ -68,6 +71,17 @@ def choose_filters(dsn: str) -> q.Filters | None:
         st.rerun()
     return q.Filters(start=start, end=end, models=tuple(models), difficulties=tuple(difficulties),
                      tenants=tuple(tenants))
+
+
+def _range_from_url(first: date, last: date) -> tuple[date, date]:
+    """The ``from``/``to`` query parameters (ISO dates), clamped to the data; the whole data range otherwise."""
+    try:
+        start = date.fromisoformat(st.query_params.get("from", first.isoformat()))
+        end = date.fromisoformat(st.query_params.get("to", last.isoformat()))
+    except ValueError:
+        return first, last
+    start, end = max(first, min(start, last)), max(first, min(end, last))
+    return (start, end) if start <= end else (first, last)
 
 
 def _date_range(picked: object, first: date, last: date) -> tuple[date, date]:

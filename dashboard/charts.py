@@ -7,11 +7,18 @@ import pandas as pd
 
 
 
-def period_x(bucket: str) -> alt.X:
-    """The time axis of trend charts: one tick per bucket at most (layered charts otherwise repeat labels)."""
-    if bucket == "hour":
-        return alt.X("period:T", title="Hour (UTC)", axis=alt.Axis(format="%H:%M", tickCount={"interval": "hour", "step": 1}))
-    return alt.X("period:T", title="Day (UTC)", axis=alt.Axis(format="%b %d", tickCount={"interval": "day", "step": 1}))
+def period_x(bucket: str, periods: pd.Series) -> alt.X:
+    """The time axis of trend charts, ticked exactly at the buckets that hold data.
+
+    Explicit tick values: Vega's own time ticks repeat a day's label at 12-hour ticks, and Streamlit's
+    Vega build fails on interval tick counts. DateTime values (not epoch ms) stay in the data's frame of
+    reference, naive UTC. Padding keeps the first and last bars inside the plot.
+    """
+    values = [alt.DateTime(year=t.year, month=t.month, date=t.day, hours=t.hour)
+              for t in sorted(pd.to_datetime(periods).dropna().unique())]
+    fmt, title = ("%H:%M", "Hour (UTC)") if bucket == "hour" else ("%b %d", "Day (UTC)")
+    return alt.X("period:T", title=title, scale=alt.Scale(padding=24),
+                 axis=alt.Axis(format=fmt, values=values, labelOverlap=True))
 
 
 def period_tooltip(bucket: str) -> alt.Tooltip:
@@ -36,7 +43,7 @@ def spend_vs_counterfactual(daily: pd.DataFrame, counterfactual_model: str, buck
         alt.Chart(long, title=f"Spend per {bucket} vs the always-expensive counterfactual")
         .mark_line(point=True)
         .encode(
-            x=period_x(bucket),
+            x=period_x(bucket, long["period"]),
             y=alt.Y("usd:Q", title="USD"),
             color=alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom")),
             tooltip=[period_tooltip(bucket), "series:N", alt.Tooltip("usd:Q", format="$,.4f")],
@@ -51,7 +58,7 @@ def savings_per_day(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
         alt.Chart(frame, title=f"Savings vs counterfactual, per {bucket}")
         .mark_bar()
         .encode(
-            x=period_x(bucket),
+            x=period_x(bucket, frame["period"]),
             y=alt.Y("savings_ratio:Q", title="Savings", axis=alt.Axis(format="%")),
             tooltip=[period_tooltip(bucket), alt.Tooltip("savings_ratio:Q", format=".1%", title="savings")],
         )
@@ -60,7 +67,8 @@ def savings_per_day(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
 
 
 def cost_per_request(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
-    base = alt.Chart(daily, title=f"Requests and average cost per request, per {bucket}").encode(x=period_x(bucket))
+    base = alt.Chart(daily, title=f"Requests and average cost per request, per {bucket}").encode(
+        x=period_x(bucket, daily["period"]))
     bars = base.mark_bar(opacity=0.35).encode(
         y=alt.Y("requests:Q", title="Requests"), tooltip=[period_tooltip(bucket), "requests:Q"]
     )
@@ -80,7 +88,7 @@ def share_over_time(
         alt.Chart(daily, title=title)
         .mark_bar()
         .encode(
-            x=period_x(bucket),
+            x=period_x(bucket, daily["period"]),
             y=alt.Y("requests:Q", stack="normalize", title="Share of requests", axis=alt.Axis(format="%")),
             color=alt.Color(f"{category}:N", title=category.capitalize(), sort=sort),
             order=alt.Order(f"{category}:N"),
@@ -132,7 +140,7 @@ def latency_trend(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
         alt.Chart(long, title=f"p50 (solid) and p95 (dashed) per model, per {bucket}")
         .mark_line(point=True)
         .encode(
-            x=period_x(bucket),
+            x=period_x(bucket, long["period"]),
             y=alt.Y("ms:Q", title="Milliseconds"),
             color=alt.Color("model:N", title="Model"),
             strokeDash=alt.StrokeDash("percentile:N", sort=["p50", "p95"], title="Percentile"),
@@ -144,7 +152,8 @@ def latency_trend(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
 
 def pass_rate_and_cost(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
     """Pass rate (line, left axis) against cost of the graded answers (bars, right axis), per time bucket."""
-    base = alt.Chart(daily, title=f"Pass rate and cost per {bucket} (graded answers)").encode(x=period_x(bucket))
+    base = alt.Chart(daily, title=f"Pass rate and cost per {bucket} (graded answers)").encode(
+        x=period_x(bucket, daily["period"]))
     bars = base.mark_bar(opacity=0.35, color="#ff7f0e").encode(
         y=alt.Y("cost_usd:Q", title="Cost of graded answers (USD)"),
         tooltip=[period_tooltip(bucket), alt.Tooltip("cost_usd:Q", format="$,.4f"), "graded:Q"],
@@ -181,7 +190,7 @@ def escalation_rates(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
         alt.Chart(long, title=f"Share of requests escalated / fallen back, per {bucket}")
         .mark_line(point=True)
         .encode(
-            x=period_x(bucket),
+            x=period_x(bucket, long["period"]),
             y=alt.Y("rate:Q", title="Share of requests", axis=alt.Axis(format="%")),
             color=alt.Color("kind:N", title=None),
             tooltip=[period_tooltip(bucket), "kind:N", alt.Tooltip("rate:Q", format=".1%")],

@@ -285,3 +285,17 @@ def test_one_day_range_buckets_by_hour(seeded: str, run_view: RunView) -> None:
     assert hourly["requests"].tolist() == [1, 1, 1]
     assert hourly["savings_ratio"].round(4).tolist()[:2] == [0.0, 0.8]
     assert hourly["savings_ratio"].isna().tolist()[2]  # r5 failed: no counterfactual
+
+
+def test_date_range_from_the_url(seeded: str, run_view: RunView) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"view": "overview", "from": "2026-01-06", "to": "2026-01-06"})
+    at.run()
+    assert not at.exception
+    assert metrics(at)["Requests"] == "3"
+    assert at.date_input(key="date_range").value == (known.DAY2.date(), known.DAY2.date())
+    # Out-of-range or malformed dates fall back to the data's range.
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"view": "overview", "from": "not-a-date"})
+    at.run()
+    assert metrics(at)["Requests"] == "5"
