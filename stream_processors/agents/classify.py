@@ -65,7 +65,11 @@ def register(app: faust.App, context: PipelineContext) -> None:
     settings = context.settings
 
     async def classify(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.classify_batch_max, within=settings.batch_within_s):
+        # Manual acks: a batch's offsets are committed only after every message is routed or dead-lettered,
+        # never because the worker stopped half way through it.
+        async for events in stream.noack_take(settings.classify_batch_max, within=settings.batch_within_s):
             await route_batch(context, events)
+            for event in events:
+                await stream.ack(event)
 
     app.agent(context.prompts_topic, name="classify", concurrency=settings.classify_concurrency)(classify)

@@ -53,8 +53,12 @@ async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.
 
 def register(app: faust.App, context: PipelineContext, spec: ModelSpec) -> None:
     async def provider(stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        # Manual acks: Faust's own iteration acks an event even when its handler is cancelled (worker stop,
+        # rebalance); this way an unfinished request is redelivered instead of lost.
+        manual = stream.noack()
+        async for event in manual.events():
             await handle_routed(context, spec, event)
+            await manual.ack(event)
 
     provider.__name__ = provider.__qualname__ = f"provider_{spec.name}"
     app.agent(context.route_topics[spec.name], name=f"provider-{spec.name}",

@@ -67,7 +67,10 @@ def register(app: faust.App, context: PipelineContext) -> None:
     settings = context.settings
 
     async def sink(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.sink_batch_max, within=settings.batch_within_s):
+        # Manual acks: offsets are committed only for completions that are in Postgres (or dead-lettered).
+        async for events in stream.noack_take(settings.sink_batch_max, within=settings.batch_within_s):
             await write_batch(context, events)
+            for event in events:
+                await stream.ack(event)
 
     app.agent(context.completions_topic, name="sink", concurrency=settings.sink_concurrency)(sink)

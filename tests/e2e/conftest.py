@@ -76,9 +76,10 @@ class Pipeline:
         for managed in (self.worker, self.api):
             assert managed.alive, f"{managed.name} died:\n{managed.log_tail(40)}"
 
-    def stub_faults(self, faults: dict) -> None:
+    def stub_faults(self, faults: dict, reset_calls: bool = True) -> None:
         base = self.stub_url.removesuffix("/v1")
-        httpx.post(f"{base}/_stub/faults", json={"faults": faults}, timeout=5).raise_for_status()
+        httpx.post(f"{base}/_stub/faults", json={"faults": faults, "reset_calls": reset_calls},
+                   timeout=5).raise_for_status()
 
     def stub_calls(self) -> list[dict]:
         return httpx.get(f"{self.stub_url.removesuffix('/v1')}/_stub/calls", timeout=5).json()

@@ -4,6 +4,8 @@ over HTTP with the real openai SDK."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import time
 import uuid
@@ -15,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from core.messages import DeadLetterMessage, PromptMessage
+from stack.processes import spawn, wait_until
 
 pytestmark = __import__("pytest").mark.timeout(240)
 
@@ -232,3 +235,35 @@ async def test_readme_producer_example_lands_in_postgres(pipeline):
     assert process.returncode == 0, err.decode()
     row = await pipeline.wait_for_row(out.decode().strip())
     assert row["tenant"] == "acme" and row["metadata"] == {"source": "readme-example"} and row["status"] == "ok"
+
+
+async def test_worker_crash_redelivers_unfinished_work_and_keeps_committed_work(pipeline):
+    """At-least-once across a crash: a request whose model call was in flight when the worker was killed is
+    redelivered and recorded, and work finished (and committed) before the crash is not done again.
+    Runs last: it replaces the module's worker."""
+    pipeline.stub_faults({})
+    finished = unique("Name a fruit.")
+    async with httpx.AsyncClient(timeout=60) as client:
+        assert (await client.post(f"{pipeline.api_url}/generate", json={"prompt": finished})).status_code == 200
+    await asyncio.sleep(4)  # past Faust's commit interval (2.8 s): the finished request's offsets are committed
+    pipeline.stub_faults({"stub-small": {"delay_s": 6}}, reset_calls=False)
+    in_flight = PromptMessage(prompt=unique("Name a vegetable."))
+    await produce(pipeline.settings.kafka_bootstrap, pipeline.settings.topic_prompts,
+                  [(in_flight.request_id.encode(), in_flight.to_bytes())])
+    deadline = time.monotonic() + 60
+    while not any(c["prompt"] == in_flight.prompt for c in pipeline.stub_calls()):
+        assert time.monotonic() < deadline, "the in-flight prompt never reached the model"
+        await asyncio.sleep(0.1)
+    os.killpg(pipeline.worker.process.pid, signal.SIGKILL)  # crash while the model call is in flight
+    pipeline.worker.process.wait(timeout=10)
+    pipeline.stub_faults({}, reset_calls=False)
+
+    worker = spawn("worker-restarted", [sys.executable, "-m", "stream_processors", "worker"],
+                   pipeline.log_dir / "worker-restarted.log", pipeline.env, Path(__file__).resolve().parents[2])
+    pipeline.worker = worker
+    wait_until(lambda: "Ready" in worker.log_path.read_text(errors="replace"), "restarted worker", 120, [worker])
+    row = await pipeline.wait_for_row(in_flight.request_id, timeout_s=120)
+    assert row["status"] == "ok" and row["attempt_count"] == 1
+    calls = pipeline.stub_calls()
+    assert len([c for c in calls if c["prompt"] == in_flight.prompt]) >= 2  # asked again after the crash
+    assert len([c for c in calls if c["prompt"] == finished]) == 1  # committed before the crash: not redone
