@@ -56,7 +56,8 @@ class KafkaBridge:
         await self._producer.start()
         await create_topics(bootstrap, [TopicSpec(self.reply_topic, 1)])
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=f"ingest-replies-{self.instance_id}",
-                                          group_id=None, enable_auto_commit=False, auto_offset_reset="earliest")
+                                          group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                                          fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms)
         await self._consumer.start()
         partition = TopicPartition(self.reply_topic, 0)
         self._consumer.assign([partition])

@@ -14,11 +14,29 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
+def set_consumer_fetch_wait(max_wait_ms: int) -> None:
+    """Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting to change it; set the
+    consumer's value before it starts (its fetcher reads it at start)."""
+    from faust.transport.drivers import aiokafka as faust_aiokafka  # noqa: PLC0415
+
+    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(thread_cls, "_router_original_create_worker_consumer", thread_cls._create_worker_consumer)
+
+    def create_worker_consumer(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    thread_cls._router_original_create_worker_consumer = original
+    thread_cls._create_worker_consumer = create_worker_consumer
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> faust.App:
     """The worker app: classify, one provider agent per configured model, and the sink."""
     settings = settings or get_settings()
     runtime = runtime or build_runtime(settings)
     settings.faust_data_dir.mkdir(parents=True, exist_ok=True)
+    set_consumer_fetch_wait(settings.consumer_fetch_max_wait_ms)
     app = faust.App(
         settings.faust_app_id,
         broker=broker_urls(settings.kafka_bootstrap),

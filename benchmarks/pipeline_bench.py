@@ -1,0 +1,202 @@
+"""What the router adds: latency of POST /generate over a direct call to the same OpenAI-compatible stub,
+and the prompts/s the Kafka path sustains with stub providers.
+
+    .venv/bin/python -m benchmarks.pipeline_bench [--requests 400] [--concurrency 1 32] [--throughput 3000]
+                                                  [--workers 1] [--profile]
+
+Starts the local stack (Tansu, Postgres, the stub, Faust worker(s), the API; no dashboard) with
+``config/models.local.yaml``, then in one run:
+
+1. Latency, per concurrency level: ``--requests`` calls each way, interleaved in pairs so both see the
+   same machine load: *direct* is the openai SDK calling the stub; *pipeline* is POST /generate (API ->
+   Kafka -> classify -> route topic -> provider agent -> the same stub -> completions -> reply topic -> API).
+   Reported: p50/p99 of each and the added latency (pipeline minus direct, per percentile).
+2. Throughput: ``--throughput`` prompts produced straight to the prompts topic; prompts/s = prompts / time
+   until the last one's row is in Postgres (classified, answered, sunk).
+
+``--profile`` samples the worker with py-spy, if installed, during the throughput phase.
+Targets (issue 3): added p50 <= 25 ms and p99 <= 100 ms; >= 300 prompts/s on the 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psycopg
+from aiokafka import AIOKafkaProducer
+from openai import AsyncOpenAI
+from rich.console import Console
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A mix the heuristic classifier sends to all three tiers, so every provider agent is on the path.
+PROMPTS = (
+    "What is the capital of France?",
+    "Translate 'good morning' into Spanish.",
+    "Explain the difference between a list and a tuple in Python, with an example of each.",
+    "Write a SQL query that returns the top 5 customers by total order value in the last 30 days.",
+    "Design a rate limiter for a distributed API gateway: compare token bucket and sliding window, discuss "
+    "consistency across nodes, failure modes, and give pseudocode for the approach you recommend.",
+)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
+
+
+async def latency_phase(api_url: str, stub_url: str, model_id: str, requests: int, concurrency: int) -> dict:
+    direct_client = AsyncOpenAI(base_url=stub_url, api_key="unused", max_retries=0, timeout=30)
+    http = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency * 2))
+    direct: list[float] = []
+    pipeline: list[float] = []
+    failures = 0
+    counter = iter(range(requests))
+
+    async def one_pair(i: int) -> None:
+        nonlocal failures
+        prompt = f"{PROMPTS[i % len(PROMPTS)]} (#{i})"
+        started = time.perf_counter()
+        await direct_client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": prompt}],
+                                                    max_tokens=64)
+        direct.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        response = await http.post(f"{api_url}/generate", json={"prompt": prompt, "max_tokens": 64})
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.status_code != 200 or response.json().get("status") != "ok":
+            failures += 1
+        else:
+            pipeline.append(elapsed)
+
+    async def lane() -> None:
+        for i in counter:
+            await one_pair(i)
+
+    # Warm-up: connections, the classifier, the first group assignment.
+    for i in range(min(20, requests)):
+        await one_pair(i)
+    direct.clear()
+    pipeline.clear()
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    await http.aclose()
+    await direct_client.close()
+    d50, d99 = percentiles(direct)
+    p50, p99 = percentiles(pipeline)
+    return {"concurrency": concurrency, "requests": len(pipeline), "failures": failures, "wall_s": round(wall, 2),
+            "direct_p50_ms": round(d50, 2), "direct_p99_ms": round(d99, 2),
+            "pipeline_p50_ms": round(p50, 2), "pipeline_p99_ms": round(p99, 2),
+            "added_p50_ms": round(p50 - d50, 2), "added_p99_ms": round(p99 - d99, 2)}
+
+
+async def throughput_phase(settings, prompts: int) -> dict:
+    from core.messages import PromptMessage, new_request_id
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all",
+                                linger_ms=5)
+    await producer.start()
+    ids = []
+    started = time.perf_counter()
+    try:
+        futures = []
+        for i in range(prompts):
+            message = PromptMessage(request_id=new_request_id(), prompt=f"{PROMPTS[i % len(PROMPTS)]} (#{i})",
+                                    max_tokens=64, metadata={"source": "bench"})
+            ids.append(message.request_id)
+            futures.append(await producer.send(settings.topic_prompts, key=message.request_id.encode(),
+                                               value=message.to_bytes()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    produced_s = time.perf_counter() - started
+    async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + max(120, prompts / 20)
+        found = 0
+        while time.monotonic() < deadline:
+            cursor = await conn.execute("SELECT count(*), max(completed_at) FROM requests WHERE request_id = ANY(%s)",
+                                        (ids,))
+            found, _ = await cursor.fetchone()
+            if found >= prompts:
+                break
+            await asyncio.sleep(0.1)
+    total_s = time.perf_counter() - started
+    return {"prompts": prompts, "recorded": found, "produce_s": round(produced_s, 2), "total_s": round(total_s, 2),
+            "prompts_per_s": round(found / total_s, 1)}
+
+
+def start_profile(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        return None
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--format", "raw",
+                             "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400, help="timed /generate calls per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--throughput", type=int, default=3000, help="prompts for the Kafka throughput phase")
+    parser.add_argument("--workers", type=int, default=1, help="Faust worker processes")
+    parser.add_argument("--profile", action="store_true", help="py-spy the worker during the throughput phase")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    from core.services import free_port
+    from core.settings import get_settings
+    from stack.runner import LocalStack
+
+    console = Console()
+    os.environ.setdefault("ROUTER_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    os.environ.setdefault("ROUTER_API_PORT", str(free_port()))
+    os.environ.pop("ROUTER_STUB_URL", None)
+    os.environ["ROUTER_MODELS_CONFIG"] = str(REPO_ROOT / "config" / "models.local.yaml")
+    get_settings.cache_clear()
+    data_root = Path(tempfile.mkdtemp(prefix="router-bench-"))
+    stack = LocalStack(get_settings(), data_root=data_root, workers=args.workers, dashboard=False, console=console)
+    results: dict = {"command": "python -m benchmarks.pipeline_bench " + " ".join(argv or sys.argv[1:]),
+                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
+    try:
+        stack.start()
+        from stream_processors.runtime import load_registry
+
+        registry = load_registry(stack.settings)
+        stub_url = stack.env["ROUTER_STUB_URL"]
+        model_id = registry.ladder[0].provider_model_id
+        results["latency"] = []
+        for concurrency in args.concurrency:
+            row = asyncio.run(latency_phase(stack.api_url, stub_url, model_id, args.requests, concurrency))
+            console.print(row)
+            results["latency"].append(row)
+        profiler = None
+        if args.profile:
+            worker = next(c for c in stack.children.members if c.name.startswith("worker"))
+            profiler = start_profile(worker.process.pid, 20, data_root / "worker.pyspy.txt")
+        results["throughput"] = asyncio.run(throughput_phase(stack.settings, args.throughput))
+        console.print(results["throughput"])
+        if profiler is not None:
+            profiler.wait(timeout=60)
+            results["profile"] = str(data_root / "worker.pyspy.txt")
+    finally:
+        stack.stop()
+    text = json.dumps(results, indent=2)
+    console.print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
