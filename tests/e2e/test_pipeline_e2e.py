@@ -200,6 +200,23 @@ async def test_generate_on_stalled_provider_returns_504_and_row_lands_later(pipe
         pipeline.stub_faults({})
 
 
+async def test_generate_when_every_model_fails_returns_502_and_records_the_failure(pipeline):
+    failing = {"fail_status": 503, "fail_times": 100}
+    pipeline.stub_faults({"stub-small": failing, "stub-medium": failing, "stub-big": failing})
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.post(f"{pipeline.api_url}/generate", json={"prompt": unique("Say yes.")})
+    finally:
+        pipeline.stub_faults({})
+    assert response.status_code == 502, response.text
+    body = response.json()
+    assert body["status"] == "failed" and body["model"] is None and "503" in body["error"]
+    assert [a["model"] for a in body["attempts"]] == ["small", "medium", "big"]  # fell back up the ladder
+    row = await pipeline.wait_for_row(body["request_id"])
+    assert row["status"] == "failed" and row["fell_back"] and row["attempt_count"] == 3
+    assert attempt_count(pipeline.dsn, body["request_id"]) == 3
+
+
 async def test_several_api_processes_each_get_their_own_replies(pipeline):
     second, second_url = pipeline.start_api("api-2")
     try:

@@ -82,3 +82,16 @@ async def test_healthz_and_missing_request(api):
     assert health.status_code == 200
     assert health.json()["broker"] == "ok" and health.json()["database"] == "ok"
     assert (await client.get(f"/requests/{uuid.uuid4().hex}")).status_code == 404
+
+
+async def test_healthz_reports_a_database_that_is_down(tansu_bootstrap):
+    settings = Settings(_env_file=None).model_copy(update={
+        "kafka_bootstrap": tansu_bootstrap, "topic_replies_prefix": f"replies-down-{uuid.uuid4().hex[:6]}.",
+        "pg_dsn": "postgresql://router@127.0.0.1:1/router?connect_timeout=1"})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            health = await client.get("/healthz")
+            assert health.status_code == 503
+            assert health.json()["broker"] == "ok" and health.json()["database"].startswith("down")
+            assert (await client.get("/requests/anything")).status_code == 503
