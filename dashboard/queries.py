@@ -153,30 +153,42 @@ def data_bounds(dsn: str) -> tuple[date, date] | None:
     return first, last
 
 
+def _distinct_values_sql(kind: str, table: str, column: str) -> str:
+    """Distinct values of an indexed column by skipping along its index (one probe per value), not a scan."""
+    return f"""
+        SELECT '{kind}' AS kind, v AS value FROM (
+            WITH RECURSIVE walk AS (
+                (SELECT {column} AS v FROM {table} WHERE {column} IS NOT NULL ORDER BY {column} LIMIT 1)
+                UNION ALL
+                SELECT (SELECT {column} FROM {table} WHERE {column} > walk.v ORDER BY {column} LIMIT 1)
+                FROM walk WHERE walk.v IS NOT NULL
+            ) SELECT v FROM walk WHERE v IS NOT NULL
+        ) AS {kind}_{table}"""
+
+
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def filter_choices(dsn: str) -> dict[str, list[str]]:
-    """Distinct models, difficulties and tenants, for the sidebar's multiselects."""
-    frame = _fetch(
-        dsn,
-        """
-        SELECT 'model' AS kind, model AS value FROM (
-            SELECT DISTINCT final_model AS model FROM requests WHERE final_model IS NOT NULL
-            UNION SELECT DISTINCT model FROM request_attempts
-            UNION SELECT DISTINCT model FROM model_eval) AS m
-        UNION ALL SELECT 'difficulty', difficulty FROM (
-            SELECT DISTINCT difficulty FROM requests
-            UNION SELECT DISTINCT difficulty FROM model_eval WHERE difficulty IS NOT NULL) AS d
-        UNION ALL SELECT 'tenant', tenant FROM (SELECT DISTINCT tenant FROM requests) AS t
-        """,
-    )
-    choices: dict[str, list[str]] = {"model": [], "difficulty": [], "tenant": []}
+    """Distinct models, difficulties and tenants, for the sidebar's multiselects.
+
+    Each comes from a column that leads an index, so this stays a few milliseconds however many rows there are.
+    """
+    parts = [
+        _distinct_values_sql("model", "requests", "final_model"),
+        _distinct_values_sql("model", "request_attempts", "model"),
+        _distinct_values_sql("model", "model_eval", "model"),
+        _distinct_values_sql("difficulty", "requests", "difficulty"),
+        _distinct_values_sql("tenant", "requests", "tenant"),
+    ]
+    frame = _fetch(dsn, "\nUNION ALL".join(parts))
+    choices: dict[str, set[str]] = {"model": set(), "difficulty": set(), "tenant": set()}
     for kind, value in frame.itertuples(index=False):
-        choices[kind].append(value)
+        choices[kind].add(value)
     order = {"simple": 0, "medium": 1, "complex": 2}
-    choices["difficulty"].sort(key=lambda label: (order.get(label, 99), label))
-    choices["model"].sort()
-    choices["tenant"].sort()
-    return choices
+    return {
+        "model": sorted(choices["model"]),
+        "difficulty": sorted(choices["difficulty"], key=lambda label: (order.get(label, 99), label)),
+        "tenant": sorted(choices["tenant"]),
+    }
 
 
 # ----------------------------------------------------------------------------- overview
@@ -198,36 +210,31 @@ _SPEND_COLUMNS = """
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def overview_totals(dsn: str, filters: Filters) -> dict[str, Any]:
-    """Whole-range totals. Savings = 1 − spend / counterfactual spend, over requests that have a counterfactual."""
+def overview(dsn: str, filters: Filters) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Whole-range totals and the same figures per time bucket, from one pass over the requests.
+
+    Savings = 1 − spend / counterfactual spend, over the requests that have a counterfactual (a failed
+    request has none). ``counterfactual_model`` is the expensive model the sink priced against.
+    """
     where, params = _request_where(filters)
     frame = _fetch(
         dsn,
         f"""
-        SELECT {_SPEND_COLUMNS},
-               mode() WITHIN GROUP (ORDER BY r.counterfactual_model) AS counterfactual_model,
+        SELECT date_trunc(%(bucket)s, r.created_at) AS period, GROUPING(date_trunc(%(bucket)s, r.created_at)) = 1
+                   AS is_total,
+               {_SPEND_COLUMNS},
+               max(r.counterfactual_model) AS counterfactual_model,
                coalesce(sum(r.tokens_in), 0)::bigint AS tokens_in,
                coalesce(sum(r.tokens_out), 0)::bigint AS tokens_out
         FROM requests r WHERE {where}
+        GROUP BY GROUPING SETS ((date_trunc(%(bucket)s, r.created_at)), ())
+        ORDER BY is_total, period
         """,
         params,
     )
-    return frame.iloc[0].to_dict()
-
-
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def overview_daily(dsn: str, filters: Filters) -> pd.DataFrame:
-    """Per time bucket (UTC day, or hour for a one-day range): requests, spend, counterfactual spend, savings ratio, cost per request."""
-    where, params = _request_where(filters)
-    return _fetch(
-        dsn,
-        f"""
-        SELECT date_trunc(%(bucket)s, r.created_at) AS period, {_SPEND_COLUMNS}
-        FROM requests r WHERE {where}
-        GROUP BY 1 ORDER BY 1
-        """,
-        params,
-    )
+    totals = frame[frame["is_total"]].iloc[0].drop(["period", "is_total"]).to_dict()
+    daily = frame[~frame["is_total"]].drop(columns=["is_total"]).reset_index(drop=True)
+    return totals, daily
 
 
 # ----------------------------------------------------------------------------- model mix
@@ -493,7 +500,7 @@ def request_detail(dsn: str, request_id: str) -> dict[str, Any] | None:
 
 def clear_caches() -> None:
     """Forget cached query results (the pool stays)."""
-    for cached in (data_bounds, filter_choices, overview_totals, overview_daily, mix_daily, routed_vs_final,
+    for cached in (data_bounds, filter_choices, overview, mix_daily, routed_vs_final,
                    latency_by_model, latency_daily, end_to_end_latency, quality_daily, quality_by_model,
                    escalation_daily, transitions, search_requests, request_detail):
         cached.clear()

@@ -55,7 +55,7 @@ def _period_column(filters: q.Filters):
 
 def overview(dsn: str, filters: q.Filters) -> None:
     st.header("Overview")
-    totals = q.overview_totals(dsn, filters)
+    totals, daily = q.overview(dsn, filters)
     if not totals["requests"]:
         no_requests()
         return
@@ -76,7 +76,6 @@ def overview(dsn: str, filters: q.Filters) -> None:
     cols[3].metric("Tokens in", f"{totals['tokens_in']:,}")
     cols[4].metric("Tokens out", f"{totals['tokens_out']:,}")
 
-    daily = q.overview_daily(dsn, filters)
     st.altair_chart(charts.spend_vs_counterfactual(daily, counterfactual_model, filters.bucket), width="stretch")
     left, right = st.columns(2)
     left.altair_chart(charts.savings_per_day(daily, filters.bucket), width="stretch")
