@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,6 +25,12 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
               for e in exc.errors()]
     message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
     return JSONResponse(status_code=422, content={"detail": errors, "message": f"invalid request: {message}"})
+
+
+async def _broker_error(_request: Request, exc: KafkaError) -> JSONResponse:
+    # Nothing was accepted: the client may retry (with the same request_id to stay idempotent).
+    return JSONResponse(status_code=503, content={"detail": f"broker unavailable, prompt not accepted: "
+                                                            f"{type(exc).__name__}: {exc}"})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,5 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Cost-control model router: ingest", lifespan=lifespan)
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(KafkaError, _broker_error)
     app.include_router(api_router)
     return app
