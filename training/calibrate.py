@@ -218,12 +218,16 @@ def simulate(correct: np.ndarray, cost: np.ndarray, start: np.ndarray, default_r
 class Objective:
     kind: str = "guard"  # guard | spend | expensive-share
     guard: float = 0.01
-    safety: float = 0.005  # extra accuracy margin on training data so unseen data keeps the guard
+    # Safety so unseen data keeps the guard: a fixed accuracy margin plus z standard errors of the
+    # paired (router - expensive) accuracy difference, which shrink as the training data grows.
+    safety: float = 0.0
+    safety_z: float = 1.0
     target: float | None = None  # spend: share of always-expensive cost; expensive-share: share of calls
 
     def describe(self) -> str:
         if self.kind == "guard":
-            return f"lowest cost with accuracy >= expensive - {self.guard:.3f} (+{self.safety:.3f} safety)"
+            return (f"lowest cost with accuracy - {self.safety_z:g} SE >= expensive - {self.guard:.3f}"
+                    f"{f' + {self.safety:.3f}' if self.safety else ''} (out-of-fold)")
         if self.kind == "spend":
             return f"highest accuracy with cost <= {self.target:.2f} x always-expensive"
         return f"highest accuracy with <= {self.target:.2f} of requests calling the expensive model"
@@ -238,12 +242,13 @@ class Candidate:
     accuracy: float
     cost_usd: float
     expensive_share: float
+    diff_se: float = 0.0  # standard error of the paired accuracy difference vs the expensive model
 
     def as_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "policy_params": self.policy_params,
                 "margins": {"cheap": _json_float(self.margins[0]), "mid": _json_float(self.margins[1])},
                 "max_escalations": self.max_escalations, "accuracy": self.accuracy, "cost_usd": self.cost_usd,
-                "expensive_share": self.expensive_share}
+                "expensive_share": self.expensive_share, "diff_se": self.diff_se}
 
 
 def _json_float(value: float) -> float | None:
@@ -314,13 +319,14 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
         start = start_tiers(policy, data.records, label_probabilities, registry)
         for margins, max_esc in itertools.product(margins_grid, max_escalations_options):
             out = simulate(data.correct, data.cost_usd, start, m.default_reject, scores, margins, max_esc)
+            diff = out.correct.astype(float) - data.correct[:, 2]
             candidates.append(Candidate(policy_name, params, margins, max_esc, out.accuracy, out.cost_usd,
-                                        float(out.calls[:, 2].mean())))
+                                        float(out.calls[:, 2].mean()), float(diff.std() / np.sqrt(len(diff)))))
     frontier = pareto(candidates)
     result = CalibrationResult(frontier[0], frontier, expensive_acc, expensive_cost, objective, len(candidates))
     if objective.kind == "guard":
         floor = expensive_acc - objective.guard + objective.safety
-        feasible = [c for c in candidates if c.accuracy >= floor]
+        feasible = [c for c in candidates if c.accuracy - objective.safety_z * c.diff_se >= floor]
         key = lambda c: (c.cost_usd, -c.accuracy)  # noqa: E731
     elif objective.kind == "spend":
         if objective.target is None:

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=("cascade", "threshold"), default="cascade")
     p.add_argument("--objective", choices=("guard", "spend", "expensive-share"), default="guard")
     p.add_argument("--guard", type=float, default=0.01, help="allowed accuracy loss vs the expensive model")
-    p.add_argument("--safety", type=float, default=0.005, help="extra accuracy margin kept on training data")
+    p.add_argument("--safety", type=float, default=0.0, help="extra fixed accuracy margin kept on training data")
+    p.add_argument("--safety-z", type=float, default=1.0,
+                   help="standard errors of the paired accuracy difference kept as margin (guard objective)")
     p.add_argument("--target", type=float, help="for spend / expensive-share objectives")
     p.add_argument("--max-escalations", type=int, nargs="+", default=[1, 2], help="options to calibrate over")
     p.add_argument("--folds", type=int, default=2, help="cross-fitting folds for out-of-fold predictions")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
         if args.policy == "cascade" else None
 
     # 3. Calibration on out-of-fold predictions.
-    objective = Objective(args.objective, args.guard, args.safety, args.target)
+    objective = Objective(args.objective, args.guard, args.safety, args.safety_z, args.target)
     result = calibrate(data, registry, oof, matrices_oof, scores, args.policy, objective,
                        tuple(args.max_escalations), progress=tqdm)
     chosen = result.chosen

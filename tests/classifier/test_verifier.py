@@ -1,0 +1,116 @@
+"""The learned verifier as an answer check on the shared ladder executor, with recorded replies."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from classifier.answer_features import FEATURE_NAMES, parse_answer, verifier_features
+from classifier.cascade import Escalation
+from classifier.verifier import LearnedVerifierCheck, LogisticHead, TierVerifier, VerifierModel
+from core.messages import Prediction, PromptMessage, RoutedMessage, RoutingDecision, Tier
+from core.outcomes import OutcomeRecord
+from providers.costs import RegistryCostBook
+from providers.executor import LadderExecutor
+from providers.registry import ModelRegistry, ModelSpec, Prices
+from providers.replay import OutcomeIndex, ReplayProvider
+
+
+@pytest.mark.parametrize(("response", "parsed"), [
+    ("Let's think. The answer is (E).\n", "E"),
+    ('```json\n{"reasoning": "x", "answer": "\'UppEr\'"}\n```', "upper"),
+    ('{"reasoning": "sum", "answer": 18}', "18"),
+    ("so the result is \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("I am not sure.", None),
+])
+def test_parse_answer(response: str, parsed: str | None) -> None:
+    assert parse_answer(response) == parsed
+
+
+def _registry() -> ModelRegistry:
+    return ModelRegistry(models=[
+        ModelSpec(name="small", kind="replay", tier=Tier.cheap, prices=Prices(input=0.1, output=0.4)),
+        ModelSpec(name="mid", kind="replay", tier=Tier.mid, prices=Prices(input=0.5, output=0.8)),
+        ModelSpec(name="big", kind="replay", tier=Tier.expensive, prices=Prices(input=2.5, output=10)),
+    ])
+
+
+def _verifier() -> VerifierModel:
+    """p(right) rises with a parsed answer and with agreement with a cheaper answer; p(next right) flat."""
+    n = len(FEATURE_NAMES)
+    this = np.zeros(n)
+    this[FEATURE_NAMES.index("has_answer")] = 4.0
+    this[FEATURE_NAMES.index("agrees_with_previous")] = 4.0
+    up = LogisticHead(np.zeros(n), 1.0)  # p_up = 0.73 everywhere
+    # References equal to the next call's cost for the test record (20 in, 30 out): cost factor 1.
+    cheap = TierVerifier(LogisticHead(this, -4.0), up, 0.0, 1.0, reference_next_cost_usd=(20 * 0.5 + 30 * 0.8) / 1e6)
+    mid = TierVerifier(LogisticHead(this, -4.0), up, 0.0, 1.0, reference_next_cost_usd=(20 * 2.5 + 30 * 10) / 1e6)
+    return VerifierModel(np.zeros(n), np.ones(n), {"cheap": cheap, "mid": mid})
+
+
+def _record(cheap: str, mid: str, big: str) -> OutcomeRecord:
+    def outcome(text: str, correct: bool) -> dict:
+        return {"correct": correct, "input_tokens": 20, "output_tokens": 30, "response": text}
+
+    return OutcomeRecord.model_validate({"id": "t/1", "source": "t", "prompt": "What is 6 x 7?", "outcomes": {
+        "small": outcome(cheap, False), "mid": outcome(mid, True), "big": outcome(big, True)}})
+
+
+def _run(record: OutcomeRecord, margins: dict[str, float], max_escalations: int = 2):
+    registry = _registry()
+    check = LearnedVerifierCheck(_verifier(), registry, margins)
+    escalation = Escalation(registry, [check], max_escalations=max_escalations)
+    index = OutcomeIndex([record])
+    executor = LadderExecutor(registry, {s.name: ReplayProvider(s, index) for s in registry.models}, escalation,
+                              RegistryCostBook(registry))
+    prompt = PromptMessage(prompt=record.prompt, created_at=datetime(2024, 6, 1, tzinfo=timezone.utc))
+    decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9, "medium": 0.05,
+                               "complex": 0.05}, model="small", tier=Tier.cheap, reasons=["test"],
+                               policy="cascade", classifier="test")
+    return asyncio.run(executor.run(RoutedMessage(prompt=prompt, decision=decision, target_model="small")))
+
+
+def test_verifier_escalates_a_missing_answer_and_accepts_agreement() -> None:
+    done = _run(_record("I am not sure, maybe 41?", '{"answer": "42"}', '{"answer": "42"}'), {"cheap": 0.0, "mid": 0.0})
+    # Cheap gave no answer: p_this = 0.02 < p_up: escalate. Mid's answer has no cheaper answer to agree
+    # with (p_this = 0.5 < 0.73): escalate again, and every call is charged.
+    assert [a.model for a in done.attempts] == ["small", "mid", "big"]
+    assert [a.status for a in done.attempts] == ["rejected", "rejected", "ok"]
+    assert done.attempts[0].error.startswith("verifier:")
+    assert done.cost_micro_usd == sum(a.cost_micro_usd for a in done.attempts) > 0
+    assert done.final_model == "big"
+
+    done = _run(_record('{"answer": "42"}', '{"answer": "42"}', '{"answer": "42"}'), {"cheap": 0.5, "mid": 0.0})
+    assert [a.model for a in done.attempts] == ["small"]  # gain 0.73 - 0.5 < 0.5 x cost factor: accepted
+
+
+def test_mid_answer_agreeing_with_cheap_is_accepted() -> None:
+    # Cheap answered (p_this 0.5) but margin -1 forces escalation; mid agrees with it: p_this 0.98 > p_up.
+    done = _run(_record('{"answer": "42"}', '{"answer": "42"}', '{"answer": "42"}'), {"cheap": -1.0, "mid": 0.0})
+    assert [a.model for a in done.attempts] == ["small", "mid"] and done.final_model == "mid"
+
+
+def test_max_escalations_caps_the_cascade() -> None:
+    done = _run(_record("no idea", "no idea", '{"answer": "42"}'), {"cheap": 0.0, "mid": 0.0}, max_escalations=1)
+    assert [a.model for a in done.attempts] == ["small", "mid"]
+
+
+def test_features_have_the_declared_width() -> None:
+    x = verifier_features("Options:\nA. x\nB. y", [0.2, 0.3, 0.5], "The answer is (A).", 10, 20, ["answer is (A)"])
+    assert x.shape == (len(FEATURE_NAMES),)
+    assert x[FEATURE_NAMES.index("agrees_with_previous")] == 1.0
+    assert x[FEATURE_NAMES.index("multiple_choice")] == 1.0
+
+
+def test_verifier_round_trips_through_json() -> None:
+    model = _verifier()
+    again = VerifierModel.from_json(model.to_json())
+    x = np.ones((2, len(FEATURE_NAMES)))
+    assert np.allclose(model.scores("cheap", x)[0], again.scores("cheap", x)[0])
+    bad = model.to_json()
+    bad["feature_names"] = ["other"]
+    with pytest.raises(ValueError, match="trained on features"):
+        VerifierModel.from_json(bad)
