@@ -1,0 +1,87 @@
+"""Calibration on out-of-fold predictions meets its objective on its own data (no torch needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.outcomes import OutcomeRecord
+from training.calibrate import (
+    Objective,
+    answer_matrices,
+    calibrate,
+    out_of_fold_verifier_scores,
+    simulate,
+)
+from training.data import Ladder, build_ladder_data, label_from_correct, replay_registry, stratified_split
+from providers.registry import Prices
+
+from synthetic_outcomes import LADDER_ARG, PRICES, make_records
+
+
+@pytest.fixture(scope="module")
+def setup():
+    records = [OutcomeRecord.model_validate(r) for r in make_records(300, "alpha", 3) + make_records(200, "beta", 4)]
+    prices = {k: Prices.model_validate(v) for k, v in PRICES.items() if not k.startswith("_")}
+    ladder = Ladder.parse(LADDER_ARG)
+    data = build_ladder_data(records, ladder, prices)
+    registry = replay_registry(ladder, prices)
+    probs = np.full((data.n, 3), 1 / 3)
+    matrices = answer_matrices(data, probs)
+    scores = out_of_fold_verifier_scores(data, matrices, registry, folds=3, seed=0)
+    return data, registry, probs, matrices, scores
+
+
+def test_labels_follow_correctness() -> None:
+    assert label_from_correct(True, False) == "simple"
+    assert label_from_correct(False, True) == "medium"
+    assert label_from_correct(False, False) == "complex"
+
+
+def test_split_is_deterministic_and_stratified() -> None:
+    records = [OutcomeRecord.model_validate(r) for r in make_records(50, "a", 1) + make_records(30, "b", 2)]
+    train, test = stratified_split(records, 0.2, seed=7)
+    assert (train, test) == stratified_split(records, 0.2, seed=7)
+    assert not set(train) & set(test) and len(train) + len(test) == 80
+    assert sum(records[i].source == "a" for i in test) == 10 and sum(records[i].source == "b" for i in test) == 6
+
+
+def test_cascade_meets_the_guard_and_saves(setup) -> None:
+    data, registry, probs, matrices, scores = setup
+    objective = Objective("guard", guard=0.01, safety_z=1.0)
+    result = calibrate(data, registry, probs, matrices, scores, "cascade", objective)
+    chosen = result.chosen
+    assert result.feasible
+    assert chosen.accuracy - chosen.diff_se >= result.expensive_accuracy - 0.01
+    assert chosen.cost_usd < 0.7 * result.expensive_cost_usd  # the verifier has real signal here
+    # The frontier is monotone: more spend buys more accuracy.
+    costs = [c.cost_usd for c in result.frontier]
+    accs = [c.accuracy for c in result.frontier]
+    assert costs == sorted(costs) and accs == sorted(accs)
+
+
+def test_threshold_policy_is_an_option(setup) -> None:
+    data, registry, probs, matrices, _ = setup
+    result = calibrate(data, registry, probs, matrices, None, "threshold", Objective("guard"))
+    assert result.chosen.policy == "threshold"
+    assert set(result.chosen.policy_params) == {"simple_threshold", "medium_threshold"}
+    assert result.chosen.accuracy - result.chosen.diff_se >= result.expensive_accuracy - 0.01
+
+
+@pytest.mark.parametrize(("kind", "target"), [("spend", 0.5), ("expensive-share", 0.3)])
+def test_budget_objectives(setup, kind: str, target: float) -> None:
+    data, registry, probs, matrices, scores = setup
+    result = calibrate(data, registry, probs, matrices, scores, "cascade", Objective(kind, target=target))
+    if kind == "spend":
+        assert result.chosen.cost_usd <= target * result.expensive_cost_usd
+    else:
+        assert result.chosen.expensive_share <= target
+
+
+def test_simulation_charges_every_call(setup) -> None:
+    data, _, _, matrices, scores = setup
+    start = np.zeros(data.n, dtype=int)
+    out = simulate(data.correct, data.cost_usd, start, matrices.default_reject, scores, (-10.0, -10.0), 2)
+    # Margins that always escalate: every request pays for all three models and ends at the top.
+    assert out.calls.all() and (out.final_tier == 2).all()
+    assert out.cost_usd == pytest.approx(data.cost_usd.sum())
