@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,8 @@ async def latency_phase(api_url: str, stub_url: str, model_id: str, requests: in
     http = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency * 2))
     direct: list[float] = []
     pipeline: list[float] = []
+    # Where a /generate's time goes, per request (same clock: everything runs on this machine).
+    segments: dict[str, list[float]] = {"to_model_call": [], "model_call": [], "after_call": [], "reply": []}
     failures = 0
     counter = iter(range(requests))
 
@@ -71,13 +74,24 @@ async def latency_phase(api_url: str, stub_url: str, model_id: str, requests: in
         await direct_client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": prompt}],
                                                     max_tokens=64)
         direct.append((time.perf_counter() - started) * 1000)
+        sent_at = datetime.now(timezone.utc)
         started = time.perf_counter()
         response = await http.post(f"{api_url}/generate", json={"prompt": prompt, "max_tokens": 64})
         elapsed = (time.perf_counter() - started) * 1000
-        if response.status_code != 200 or response.json().get("status") != "ok":
+        received_at = datetime.now(timezone.utc)
+        body = response.json() if response.status_code == 200 else {}
+        if body.get("status") != "ok":
             failures += 1
-        else:
-            pipeline.append(elapsed)
+            return
+        pipeline.append(elapsed)
+        attempt = body["attempts"][-1]
+        call_start = datetime.fromisoformat(body["attempts"][0]["started_at"])
+        call_end = datetime.fromisoformat(attempt["started_at"]) + timedelta(milliseconds=attempt["latency_ms"])
+        completed = datetime.fromisoformat(body["completed_at"])
+        segments["to_model_call"].append((call_start - sent_at).total_seconds() * 1000)
+        segments["model_call"].append(sum(a["latency_ms"] for a in body["attempts"]))
+        segments["after_call"].append((completed - call_end).total_seconds() * 1000)
+        segments["reply"].append((received_at - completed).total_seconds() * 1000)
 
     async def lane() -> None:
         for i in counter:
@@ -88,6 +102,8 @@ async def latency_phase(api_url: str, stub_url: str, model_id: str, requests: in
         await one_pair(i)
     direct.clear()
     pipeline.clear()
+    for samples in segments.values():
+        samples.clear()
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     wall = time.perf_counter() - started
@@ -98,7 +114,10 @@ async def latency_phase(api_url: str, stub_url: str, model_id: str, requests: in
     return {"concurrency": concurrency, "requests": len(pipeline), "failures": failures, "wall_s": round(wall, 2),
             "direct_p50_ms": round(d50, 2), "direct_p99_ms": round(d99, 2),
             "pipeline_p50_ms": round(p50, 2), "pipeline_p99_ms": round(p99, 2),
-            "added_p50_ms": round(p50 - d50, 2), "added_p99_ms": round(p99 - d99, 2)}
+            "added_p50_ms": round(p50 - d50, 2), "added_p99_ms": round(p99 - d99, 2),
+            # Medians of: API + prompts topic + classify + route topic until the model call starts; the call
+            # (SDK + stub); ladder bookkeeping until the completion; completions/reply topics + API.
+            "median_segments_ms": {k: round(float(np.median(v)), 2) for k, v in segments.items() if v}}
 
 
 async def throughput_phase(settings, prompts: int) -> dict:
@@ -134,6 +153,40 @@ async def throughput_phase(settings, prompts: int) -> dict:
     total_s = time.perf_counter() - started
     return {"prompts": prompts, "recorded": found, "produce_s": round(produced_s, 2), "total_s": round(total_s, 2),
             "prompts_per_s": round(found / total_s, 1)}
+
+
+def cpu_seconds_by_part(stack, data_root: Path) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each part of the stack, children included, and by this
+    process (the load generator). Needs psutil; empty without it."""
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    totals: dict[str, float] = {}
+
+    def add(label: str, proc) -> None:
+        try:
+            times = proc.cpu_times()
+            totals[label] = totals.get(label, 0.0) + times.user + times.system
+        except psutil.Error:
+            pass
+
+    seen: set[int] = set()
+    for member in stack.children.members:
+        try:
+            root = psutil.Process(member.process.pid)
+        except psutil.Error:
+            continue
+        for proc in [root, *root.children(recursive=True)]:
+            seen.add(proc.pid)
+            add(member.name.split("-")[0] if member.name.startswith("worker") else member.name, proc)
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if proc.pid not in seen and "postgres" in (proc.info.get("name") or "") and str(data_root) in cmdline:
+            for child in [proc, *proc.children(recursive=True)]:
+                add("postgres", child)
+    add("load generator", psutil.Process())
+    return totals
 
 
 def start_profile(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
@@ -184,7 +237,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             worker = next(c for c in stack.children.members if c.name.startswith("worker"))
             profiler = start_profile(worker.process.pid, 20, data_root / "worker.pyspy.txt")
+        cpu_before = cpu_seconds_by_part(stack, data_root)
         results["throughput"] = asyncio.run(throughput_phase(stack.settings, args.throughput))
+        cpu_after = cpu_seconds_by_part(stack, data_root)
+        if cpu_after:
+            recorded = max(results["throughput"]["recorded"], 1)
+            per_prompt = {part: round(1000 * (cpu_after[part] - cpu_before.get(part, 0.0)) / recorded, 3)
+                          for part in sorted(cpu_after)}
+            results["throughput"]["cpu_ms_per_prompt"] = per_prompt
+            stack_ms = sum(v for k, v in per_prompt.items() if k != "load generator")
+            results["throughput"]["cpu_ms_per_prompt_stack_total"] = round(stack_ms, 3)
+            # What 2 dedicated cores could sustain at this CPU cost, if nothing else ran on them.
+            results["throughput"]["cpu_bound_prompts_per_s_on_2_cores"] = round(2000 / stack_ms, 1) if stack_ms else None
         console.print(results["throughput"])
         if profiler is not None:
             profiler.wait(timeout=60)
