@@ -15,6 +15,7 @@ browser's side: seconds from navigation until every chart is drawn in headless C
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -68,13 +69,38 @@ def run_view(view: str, search: str | None, filters: dict[str, list[str]], cold:
 
 
 BROWSER_VIEWS = {"overview": 3, "mix": 3, "latency": 2, "quality": 2, "escalations": 2, "explorer": 1}
+VIEW_TITLES = {"offline": "Offline evaluation", "overview": "Overview", "mix": "Model mix", "latency": "Latency", "quality": "Quality vs cost",
+               "escalations": "Escalations and fallbacks", "explorer": "Request explorer"}
 
 
-def browser_times(dsn: str, runs: int) -> dict[str, list[float]]:
-    """Seconds from navigation until every chart of the view is drawn in headless Chromium.
+def _drawn(driver, title: str, charts: int) -> bool:
+    """The view's heading is shown, its charts are drawn, and nothing on the page is stale or running."""
+    from selenium.webdriver.common.by import By
 
-    Each run starts a fresh `streamlit run` server, so each view's first visit runs its SQL queries
-    (only the sidebar's bounds and filter choices are already cached by the first view).
+    headings = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "h2")]
+    if title not in headings:
+        return False
+    drawn = driver.find_elements(
+        By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks')
+    return (len(drawn) >= charts and not driver.find_elements(By.CSS_SELECTOR, '[data-stale="true"]')
+            and not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
+
+
+def _until(predicate, what: str, timeout_s: float = 60) -> None:
+    deadline = time.perf_counter() + timeout_s
+    while not predicate():
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{what}: not drawn within {timeout_s:.0f} s")
+        time.sleep(0.02)
+
+
+def browser_times(dsn: str, runs: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds until every chart of a view is drawn in headless Chromium, two ways.
+
+    *switch*: clicking the view in the sidebar (what a user does; the page stays loaded). *load*: opening
+    the view's URL, so the browser also loads and starts Streamlit's front end. Each run starts a fresh
+    `streamlit run` server, so each view's first visit runs its SQL (only the sidebar's data bounds and
+    filter choices are already cached by then); *switch* runs before *load*.
     """
     import subprocess
 
@@ -92,33 +118,44 @@ def browser_times(dsn: str, runs: int) -> dict[str, list[float]]:
                  f"--user-data-dir={tempfile.mkdtemp(prefix='dashboard-bench-chromium-')}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
-    times: dict[str, list[float]] = {view: [] for view in BROWSER_VIEWS}
+    reports = tempfile.mkdtemp(prefix="dashboard-bench-reports-")
+    Path(reports, "harness.json").write_text(json.dumps(
+        {"n": 100, "router": {"accuracy": 0.8, "cost_usd": 1.0},
+         "baselines": {"expensive": {"accuracy": 0.85, "cost_usd": 4.0}, "cheap": {"accuracy": 0.6, "cost_usd": 0.2}}}))
+    times: dict[str, dict[str, list[float]]] = {"switch": {v: [] for v in BROWSER_VIEWS},
+                                                "load": {v: [] for v in BROWSER_VIEWS}}
     try:
         for _ in range(runs):
             port = free_port()
+            url = f"http://127.0.0.1:{port}"
             server = subprocess.Popen(
                 [sys.executable, "-m", "streamlit", "run", APP, "--server.port", str(port), "--server.headless",
                  "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                cwd=REPO_ROOT, env={**os.environ, "ROUTER_PG_DSN": dsn},
+                cwd=REPO_ROOT, env={**os.environ, "ROUTER_PG_DSN": dsn, "ROUTER_DASHBOARD_REPORTS_DIR": reports},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 wait_for_port("127.0.0.1", port, timeout_s=60)
-                driver.get(f"http://127.0.0.1:{port}/?view=offline")  # loads the front end once
-                time.sleep(2)
+                # Start on the offline view with a report: its chart loads the front end's Vega code once,
+                # so each switch below times the view (its SQL and drawing), not that one-off download.
+                driver.get(f"{url}/?view=offline")
+                _until(lambda: _drawn(driver, "Offline evaluation", 1), "offline")
+                for view, charts in BROWSER_VIEWS.items():
+                    options_shown = []
+                    _until(lambda: options_shown.extend(driver.find_elements(
+                        By.CSS_SELECTOR, '[data-testid="stSidebar"] [data-testid="stRadioOption"]')) or options_shown,
+                        "sidebar")
+                    label = next((o for o in options_shown if o.text.strip() == VIEW_TITLES[view]), None)
+                    if label is None:
+                        raise RuntimeError(f"no sidebar entry {VIEW_TITLES[view]!r}: {[o.text for o in options_shown]}")
+                    started = time.perf_counter()
+                    label.click()
+                    _until(lambda v=view, c=charts: _drawn(driver, VIEW_TITLES[v], c), view)
+                    times["switch"][view].append(time.perf_counter() - started)
                 for view, charts in BROWSER_VIEWS.items():
                     started = time.perf_counter()
-                    driver.get(f"http://127.0.0.1:{port}/?view={view}")
-                    while time.perf_counter() - started < 60:
-                        drawn = driver.find_elements(
-                            By.CSS_SELECTOR,
-                            '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks')
-                        if len(drawn) >= charts and not driver.find_elements(
-                                By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'):
-                            break
-                        time.sleep(0.02)
-                    else:
-                        raise RuntimeError(f"{view}: charts not drawn within 60 s")
-                    times[view].append(time.perf_counter() - started)
+                    driver.get(f"{url}/?view={view}")
+                    _until(lambda v=view, c=charts: _drawn(driver, VIEW_TITLES[v], c), view)
+                    times["load"][view].append(time.perf_counter() - started)
             finally:
                 server.terminate()
                 server.wait(timeout=15)
@@ -133,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--admin-dsn", default=os.environ.get("ROUTER_TEST_PG_DSN"))
+    parser.add_argument("--dsn", help="time an already filled database instead of seeding a throwaway one")
     parser.add_argument("--browser", action="store_true",
                         help="also time each view in headless Chromium (needs Debian's chromium + chromedriver)")
     args = parser.parse_args(argv)
@@ -145,19 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     from sql.migrate import apply_migrations
 
     admin_dsn = args.admin_dsn
-    if not admin_dsn:
-        _server, admin_dsn = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="dashboard-bench-pg-")))
-    name = f"dashboard_bench_{uuid.uuid4().hex[:8]}"
-    dsn = create_database(admin_dsn, name)
+    if args.dsn:
+        dsn = args.dsn
+    else:
+        if not admin_dsn:
+            _server, admin_dsn = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="dashboard-bench-pg-")))
+        name = f"dashboard_bench_{uuid.uuid4().hex[:8]}"
+        dsn = create_database(admin_dsn, name)
     try:
-        apply_migrations(dsn)
         started = time.perf_counter()
-        with psycopg.connect(dsn) as conn:
-            generate(conn, args.requests, args.days)
+        if not args.dsn:
+            apply_migrations(dsn)
+            with psycopg.connect(dsn) as conn:
+                generate(conn, args.requests, args.days)
         with psycopg.connect(dsn) as conn:
             counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                       for table in ("requests", "request_attempts", "model_eval")}
-        print(f"seeded {counts} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print(f"rows {counts}, ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         os.environ["ROUTER_PG_DSN"] = dsn
         os.environ["ROUTER_DASHBOARD_REPORTS_DIR"] = tempfile.mkdtemp(prefix="dashboard-bench-reports-")
         get_settings.cache_clear()
@@ -171,24 +213,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: cold median {rows[-1][1]:.3f} s", file=sys.stderr)
         browser = browser_times(dsn, args.runs) if args.browser else {}
     finally:
-        drop_database(admin_dsn, name)
+        if not args.dsn:
+            drop_database(admin_dsn, name)
 
     print(f"{counts['requests']:,} requests, {counts['request_attempts']:,} attempts, "
-          f"{counts['model_eval']:,} graded answers over {args.days} days; {args.runs} runs per view.\n")
+          f"{counts['model_eval']:,} graded answers; {args.runs} runs per view.\n")
     print("| view | cold median (s) | cold max (s) | warm median (s) | ≤ 2 s cold |")
     print("|---|---:|---:|---:|:---:|")
     for label, cold_median, cold_max, warm_median in rows:
         ok = "yes" if cold_median <= TARGET_S else "**no**"
         print(f"| {label} | {cold_median:.3f} | {cold_max:.3f} | {warm_median:.3f} | {ok} |")
     if browser:
-        print("\nIn headless Chromium, navigation until every chart is drawn (first visit per server start):\n")
-        print("| view | median (s) | max (s) | ≤ 2 s |")
-        print("|---|---:|---:|:---:|")
-        for view, seconds in browser.items():
-            ok = "yes" if statistics.median(seconds) <= TARGET_S else "**no**"
-            print(f"| {view} | {statistics.median(seconds):.3f} | {max(seconds):.3f} | {ok} |")
+        print("\nIn headless Chromium, until every chart of the view is drawn. switch: clicking the view in the "
+              "sidebar, first visit since the server started (its SQL runs; the page and its chart code are "
+              "loaded); load: opening the view's URL in the open browser (the page and Streamlit's front end "
+              "load again; the view's queries are cached by then):\n")
+        print("| view | switch median (s) | switch max (s) | load median (s) | load max (s) | ≤ 2 s |")
+        print("|---|---:|---:|---:|---:|:---:|")
+        for view in BROWSER_VIEWS:
+            switch, load = browser["switch"][view], browser["load"][view]
+            ok = "yes" if max(statistics.median(switch), statistics.median(load)) <= TARGET_S else "**no**"
+            print(f"| {view} | {statistics.median(switch):.3f} | {max(switch):.3f} | {statistics.median(load):.3f} "
+                  f"| {max(load):.3f} | {ok} |")
     slow = [row for row in rows if row[1] > TARGET_S]
-    slow += [view for view, seconds in browser.items() if statistics.median(seconds) > TARGET_S]
+    slow += [view for way in browser.values() for view, seconds in way.items() if statistics.median(seconds) > TARGET_S]
     return 1 if slow else 0
 
 
