@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_s: float = 1.0
     # How long a fetch may wait at the broker for data. Faust fixes it at 1500 ms, and a partition whose
     # records were just taken waits for the fetch in flight to return: at low traffic that cost ~0.5 s per hop.
-    consumer_fetch_max_wait_ms: int = Field(10, ge=0, le=5000)
+    # 10 ms polls so often under load that throughput drops by a third; 50 ms keeps both (docs/benchmarks.md).
+    consumer_fetch_max_wait_ms: int = Field(50, ge=0, le=5000)
     # Agent throughput knobs: classify and sink work in batches, providers in concurrent calls per model.
     classify_batch_max: int = Field(128, ge=1)
     classify_concurrency: int = Field(2, ge=1)
