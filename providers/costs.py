@@ -137,7 +137,8 @@ class EffectiveDatedCostBook(CostBook):
         self._rates = by_model
         self._starts = {model: [r.effective_from for r in rs] for model, rs in by_model.items()}
 
-    def _lookup(self, model: str, at: datetime) -> Rate | None:
+    def find(self, model: str, at: datetime) -> Rate | None:
+        """The rate in force for ``model`` at ``at``, or None."""
         starts = self._starts.get(model)
         if not starts:
             return None
@@ -147,7 +148,7 @@ class EffectiveDatedCostBook(CostBook):
         return self._rates[model][index] if index >= 0 else None
 
     def rate(self, model: str, at: datetime) -> Rate:
-        found = self._lookup(model, at)
+        found = self.find(model, at)
         if found is None:
             raise MissingRateError(self._missing_message(model, at))
         return found
@@ -195,10 +196,10 @@ class DbCostBook(EffectiveDatedCostBook):
     def rate(self, model: str, at: datetime) -> Rate:
         if self._clock() - self._loaded_at >= self.refresh_s:
             self.refresh()
-        found = self._lookup(model, at)
+        found = self.find(model, at)
         if found is None:
             self.refresh()
-            found = self._lookup(model, at)
+            found = self.find(model, at)
         if found is None:
             message = self._missing_message(model, at) + " in cost_rates (seed it: python -m providers.prices seed)"
             if self.fallback is None:
@@ -244,7 +245,7 @@ def insert_rates(dsn: str, prices: Mapping[str, tuple[int, int]], effective_from
         for model, (input_rate, output_rate) in sorted(prices.items()):
             if only_missing_models and model in existing._rates:
                 continue
-            current = existing._lookup(model, effective_from)
+            current = existing.find(model, effective_from)
             if current is not None and current.effective_from == effective_from:
                 if (current.input_micro_usd_per_1k, current.output_micro_usd_per_1k) == (input_rate, output_rate):
                     continue

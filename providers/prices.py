@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_column(column)
         for model in sorted({r[0] for r in rows}):
             starts = [r[1] for r in rows if r[0] == model]
-            rate = book._lookup(model, at)
+            rate = book.find(model, at)
             later = sum(1 for s in starts if s > at)
             table.add_row(model, rate.effective_from.isoformat() if rate else "(none yet)",
                           str(rate.input_micro_usd_per_1k) if rate else "-",
