@@ -185,26 +185,41 @@ def predict_proba(pm: PromptModel, texts: Sequence[str], batch_size: int = 64, d
     return out
 
 
-class _LogitsOnly(torch.nn.Module):
-    def __init__(self, model: Any) -> None:
+def predict_proba_ensemble(pms: Sequence[PromptModel], texts: Sequence[str], desc: str | None = None) -> np.ndarray:
+    """Mean of the members' label probabilities."""
+    return np.mean([predict_proba(pm, texts, desc=desc) for pm in pms], axis=0)
+
+
+class _EnsembleLogits(torch.nn.Module):
+    """One graph for K cross-fitted members: log of their mean softmax, so softmax(output) = the mean."""
+
+    def __init__(self, models: Sequence[Any]) -> None:
         super().__init__()
-        self.model = model
+        self.models = torch.nn.ModuleList(models)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        probs = [torch.softmax(m(input_ids=input_ids, attention_mask=attention_mask).logits, dim=-1)
+                 for m in self.models]
+        if len(probs) == 1:
+            return torch.log(probs[0])
+        return torch.log(torch.stack(probs).mean(dim=0))
 
 
-def export_onnx(pm: PromptModel, out_dir: Path, check_texts: Sequence[str], quantize: bool = True,
-                min_agreement: float = 0.98) -> dict[str, Any]:
-    """Write model.onnx (int8 when its labels agree with fp32 on ``check_texts``), tokenizer.json and
-    classifier.json into ``out_dir``. Returns what was exported and the agreement measured."""
+def export_onnx(pms: PromptModel | Sequence[PromptModel], out_dir: Path, check_texts: Sequence[str],
+                quantize: bool = True, min_agreement: float = 0.98) -> dict[str, Any]:
+    """Write the model (or the mean of several cross-fitted members) as ONNX, int8 when its labels agree
+    with fp32 on ``check_texts``, plus tokenizer.json and classifier.json into ``out_dir``.
+    Returns what was exported and the agreement measured."""
+    members = [pms] if isinstance(pms, PromptModel) else list(pms)
+    pm = members[0]
     from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
 
     from classifier.onnx_classifier import OnnxClassifier  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = pm.model.merge_and_unload() if pm.is_phi3 else pm.model
-    model.eval()
+    models = [m.model.merge_and_unload() if m.is_phi3 else m.model for m in members]
+    for model in models:
+        model.eval()
     pm.tokenizer.save_pretrained(out_dir / "hf_tokenizer")
     tokenizer_json = out_dir / "hf_tokenizer" / "tokenizer.json"
     if not tokenizer_json.exists():
@@ -215,7 +230,7 @@ def export_onnx(pm: PromptModel, out_dir: Path, check_texts: Sequence[str], quan
     sample = pm.tokenizer(["a short example prompt", "another one"], padding=True, return_tensors="pt")
     fp32_path = out_dir / "model.fp32.onnx"
     torch.onnx.export(
-        _LogitsOnly(model), (sample["input_ids"], sample["attention_mask"]), str(fp32_path), dynamo=False,
+        _EnsembleLogits(models), (sample["input_ids"], sample["attention_mask"]), str(fp32_path), dynamo=False,
         input_names=["input_ids", "attention_mask"], output_names=["logits"],
         dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
                       "logits": {0: "batch"}},
@@ -223,8 +238,8 @@ def export_onnx(pm: PromptModel, out_dir: Path, check_texts: Sequence[str], quan
     )
     config = {"labels": list(LABELS), "max_length": pm.config.max_length, "padding_side": pm.padding_side,
               "pad_token_id": int(pm.tokenizer.pad_token_id), "model_file": "model.fp32.onnx",
-              "base": pm.config.base}
-    torch_probs = predict_proba(pm, check_texts) if check_texts else np.zeros((0, len(LABELS)))
+              "base": pm.config.base, "members": len(members)}
+    torch_probs = predict_proba_ensemble(members, check_texts) if check_texts else np.zeros((0, len(LABELS)))
     fp32 = OnnxClassifier(fp32_path, out_dir / "tokenizer.json", config).probabilities(list(check_texts))
     report: dict[str, Any] = {
         "check_prompts": len(check_texts),

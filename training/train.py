@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="standard errors of the paired accuracy difference kept as margin (guard objective)")
     p.add_argument("--target", type=float, help="for spend / expensive-share objectives")
     p.add_argument("--max-escalations", type=int, nargs="+", default=[1, 2], help="options to calibrate over")
-    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds for out-of-fold predictions")
+    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds: K members score the prompts they did not see; served as their mean")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
@@ -93,15 +93,19 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
                         learning_rate=args.learning_rate, freeze_layers=args.freeze_layers,
                         max_train_prompts=args.max_train_prompts, seed=args.seed, threads=args.threads)
 
-    # 1. Out-of-fold label probabilities (cross-fitting), then the served model on all the data.
+    # 1. Cross-fitting: K members, each scoring the prompts it did not see (out-of-fold probabilities).
+    # The served classifier is the mean of the K members, so a new prompt is scored like the
+    # out-of-fold prompts the policy was calibrated on (a model refitted on everything would be more
+    # confident than what calibration saw, and the thresholds would not transfer).
     fold = kfold_by_source(data.sources, args.folds, args.seed)
     oof = np.zeros((data.n, len(LABELS)))
+    members = []
     for k in range(args.folds):
         train_rows, test_rows = np.where(fold != k)[0], np.where(fold == k)[0]
         pm = fine_tune(load_base(ft, base_model, tokenizer), [texts[i] for i in train_rows], label_ids[train_rows],
                        desc=f"fine-tune fold {k + 1}/{args.folds}")
         oof[test_rows] = predict_proba(pm, [texts[i] for i in test_rows], desc=f"score fold {k + 1}/{args.folds}")
-    final = fine_tune(load_base(ft, base_model, tokenizer), texts, label_ids, desc="fine-tune final")
+        members.append(pm)
 
     out_dir: Path = args.out
     staging = out_dir.with_name(out_dir.name + ".partial")
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     check_rows = np.random.default_rng(args.seed).choice(data.n, size=min(200, data.n), replace=False)
-    onnx_report = export_onnx(final, staging, [texts[i] for i in check_rows], quantize=not args.no_quantize)
+    onnx_report = export_onnx(members, staging, [texts[i] for i in check_rows], quantize=not args.no_quantize)
 
     # 2. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
     matrices_oof = answer_matrices(data, oof)
