@@ -23,6 +23,8 @@ from psycopg_pool import ConnectionPool
 # switching views and moving filters back and forth is served from cache.
 CACHE_TTL_S = 30
 STATEMENT_TIMEOUT_MS = 15_000
+# How long the first page waits for the database before it says it cannot reach it.
+POOL_OPEN_TIMEOUT_S = 5
 MICRO = 1_000_000.0
 FAILED_MODEL_LABEL = "(failed)"
 
@@ -76,7 +78,11 @@ def get_pool(dsn: str) -> ConnectionPool:
         open=False,
         name="dashboard",
     )
-    pool.open(wait=True, timeout=10)
+    try:
+        pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+    except Exception:
+        pool.close()  # else its workers keep trying to connect after every failed page load
+        raise
     return pool
 
 

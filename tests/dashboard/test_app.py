@@ -299,3 +299,18 @@ def test_date_range_from_the_url(seeded: str, run_view: RunView) -> None:
     at.query_params.update({"view": "overview", "from": "not-a-date"})
     at.run()
     assert metrics(at)["Requests"] == "5"
+
+
+def test_unreachable_database_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.services import free_port
+
+    monkeypatch.setenv("ROUTER_PG_DSN", f"host=127.0.0.1 port={free_port()} user=nobody connect_timeout=1")
+    get_settings.cache_clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.query_params["view"] = "overview"
+        at.run()
+        assert not at.exception
+        assert "Cannot reach the router's database" in at.error[0].value
+    finally:
+        get_settings.cache_clear()
