@@ -34,15 +34,18 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_s: float = 1.0
     # How long a fetch may wait at the broker for data. Faust fixes it at 1500 ms, and a partition whose
     # records were just taken waits for the fetch in flight to return: at low traffic that cost ~0.5 s per hop.
-    # 10 ms polls so often under load that throughput drops by a third; 50 ms keeps both (docs/benchmarks.md).
-    consumer_fetch_max_wait_ms: int = Field(50, ge=0, le=5000)
+    # 10 ms: /generate adds ~25 ms at p50 instead of ~70 ms with 50 ms, for ~10% less peak throughput
+    # (measured back to back, docs/benchmarks.md).
+    consumer_fetch_max_wait_ms: int = Field(10, ge=0, le=5000)
     # Agent throughput knobs: classify and sink work in batches, providers in concurrent calls per model.
     classify_batch_max: int = Field(128, ge=1)
     classify_concurrency: int = Field(2, ge=1)
     provider_concurrency: int = Field(64, ge=1)
     sink_batch_max: int = Field(256, ge=1)
     sink_concurrency: int = Field(2, ge=1)
-    batch_within_s: float = Field(0.05, gt=0)
+    # A batch is cut after this long: 5 ms instead of 50 ms took ~40 ms off /generate's p50 at the same
+    # throughput (docs/benchmarks.md); under load batches still fill up to the max sizes above.
+    batch_within_s: float = Field(0.005, gt=0)
     # A reply topic whose API process is gone must not stall a provider agent.
     reply_publish_timeout_s: float = Field(5.0, gt=0)
 
