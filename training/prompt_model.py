@@ -206,7 +206,7 @@ class _EnsembleLogits(torch.nn.Module):
 
 
 def export_onnx(pms: PromptModel | Sequence[PromptModel], out_dir: Path, check_texts: Sequence[str],
-                quantize: bool = True, min_agreement: float = 0.98) -> dict[str, Any]:
+                quantize: bool = True, min_agreement: float = 0.98, keep_fp32: bool = False) -> dict[str, Any]:
     """Write the model (or the mean of several cross-fitted members) as ONNX, int8 when its labels agree
     with fp32 on ``check_texts``, plus tokenizer.json and classifier.json into ``out_dir``.
     Returns what was exported and the agreement measured."""
@@ -256,7 +256,8 @@ def export_onnx(pms: PromptModel | Sequence[PromptModel], out_dir: Path, check_t
         report["int8_vs_fp32_max_abs_diff"] = float(np.abs(int8 - fp32).max()) if len(check_texts) else 0.0
         if agreement >= min_agreement:
             chosen = "model.int8.onnx"
-            fp32_path.unlink()
+            if not keep_fp32:
+                fp32_path.unlink()
         else:
             int8_path.unlink()
             log.warning("int8 model agrees with fp32 on only %.1f%% of labels: serving fp32", 100 * agreement)

@@ -3,6 +3,7 @@ and a serving path that imports neither torch nor transformers."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,15 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Phi3
 
 from classifier.onnx_classifier import OnnxClassifier
 from core.messages import LABELS
-from training.prompt_model import FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba, resolve_base
+from training.prompt_model import (
+    FineTuneConfig,
+    export_onnx,
+    fine_tune,
+    load_base,
+    predict_proba,
+    predict_proba_ensemble,
+    resolve_base,
+)
 
 PROMPTS = ["What is 2 + 2?", "Prove that there are infinitely many primes, with every step justified.",
            "Translate 'cat' into French.", "Design a distributed consensus protocol tolerant to byzantine faults."]
@@ -77,22 +86,24 @@ def test_onnx_export_agrees_with_pytorch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     path = resolve_base("all-MiniLM-L6-v2")
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
-    pm = load_base(FineTuneConfig(max_length=64), model, tok)
+    members = [load_base(FineTuneConfig(max_length=64), AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=3), tok) for _ in range(2)]  # two heads, randomly initialised differently
     check = PROMPTS * 5 + ["x " * 200]  # one prompt longer than max_length: truncation must agree too
-    report = export_onnx(pm, tmp_path, check, quantize=True)
-    served = OnnxClassifier.from_dir(tmp_path)
-    torch_probs = predict_proba(pm, check)
-    fp32 = OnnxClassifier(tmp_path / "model.fp32.onnx", tmp_path / "tokenizer.json",
-                          {**__import__("json").loads((tmp_path / "classifier.json").read_text()),
-                           "model_file": "model.fp32.onnx"}) if (tmp_path / "model.fp32.onnx").exists() else None
+    report = export_onnx(members, tmp_path, check, quantize=True, keep_fp32=True)
+    torch_probs = predict_proba_ensemble(members, check)
+    # fp32: the exported graph reproduces the mean of the members' PyTorch probabilities.
+    config = json.loads((tmp_path / "classifier.json").read_text())
+    fp32 = OnnxClassifier(tmp_path / "model.fp32.onnx", tmp_path / "tokenizer.json", config)
     assert report["fp32_vs_torch_max_abs_diff"] < 1e-4
-    assert report["fp32_vs_torch_label_agreement"] == 1.0
-    onnx_probs = served.probabilities(check)
-    tolerance = 1e-4 if fp32 is not None else 0.05  # int8 served: close, not identical
-    assert np.abs(onnx_probs - torch_probs).max() < tolerance
-    predictions = served.predict(check)
-    assert [p.label for p in predictions] == [LABELS[i] for i in torch_probs.argmax(axis=1)] or fp32 is None
+    assert np.abs(fp32.probabilities(check) - torch_probs).max() < 1e-4
+    assert [p.label for p in fp32.predict(check)] == [LABELS[i] for i in torch_probs.argmax(axis=1)]
+    # int8: close to fp32, and served only where the labels agree.
+    served = OnnxClassifier.from_dir(tmp_path)
+    if report["served_model"] == "model.int8.onnx":
+        assert report["int8_vs_fp32_label_agreement"] >= 0.98
+        assert np.abs(served.probabilities(check) - torch_probs).max() < 0.05
+    else:
+        assert report["int8_vs_fp32_label_agreement"] < 0.98 and config["model_file"] == "model.fp32.onnx"
 
 
 def test_serving_imports_neither_torch_nor_transformers() -> None:
