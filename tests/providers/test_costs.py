@@ -175,3 +175,25 @@ def test_db_book_rereads_rates_and_falls_back_when_a_model_has_none(clean_db: st
     assert book.rate("small", CHANGE).input_micro_usd_per_1k == 111  # cached until refresh_s passes
     clock[0] = 31.0
     assert book.rate("small", CHANGE).input_micro_usd_per_1k == 150
+
+
+def test_show_prints_the_rates_in_force(clean_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = _write_prices(tmp_path / "old.json", (0.13, 0.52), (2.5, 10.0))
+    new = _write_prices(tmp_path / "new.json", (0.10, 0.40), (2.5, 10.0))
+    assert prices_main(["--dsn", clean_db, "seed", "--prices", str(old)]) == 0
+    assert prices_main(["--dsn", clean_db, "update", "--prices", str(new), "--effective-from", CHANGE.isoformat()]) == 0
+    capsys.readouterr()
+    assert prices_main(["--dsn", clean_db, "show", "--at", T0.isoformat()]) == 0
+    before = capsys.readouterr().out
+    assert prices_main(["--dsn", clean_db, "show", "--at", CHANGE.isoformat()]) == 0
+    after = capsys.readouterr().out
+    small_before = next(line for line in before.splitlines() if "small" in line)
+    small_after = next(line for line in after.splitlines() if "small" in line)
+    assert "130" in small_before and "520" in small_before and "1" in small_before.split("│")[-2]
+    assert "100" in small_after and "400" in small_after
+
+
+def test_bad_effective_from_is_refused(clean_db: str, tmp_path: Path) -> None:
+    prices = _write_prices(tmp_path / "p.json", (0.13, 0.52), (2.5, 10.0))
+    with pytest.raises(SystemExit):
+        prices_main(["--dsn", clean_db, "update", "--prices", str(prices), "--effective-from", "2026-06-01T00:00:00"])
