@@ -13,7 +13,7 @@ from providers.costs import CostBook, RegistryCostBook, build_db_cost_book
 from providers.executor import LadderExecutor
 from providers.factory import build_providers
 from providers.registry import ModelRegistry
-from providers.tokens import count_tokens
+from providers.tokens import count_tokens, warm_up
 
 
 def load_registry(settings: Settings) -> ModelRegistry:
@@ -46,6 +46,8 @@ def build_runtime(settings: Settings, registry: ModelRegistry | None = None) -> 
     router = build_router(registry, settings.classifier_artifact, policy_name=settings.routing_policy,
                           token_counter=count_tokens)
     providers = build_providers(registry, settings.data_dir)
+    # Load the ladder's tokenizers now (o200k takes ~1 s) rather than on the first request.
+    warm_up(sorted({m.tokenizer for m in registry.models}))
     executor = LadderExecutor(registry, providers, router.escalation or Escalation(registry),
                               build_cost_book(settings, registry))
     return Runtime(registry=registry, router=router, providers=providers, executor=executor)
