@@ -210,3 +210,30 @@ async def test_provider_error_carries_status_and_retries(registry, stub_server) 
     with pytest.raises(ProviderError) as caught:
         await OpenAICompatibleProvider(registry.get("medium")).complete(PromptMessage(prompt=PROMPT))
     assert (caught.value.status, caught.value.retries) == (502, 1)
+
+
+async def test_rate_change_mid_stream_through_the_sdk(registry, stub_server, clean_db, tmp_path) -> None:
+    """Real SDK, real stub, rates from Postgres: a request made before a price change keeps the old price
+    even when it is answered after the change; one made after gets the new price."""
+    from datetime import datetime, timedelta, timezone
+
+    from providers.costs import build_db_cost_book
+    from providers.prices import main as prices_main
+
+    set_faults(stub_server, **{"stub-small": {"reply": REPLY}})
+    ladder = LadderExecutor(registry, {s.name: OpenAICompatibleProvider(s) for s in registry.models},
+                            Escalation(registry), build_db_cost_book(clean_db, registry, refresh_s=0.0))
+    now = datetime.now(timezone.utc)
+    early, late = routed_to("small", Tier.cheap), routed_to("small", Tier.cheap)
+    early.prompt.created_at = now - timedelta(seconds=1)
+    late.prompt.created_at = now + timedelta(seconds=1)
+    first = await ladder.run(early)
+    assert first.cost_micro_usd == half_up(10 * 130 + 4 * 520) == 3
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"small": {"input": 1.3, "output": 5.2}}')  # ten times the list price
+    assert prices_main(["--dsn", clean_db, "update", "--prices", str(prices), "--effective-from", now.isoformat()]) == 0
+    queued_before = await ladder.run(routed_to("small", Tier.cheap).model_copy(update={"prompt": early.prompt}))
+    after = await ladder.run(late)
+    assert queued_before.cost_micro_usd == 3
+    assert after.cost_micro_usd == half_up(10 * 1300 + 4 * 5200) == 34
