@@ -228,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         registry = load_registry(stack.settings)
         stub_url = stack.env["ROUTER_STUB_URL"]
         model_id = registry.ladder[0].provider_model_id
+        # Idle cost: what the stack burns with no traffic (consumers polling the broker, heartbeats).
+        idle_before = cpu_seconds_by_part(stack, data_root)
+        time.sleep(10)
+        idle_after = cpu_seconds_by_part(stack, data_root)
+        if idle_after:
+            results["idle_cpu_percent"] = {part: round(10 * (idle_after[part] - idle_before.get(part, 0.0)), 1)
+                                           for part in sorted(idle_after) if part != "load generator"}
+            console.print({"idle_cpu_percent": results["idle_cpu_percent"]})
         results["latency"] = []
         for concurrency in args.concurrency:
             row = asyncio.run(latency_phase(stack.api_url, stub_url, model_id, args.requests, concurrency))
