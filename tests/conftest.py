@@ -7,6 +7,8 @@ temporary folder. Each session gets a fresh database with the migrations applied
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.services import create_database, drop_database, free_port, start_embedded_postgres, start_tansu
+from core.services import (
+    create_database,
+    drop_database,
+    free_port,
+    start_embedded_postgres,
+    start_tansu,
+    stop_embedded_postgres,
+)
 from sql.migrate import apply_migrations
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +45,13 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    _server, dsn = start_embedded_postgres(tmp_path_factory.mktemp("pgdata"))
+    # Outside pytest's basetemp: pytest prunes old basetemp folders, and a concurrent pytest run
+    # would delete the data folder from under a live server.
+    data_dir = Path(tempfile.mkdtemp(prefix="router-test-pg-"))
+    server, dsn = start_embedded_postgres(data_dir)
     yield dsn
+    stop_embedded_postgres(server)
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
