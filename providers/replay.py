@@ -17,19 +17,26 @@ from providers.base import Provider, ProviderError, ProviderResult
 from providers.registry import ModelSpec
 
 
+# Metadata key naming the outcomes record a replayed prompt came from: the same prompt text can occur
+# in several records (with different recorded answers), so the offline harness names the one it means.
+OUTCOME_ID_KEY = "outcome_id"
+
+
 class OutcomeIndex:
-    """Outcomes by exact prompt text, then by model id."""
+    """Outcomes by record id when the prompt names one, else by exact prompt text; then by model id."""
 
     def __init__(self, records: Iterable[OutcomeRecord]) -> None:
         self._by_prompt: dict[str, Mapping[str, ModelOutcome]] = {}
+        self._by_id: dict[str, Mapping[str, ModelOutcome]] = {}
         for record in records:
             self._by_prompt[record.prompt] = record.outcomes
+            self._by_id[record.id] = record.outcomes
 
     def __len__(self) -> int:
         return len(self._by_prompt)
 
-    def lookup(self, prompt: str, model_id: str) -> ModelOutcome | None:
-        outcomes = self._by_prompt.get(prompt)
+    def lookup(self, prompt: str, model_id: str, record_id: str | None = None) -> ModelOutcome | None:
+        outcomes = self._by_id.get(record_id) if record_id is not None else self._by_prompt.get(prompt)
         return None if outcomes is None else outcomes.get(model_id)
 
 
@@ -42,7 +49,7 @@ class ReplayProvider(Provider):
         started = time.perf_counter()
         if self.spec.replay_latency_ms:
             await asyncio.sleep(self.spec.replay_latency_ms / 1000)
-        outcome = self.index.lookup(prompt.prompt, self.spec.provider_model_id)
+        outcome = self.index.lookup(prompt.prompt, self.spec.provider_model_id, prompt.metadata.get(OUTCOME_ID_KEY))
         if outcome is None:
             raise ProviderError(
                 f"{self.spec.name}: no recorded outcome for this prompt (replay answers known prompts only)",

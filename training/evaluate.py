@@ -31,7 +31,7 @@ from classifier.verifier import VerifierModel
 from core.messages import LABELS, TIER_ORDER, CompletionMessage, PromptMessage, RoutedMessage
 from providers.costs import RegistryCostBook
 from providers.executor import LadderExecutor
-from providers.replay import OutcomeIndex, ReplayProvider
+from providers.replay import OUTCOME_ID_KEY, OutcomeIndex, ReplayProvider
 from training.calibrate import answer_matrices, score_verifier, simulate, start_tiers
 from training.calibrate import build_named_policy, margin_from_json
 from training.data import Ladder, LadderData, load_ladder_data, load_prices, replay_registry
@@ -63,7 +63,9 @@ async def replay(data: LadderData, router: Any, registry: Any, batch_size: int, 
     index = OutcomeIndex(data.records)
     providers = {spec.name: ReplayProvider(spec, index) for spec in registry.models}
     executor = LadderExecutor(registry, providers, router.escalation, RegistryCostBook(registry))
-    prompts = [PromptMessage(request_id=request_id(r.id), prompt=r.prompt, created_at=PRICED_AT) for r in data.records]
+    # Each request names its record: prompt texts repeat across records with different recorded answers.
+    prompts = [PromptMessage(request_id=request_id(r.id), prompt=r.prompt, created_at=PRICED_AT,
+                             metadata={OUTCOME_ID_KEY: r.id}) for r in data.records]
     completions: list[CompletionMessage | None] = [None] * len(prompts)
     gate = asyncio.Semaphore(concurrency)
 
