@@ -181,6 +181,7 @@ class DbCostBook(EffectiveDatedCostBook):
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._loaded_at = float("-inf")
+        self._last_miss_refresh = float("-inf")
         super().__init__()
         self.refresh()
 
@@ -193,12 +194,25 @@ class DbCostBook(EffectiveDatedCostBook):
             self._set(Rate(model, int(i), int(o), effective_from=start) for model, start, i, o in rows)
             self._loaded_at = self._clock()
 
+    def _try_refresh(self) -> None:
+        """Re-read the table; if the database is unreachable, keep pricing from the cached rates (a request
+        must not fail because Postgres blinked) and try again in a few seconds."""
+        import psycopg  # noqa: PLC0415
+
+        try:
+            self.refresh()
+        except psycopg.Error as exc:
+            log.warning("could not re-read cost_rates (%s); pricing from the cached rates", exc)
+            self._loaded_at = self._clock() - self.refresh_s + min(self.refresh_s, 5.0)
+
     def rate(self, model: str, at: datetime) -> Rate:
         if self._clock() - self._loaded_at >= self.refresh_s:
-            self.refresh()
+            self._try_refresh()
         found = self.find(model, at)
-        if found is None:
-            self.refresh()
+        if found is None and self._clock() - self._last_miss_refresh >= 1.0:
+            # The rate may just have been added; re-read at once, but at most once a second.
+            self._last_miss_refresh = self._clock()
+            self._try_refresh()
             found = self.find(model, at)
         if found is None:
             message = self._missing_message(model, at) + " in cost_rates (seed it: python -m providers.prices seed)"

@@ -169,6 +169,8 @@ def test_db_book_rereads_rates_and_falls_back_when_a_model_has_none(clean_db: st
     assert book.rate("small", T0).input_micro_usd_per_1k == 130  # table empty: the config's list price
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("INSERT INTO cost_rates VALUES ('small', %s, 111, 222, 'test')", (T0,))
+    assert book.rate("small", T0).input_micro_usd_per_1k == 130  # misses re-read at most once a second
+    clock[0] = 1.0
     assert book.rate("small", T0).input_micro_usd_per_1k == 111  # a miss re-reads at once
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("INSERT INTO cost_rates VALUES ('small', %s, 150, 600, 'test')", (CHANGE,))
@@ -197,3 +199,15 @@ def test_bad_effective_from_is_refused(clean_db: str, tmp_path: Path) -> None:
     prices = _write_prices(tmp_path / "p.json", (0.13, 0.52), (2.5, 10.0))
     with pytest.raises(SystemExit):
         prices_main(["--dsn", clean_db, "update", "--prices", str(prices), "--effective-from", "2026-06-01T00:00:00"])
+
+
+def test_db_book_keeps_pricing_from_its_cache_when_postgres_is_down(clean_db: str) -> None:
+    from core.services import free_port
+
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO cost_rates VALUES ('small', %s, 130, 520, 'test')", (T0,))
+    clock = [0.0]
+    book = DbCostBook(clean_db, refresh_s=30.0, clock=lambda: clock[0])
+    book.dsn = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"  # nothing listens there
+    clock[0] = 100.0
+    assert book.cost_micro_usd("small", 1000, 1000, CHANGE) == 130 + 520
