@@ -80,6 +80,7 @@ def load_base(config: FineTuneConfig, base_model: Any | None = None, tokenizer: 
     """The base with a fresh 3-label head. ``base_model``/``tokenizer`` let tests pass a tiny random model."""
     id2label = dict(enumerate(LABELS))
     label2id = {v: k for k, v in id2label.items()}
+    _set_seed(config.seed)  # the new head's initialisation, so a run does not depend on what ran before it
     if base_model is None:
         path = resolve_base(config.base)
         tokenizer = AutoTokenizer.from_pretrained(path)
