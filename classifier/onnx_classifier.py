@@ -53,7 +53,9 @@ class OnnxClassifier(Classifier):
         return cls(directory / config["model_file"], directory / "tokenizer.json", config, **kwargs)
 
     def _encode(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-        encodings = self.tokenizer.encode_batch(list(prompts))
+        return self._pad(self.tokenizer.encode_batch(list(prompts)))
+
+    def _pad(self, encodings: list[Any]) -> dict[str, np.ndarray]:
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
@@ -69,11 +71,17 @@ class OnnxClassifier(Classifier):
 
     def probabilities(self, prompts: Sequence[str]) -> np.ndarray:
         """Label probabilities, one row per prompt, columns in ``self.labels`` order."""
-        rows = []
-        for start in range(0, len(prompts), self.batch_size):
-            (logits,) = self.session.run(["logits"], self._encode(prompts[start : start + self.batch_size]))
-            rows.append(softmax(logits.astype(np.float64)))
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)))
+        out = np.zeros((len(prompts), len(self.labels)))
+        if not len(prompts):
+            return out
+        encodings = self.tokenizer.encode_batch(list(prompts))
+        # Batches of similar length waste less compute on padding; rows go back in input order.
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            (logits,) = self.session.run(["logits"], self._pad([encodings[i] for i in batch]))
+            out[batch] = softmax(logits.astype(np.float64))
+        return out
 
     def predict(self, prompts: Sequence[str]) -> list[Prediction]:
         out = []
