@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
         "baselines_training_data": {m: {"accuracy": float(data.correct[:, k].mean()),
                                         "cost_usd": float(data.cost_usd[:, k].sum())}
                                     for k, m in enumerate(ladder.models)},
+        "split": _split_info(args.data),
         "command": "python -m training.train " + " ".join(argv if argv is not None else sys.argv[1:]),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train_seconds": round(time.time() - started, 1),
@@ -174,6 +175,19 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
              out_dir, time.time() - started, 100 * (1 - chosen.cost_usd / expensive_cost), chosen.accuracy,
              result.expensive_accuracy)
     return 0
+
+
+def _split_info(paths: list[str]) -> dict[str, Any] | None:
+    """The ``split.json`` that ``python -m training.split`` wrote beside the data, if the data came from one."""
+    for raw in paths:
+        path = Path(raw)
+        for candidate in (path.parent / "split.json", path.parent.parent / "split.json", path / "split.json"):
+            if candidate.is_file():
+                try:
+                    return {"file": str(candidate), **json.loads(candidate.read_text())}
+                except json.JSONDecodeError:
+                    return None
+    return None
 
 
 def model_card_markdown(card: dict[str, Any]) -> str:
