@@ -256,5 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` with bad input (missing files, malformed data, unknown models) reported in one line."""
+    from classifier.artifact import ArtifactError  # noqa: PLC0415
+    from core.outcomes import OutcomesFormatError  # noqa: PLC0415
+
+    try:
+        return main(argv)
+    except (FileNotFoundError, OutcomesFormatError, ArtifactError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -101,3 +101,19 @@ def test_evaluate_rejects_a_different_ladder(artifact: Path, synthetic_dir: Path
         evaluate.main(["--data", str(synthetic_dir), "--ladder", "small-model,mid-model,other-model",
                        "--prices", str(synthetic_dir / "prices.json"), "--artifact", str(artifact),
                        "--json", str(tmp_path / "x.json")])
+
+
+def test_bad_input_is_reported_in_one_line(synthetic_dir: Path, tmp_path: Path) -> None:
+    prices = str(synthetic_dir / "prices.json")
+    with pytest.raises(SystemExit, match="three distinct model ids"):
+        train.cli(["--data", str(synthetic_dir), "--ladder", "a,b", "--prices", prices, "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="no price for"):
+        train.cli(["--data", str(synthetic_dir), "--ladder", "x,y,z", "--prices", prices, "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="artifact file missing"):
+        evaluate.cli(["--data", str(synthetic_dir), "--ladder", LADDER_ARG, "--prices", prices,
+                      "--artifact", str(tmp_path / "none"), "--json", str(tmp_path / "x.json")])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "source": "s"}\n')
+    with pytest.raises(SystemExit, match="not a valid outcomes record"):
+        train.cli(["--data", str(bad), "--ladder", LADDER_ARG, "--prices", prices, "--out", str(tmp_path / "a")])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "x.json").exists()
