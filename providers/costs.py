@@ -7,7 +7,6 @@ Rates are micro-USD per 1k tokens (USD per 1M tokens x 1000). A call's cost is
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from providers.registry import ModelRegistry
+from providers.registry import ModelRegistry, load_prices_usd
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +60,13 @@ class MissingRateError(KeyError):
 
 
 def load_prices_file(path: Path | str) -> dict[str, tuple[int, int]]:
-    """A prices file (JSON, USD per 1M tokens: ``{"model": {"input": 2.5, "output": 10.0}, ...}``, keys
-    starting with ``_`` are notes) as ``{model: (input, output)}`` in micro-USD per 1k tokens."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prices file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"prices file {path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"prices file {path} must hold an object of model -> {{input, output}}")
+    """A prices file (see ``load_prices_usd``) as ``{model: (input, output)}`` in micro-USD per 1k tokens."""
     prices: dict[str, tuple[int, int]] = {}
-    for model, entry in raw.items():
-        if model.startswith("_"):
-            continue
-        if not isinstance(entry, dict) or set(entry) - {"input", "output"} or {"input", "output"} - set(entry):
-            raise ValueError(f"prices file {path}: {model!r} must be {{\"input\": USD/1M, \"output\": USD/1M}}, "
-                             f"got {entry!r}")
+    for model, usd in load_prices_usd(path).items():
         try:
-            prices[model] = (usd_per_million_to_micro_per_1k(entry["input"]),
-                             usd_per_million_to_micro_per_1k(entry["output"]))
+            prices[model] = (usd_per_million_to_micro_per_1k(usd.input), usd_per_million_to_micro_per_1k(usd.output))
         except ValueError as exc:
             raise ValueError(f"prices file {path}: {model!r}: {exc}") from None
-    if not prices:
-        raise ValueError(f"prices file {path} has no prices")
     return prices
 
 

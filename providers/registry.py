@@ -7,6 +7,7 @@ run time. API keys never sit in the file: each model names the variable that hol
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -122,3 +123,29 @@ def expand_env(text: str) -> str:
         return value if value is not None else match.group(0)
 
     return _ENV_REF.sub(substitute, text)
+
+
+def load_prices_usd(path: Path | str) -> dict[str, Prices]:
+    """A prices file (JSON, USD per 1M tokens: ``{"model": {"input": 2.5, "output": 10.0}, ...}``; keys
+    starting with ``_`` are notes) as ``{model: Prices}``. Every malformed entry is a clear ValueError."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prices file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"prices file {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"prices file {path} must hold an object of model -> {{input, output}}")
+    prices: dict[str, Prices] = {}
+    for model, entry in raw.items():
+        if model.startswith("_"):
+            continue
+        try:
+            prices[model] = Prices.model_validate(entry)
+        except ValueError:
+            raise ValueError(f"prices file {path}: {model!r} must be {{\"input\": USD/1M, \"output\": USD/1M}}, "
+                             f"got {entry!r}") from None
+    if not prices:
+        raise ValueError(f"prices file {path} has no prices")
+    return prices

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 from classifier.heuristic import HeuristicClassifier
 from core.messages import LABELS, Tier
 from core.outcomes import OutcomeRecord, load_outcomes
-from providers.registry import ModelRegistry, ModelSpec, Prices
+from providers.registry import ModelRegistry, ModelSpec, Prices, load_prices_usd
 
 # Replay models answer any prompt length the recorded model answered.
 REPLAY_CONTEXT_WINDOW = 1_000_000
@@ -44,14 +43,7 @@ class Ladder:
 
 def load_prices(path: Path | str) -> dict[str, Prices]:
     """USD per 1M tokens per model, from a file like reference_prices.json (keys starting '_' ignored)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prices file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"prices file {path} is not valid JSON: {exc}") from None
-    return {name: Prices.model_validate(value) for name, value in raw.items() if not name.startswith("_")}
+    return load_prices_usd(path)
 
 
 def replay_registry(ladder: Ladder, prices: dict[str, Prices]) -> ModelRegistry:
@@ -172,3 +164,15 @@ def kfold_by_source(sources: Sequence[str], folds: int, seed: int) -> np.ndarray
         for k, i in enumerate(rows):
             fold[i] = k % folds
     return fold
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a command's ``main``, reporting bad input (missing files, malformed data, unknown models, a
+    missing artifact) in one line instead of a traceback."""
+    from classifier.artifact import ArtifactError  # noqa: PLC0415 - keeps this module free of model imports
+    from core.outcomes import OutcomesFormatError  # noqa: PLC0415
+
+    try:
+        return main(argv)
+    except (FileNotFoundError, OutcomesFormatError, ArtifactError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -34,7 +34,7 @@ from providers.executor import LadderExecutor
 from providers.replay import OUTCOME_ID_KEY, OutcomeIndex, ReplayProvider
 from training.calibrate import answer_matrices, score_verifier, simulate, start_tiers
 from training.calibrate import build_named_policy, margin_from_json
-from training.data import Ladder, LadderData, load_ladder_data, load_prices, replay_registry
+from training.data import Ladder, LadderData, load_ladder_data, load_prices, replay_registry, run_cli
 
 # Replayed requests are priced at one fixed instant so reruns give identical costs.
 PRICED_AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
@@ -257,14 +257,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``main`` with bad input (missing files, malformed data, unknown models) reported in one line."""
-    from classifier.artifact import ArtifactError  # noqa: PLC0415
-    from core.outcomes import OutcomesFormatError  # noqa: PLC0415
-
-    try:
-        return main(argv)
-    except (FileNotFoundError, OutcomesFormatError, ArtifactError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    """``main`` with bad input reported in one line."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from training.calibrate import (
     fit_verifier,
     out_of_fold_verifier_scores,
 )
-from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices, replay_registry
+from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices, replay_registry, run_cli
 from training.prompt_model import DEFAULT_BASE, FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba
 
 log = logging.getLogger("training.train")
@@ -213,14 +213,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``main`` with bad input (missing files, malformed data, unknown models) reported in one line."""
-    from classifier.artifact import ArtifactError  # noqa: PLC0415
-    from core.outcomes import OutcomesFormatError  # noqa: PLC0415
-
-    try:
-        return main(argv)
-    except (FileNotFoundError, OutcomesFormatError, ArtifactError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    """``main`` with bad input reported in one line."""
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":
