@@ -1,7 +1,11 @@
 """Starts the whole local stack on loopback, runs the demo, and keeps it up until Ctrl-C.
 
-    python -m stack [--workers N] [--api-workers N] [--demo-prompts N] [--exit-after-demo] [--no-dashboard]
-    python -m stack --replay [--sample 200] [--data-dir DIR]   # real recorded outcomes, no keys needed
+    python -m stack [--sample 200] [--data-dir DIR]   # replay real recorded outcomes (needs the data)
+    python -m stack --stub [--demo-prompts N]          # stub models instead
+    common: [--workers N] [--api-workers N] [--exit-after-demo] [--no-dashboard]
+
+With the outcomes data (ROUTER_DATA_DIR or --data-dir) the demo replays real recorded answers; without
+it, or with --stub, the local OpenAI-compatible stub stands in for the models.
 
 Broker: Tansu (memory engine) at ROUTER_KAFKA_BOOTSTRAP. Database: PG_DSN when set, else an embedded
 Postgres under .data/pg. Models: the registry at ROUTER_MODELS_CONFIG; the stub server stands in for
@@ -203,16 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-dashboard", action="store_true", help="do not start the Streamlit dashboard")
     parser.add_argument("--data-root", type=Path, default=PROJECT_ROOT / ".data",
                         help="folder for the embedded database, logs and worker data (default .data/)")
-    parser.add_argument("--replay", action="store_true",
-                        help="replay real recorded outcomes (config/models.demo.yaml) instead of the stub models, "
-                             "and print spend, accuracy and savings vs always the expensive model")
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument("--replay", action="store_true",
+                        help="replay real recorded outcomes (config/models.demo.yaml) and print spend, accuracy and "
+                             "savings vs always the expensive model (the default when the outcomes data is found)")
+    models.add_argument("--stub", action="store_true",
+                        help="use the local OpenAI-compatible stub models even when the outcomes data is there")
     parser.add_argument("--sample", type=int, default=200, help="--replay: how many outcomes prompts (default 200)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="--replay: the outcomes data folder (default: ROUTER_DATA_DIR)")
     args = parser.parse_args(argv)
     settings = get_settings()
+    data_dir = args.data_dir or settings.data_dir
+    if not args.stub and not args.replay and data_dir is not None and (Path(data_dir) / "outcomes").is_dir():
+        args.replay = True
     if args.replay:
-        data_dir = args.data_dir or settings.data_dir
         if data_dir is None or not (Path(data_dir) / "outcomes").is_dir():
             parser.error(f"--replay needs the outcomes data: set ROUTER_DATA_DIR or pass --data-dir "
                          f"(no outcomes/ folder under {data_dir})")

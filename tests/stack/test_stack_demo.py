@@ -39,7 +39,7 @@ def test_demo_stack_runs_prompts_end_to_end_and_stops_on_ctrl_c(pg_admin_dsn, tm
         env.pop(name, None)
     output = tmp_path / "stack.out"
     with open(output, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "stack", "--demo-prompts", "8", "--data-root",
+        process = subprocess.Popen([sys.executable, "-m", "stack", "--stub", "--demo-prompts", "8", "--data-root",
                                     str(tmp_path / "data")], cwd=REPO_ROOT, env=env, stdout=out,
                                    stderr=subprocess.STDOUT)
     try:
