@@ -10,6 +10,7 @@ import faust
 from pydantic import ValidationError
 
 from core.messages import PromptMessage, RoutedMessage
+from stream_processors.agents.batching import register_batch_agent
 from stream_processors.context import PipelineContext
 
 log = logging.getLogger(__name__)
@@ -63,13 +64,6 @@ async def deliver_or_dead_letter(context: PipelineContext, event: faust.EventT, 
 
 def register(app: faust.App, context: PipelineContext) -> None:
     settings = context.settings
-
-    async def classify(stream: faust.StreamT) -> None:
-        # Manual acks: a batch's offsets are committed only after every message is routed or dead-lettered,
-        # never because the worker stopped half way through it.
-        async for events in stream.noack_take(settings.classify_batch_max, within=settings.batch_within_s):
-            await route_batch(context, events)
-            for event in events:
-                await stream.ack(event)
-
-    app.agent(context.prompts_topic, name="classify", concurrency=settings.classify_concurrency)(classify)
+    register_batch_agent(app, context.prompts_topic, name="classify", batch_max=settings.classify_batch_max,
+                         within_s=settings.batch_within_s, concurrency=settings.classify_concurrency,
+                         handle_batch=lambda events: route_batch(context, events))

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from core.messages import CompletionMessage
+from stream_processors.agents.batching import register_batch_agent
 from stream_processors.context import PipelineContext
 from stream_processors.repository import upsert_completion, upsert_completions
 
@@ -65,12 +66,6 @@ async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
 
 def register(app: faust.App, context: PipelineContext) -> None:
     settings = context.settings
-
-    async def sink(stream: faust.StreamT) -> None:
-        # Manual acks: offsets are committed only for completions that are in Postgres (or dead-lettered).
-        async for events in stream.noack_take(settings.sink_batch_max, within=settings.batch_within_s):
-            await write_batch(context, events)
-            for event in events:
-                await stream.ack(event)
-
-    app.agent(context.completions_topic, name="sink", concurrency=settings.sink_concurrency)(sink)
+    register_batch_agent(app, context.completions_topic, name="sink", batch_max=settings.sink_batch_max,
+                         within_s=settings.batch_within_s, concurrency=settings.sink_concurrency,
+                         handle_batch=lambda events: write_batch(context, events))
