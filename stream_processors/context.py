@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import faust
+from pydantic import ValidationError
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from mode import Service
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, wait_exponential
 
-from core.messages import DeadLetterMessage
+from core.messages import DeadLetterMessage, _Message
 from core.settings import Settings
 from stream_processors.runtime import Runtime
 from stream_processors.topics import route_topic
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=_Message)
 
 # Dead-letter records keep the start of the bad message: enough to debug, never a huge record.
 _MAX_RAW_CHARS = 64_000
@@ -102,6 +106,24 @@ class PipelineContext(Service):
         if self._pool is not None:
             await self._pool.close()
         await self.runtime.aclose()
+
+    async def parse_or_dead_letter(self, event: faust.EventT, model: type[M], stage: str) -> M | None:
+        """The event's value as ``model``, or None after dead-lettering a value that is not one."""
+        try:
+            return model.from_bytes(event.value)
+        except (ValidationError, ValueError, TypeError) as exc:
+            await self.dead_letter(event, stage, f"not a valid {model.__name__}: {exc}")
+            return None
+
+    async def parse_batch(self, events: Sequence[faust.EventT], model: type[M],
+                          stage: str) -> list[tuple[faust.EventT, M]]:
+        """The events that parse as ``model``, each with its message; the rest are dead-lettered."""
+        parsed = []
+        for event in events:
+            message = await self.parse_or_dead_letter(event, model, stage)
+            if message is not None:
+                parsed.append((event, message))
+        return parsed
 
     async def dead_letter(self, event: faust.EventT, stage: str, error: str) -> None:
         """Publish the message that could not be handled to the dead-letter topic and wait for the broker's ack,

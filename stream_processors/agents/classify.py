@@ -7,7 +7,6 @@ import logging
 from collections.abc import Sequence
 
 import faust
-from pydantic import ValidationError
 
 from core.messages import PromptMessage, RoutedMessage
 from stream_processors.agents.batching import register_batch_agent
@@ -17,12 +16,7 @@ log = logging.getLogger(__name__)
 
 
 async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) -> None:
-    parsed: list[tuple[faust.EventT, PromptMessage]] = []
-    for event in events:
-        try:
-            parsed.append((event, PromptMessage.from_bytes(event.value)))
-        except (ValidationError, ValueError, TypeError) as exc:
-            await context.dead_letter(event, "classify", f"not a valid PromptMessage: {exc}")
+    parsed = await context.parse_batch(events, PromptMessage, "classify")
     if not parsed:
         return
     router = context.runtime.router

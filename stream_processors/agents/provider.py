@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 import faust
-from pydantic import ValidationError
 
 from core.messages import CompletionMessage, RoutedMessage
 from providers.registry import ModelSpec
@@ -31,10 +30,8 @@ async def publish_reply(context: PipelineContext, completion: CompletionMessage)
 
 
 async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.EventT) -> None:
-    try:
-        routed = RoutedMessage.from_bytes(event.value)
-    except (ValidationError, ValueError, TypeError) as exc:
-        await context.dead_letter(event, f"provider:{spec.name}", f"not a valid RoutedMessage: {exc}")
+    routed = await context.parse_or_dead_letter(event, RoutedMessage, f"provider:{spec.name}")
+    if routed is None:
         return
     try:
         completion = await context.runtime.executor.run(routed)

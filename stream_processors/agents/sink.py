@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import faust
 import psycopg
 from psycopg_pool import PoolTimeout
-from pydantic import ValidationError
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from core.messages import CompletionMessage
@@ -31,12 +30,7 @@ async def _retrying(operation):
 
 
 async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) -> int:
-    parsed: list[tuple[faust.EventT, CompletionMessage]] = []
-    for event in events:
-        try:
-            parsed.append((event, CompletionMessage.from_bytes(event.value)))
-        except (ValidationError, ValueError, TypeError) as exc:
-            await context.dead_letter(event, "sink", f"not a valid CompletionMessage: {exc}")
+    parsed = await context.parse_batch(events, CompletionMessage, "sink")
     if not parsed:
         return 0
     # A stable order keeps two sink actors from deadlocking on the same rows.
