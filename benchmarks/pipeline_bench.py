@@ -36,7 +36,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psycopg
-from aiokafka import AIOKafkaProducer
 from openai import AsyncOpenAI
 from rich.console import Console
 
@@ -122,23 +121,13 @@ async def latency_phase(api_url: str, stub_url: str, model_id: str, requests: in
 
 async def throughput_phase(settings, prompts: int) -> dict:
     from core.messages import PromptMessage, new_request_id
+    from stack.demo import produce_prompts
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all",
-                                linger_ms=5)
-    await producer.start()
-    ids = []
+    messages = [PromptMessage(request_id=new_request_id(), prompt=f"{PROMPTS[i % len(PROMPTS)]} (#{i})",
+                              max_tokens=64, metadata={"source": "bench"}) for i in range(prompts)]
+    ids = [m.request_id for m in messages]
     started = time.perf_counter()
-    try:
-        futures = []
-        for i in range(prompts):
-            message = PromptMessage(request_id=new_request_id(), prompt=f"{PROMPTS[i % len(PROMPTS)]} (#{i})",
-                                    max_tokens=64, metadata={"source": "bench"})
-            ids.append(message.request_id)
-            futures.append(await producer.send(settings.topic_prompts, key=message.request_id.encode(),
-                                               value=message.to_bytes()))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await produce_prompts(settings, messages)
     produced_s = time.perf_counter() - started
     async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
         deadline = time.monotonic() + max(120, prompts / 20)

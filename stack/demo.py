@@ -69,6 +69,20 @@ async def _generate(client: httpx.AsyncClient, api_url: str, prompt: str, consol
     return body["request_id"]
 
 
+async def produce_prompts(settings: Settings, messages: list[PromptMessage]) -> None:
+    """Produce prompts straight to the prompts topic, keyed by request id, as fast as the producer goes;
+    returns once the broker has every one."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all",
+                                linger_ms=5)
+    await producer.start()
+    try:
+        sends = [await producer.send(settings.topic_prompts, key=m.request_id.encode(), value=m.to_bytes())
+                 for m in messages]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
 async def _wait_for_rows(dsn: str, request_ids: list[str], timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -208,21 +222,11 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
     console.print(f"replaying {len(records)} outcomes prompts ({', '.join(REPLAY_LADDER_SOURCES)}) on the ladder "
                   f"{' → '.join(m.name for m in registry.ladder)}")
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all",
-                                linger_ms=5)
-    await producer.start()
-    request_ids: list[str] = []
-    try:
-        sends = []
-        for record in records:
-            message = PromptMessage(request_id=new_request_id(), prompt=record.prompt, max_tokens=4096,
-                                    metadata={"source": record.source, "item_id": record.id, "demo": "replay"})
-            request_ids.append(message.request_id)
-            sends.append(await producer.send(settings.topic_prompts, key=message.request_id.encode(),
-                                             value=message.to_bytes()))
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
+    messages = [PromptMessage(request_id=new_request_id(), prompt=record.prompt, max_tokens=4096,
+                              metadata={"source": record.source, "item_id": record.id, "demo": "replay"})
+                for record in records]
+    request_ids = [m.request_id for m in messages]
+    await produce_prompts(settings, messages)
 
     assert settings.pg_dsn
     deadline = time.monotonic() + timeout_s
