@@ -66,7 +66,9 @@ def build_escalation(artifact_dir: Path, policy_doc: dict[str, Any], registry: M
             verifier = policy_doc.get("verifier") or {}
             model = VerifierModel.from_json(read_json(artifact_dir / verifier.get("file", "verifier.json")))
             margins = {tier: margin_value(v) for tier, v in verifier.get("margins", {}).items()}
-            checks.append(LearnedVerifierCheck(model, registry, margins))
+            by_kind = {kind: {tier: margin_value(v) for tier, v in m.items()}
+                       for kind, m in verifier.get("margins_by_kind", {}).items()}
+            checks.append(LearnedVerifierCheck(model, registry, margins, by_kind))
         else:
             checks.append(ANSWER_CHECKS[name]())
     return Escalation(registry, checks, max_escalations=int(policy_doc.get("max_escalations", 1)))

@@ -1,8 +1,10 @@
-"""The cascade policy: pick the tier to start at from the prompt classifier's probabilities.
+"""The cascade policy: pick the tier to start at, per kind of prompt, and the output budget per tier.
 
 Where to start is the only decision made before any model answers; after that the learned verifier
 (``classifier.verifier.LearnedVerifierCheck``) decides, answer by answer, whether to escalate.
-Both knobs are calibrated together in training and saved in the artifact.
+Start thresholds, output budgets and verifier margins are kept per prompt kind
+(``classifier.prompt_kind``) and calibrated together in training; a kind the artifact has no
+settings for uses the top-level ones.
 """
 
 from __future__ import annotations
@@ -10,29 +12,81 @@ from __future__ import annotations
 from typing import Any
 
 from classifier.policy import RoutingPolicy, register_policy
-from core.messages import Prediction, PromptMessage, Tier
+from classifier.prompt_kind import prompt_kind
+from core.messages import Prediction, PromptMessage, RoutingDecision, Tier
+from providers.registry import ModelRegistry
+
+_TIER_NAMES = {t.value for t in Tier}
+
+
+def _budgets(value: dict[str, int] | None) -> dict[str, int]:
+    budgets = {str(k): int(v) for k, v in (value or {}).items()}
+    unknown = set(budgets) - _TIER_NAMES
+    if unknown or any(v < 1 for v in budgets.values()):
+        raise ValueError(f"max_output_tokens must map tiers {sorted(_TIER_NAMES)} to positive ints, got {value}")
+    return budgets
+
+
+class KindSettings:
+    def __init__(self, expensive_if_complex_at_least: float = 1.01, skip_cheap_if_simple_below: float = 0.0,
+                 max_output_tokens: dict[str, int] | None = None) -> None:
+        self.expensive_if_complex_at_least = float(expensive_if_complex_at_least)
+        self.skip_cheap_if_simple_below = float(skip_cheap_if_simple_below)
+        self.max_output_tokens = _budgets(max_output_tokens)
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"expensive_if_complex_at_least": self.expensive_if_complex_at_least,
+                               "skip_cheap_if_simple_below": self.skip_cheap_if_simple_below}
+        if self.max_output_tokens:
+            doc["max_output_tokens"] = dict(self.max_output_tokens)
+        return doc
 
 
 @register_policy("cascade")
 class CascadePolicy(RoutingPolicy):
     """Start at the expensive tier when ``p(complex)`` is high, skip the cheap tier when ``p(simple)``
-    is low, otherwise start cheap and let the verifier escalate."""
+    is low, otherwise start cheap and let the verifier escalate; each with the prompt kind's settings."""
 
     def __init__(self, expensive_if_complex_at_least: float = 1.01, skip_cheap_if_simple_below: float = 0.0,
-                 **kwargs: Any) -> None:
+                 max_output_tokens: dict[str, int] | None = None,
+                 by_kind: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.expensive_if_complex_at_least = expensive_if_complex_at_least
-        self.skip_cheap_if_simple_below = skip_cheap_if_simple_below
+        self.default = KindSettings(expensive_if_complex_at_least, skip_cheap_if_simple_below, max_output_tokens)
+        self.by_kind = {kind: KindSettings(**settings) for kind, settings in (by_kind or {}).items()}
+
+    # Kept as attributes for callers that read the top-level thresholds.
+    @property
+    def expensive_if_complex_at_least(self) -> float:
+        return self.default.expensive_if_complex_at_least
+
+    @property
+    def skip_cheap_if_simple_below(self) -> float:
+        return self.default.skip_cheap_if_simple_below
 
     def params(self) -> dict[str, Any]:
-        return {"expensive_if_complex_at_least": self.expensive_if_complex_at_least,
-                "skip_cheap_if_simple_below": self.skip_cheap_if_simple_below}
+        doc = self.default.as_json()
+        if self.by_kind:
+            doc["by_kind"] = {kind: s.as_json() for kind, s in sorted(self.by_kind.items())}
+        return doc
+
+    def settings_for(self, kind: str) -> KindSettings:
+        return self.by_kind.get(kind, self.default)
 
     def base_tier(self, prediction: Prediction, prompt: PromptMessage) -> tuple[Tier, str]:
+        kind = prompt_kind(prompt.prompt)
+        settings = self.settings_for(kind)
         p_simple = prediction.probabilities.get("simple", 0.0)
         p_complex = prediction.probabilities.get("complex", 0.0)
-        if p_complex >= self.expensive_if_complex_at_least:
-            return Tier.expensive, f"p(complex)={p_complex:.2f} >= {self.expensive_if_complex_at_least:.2f}"
-        if p_simple < self.skip_cheap_if_simple_below:
-            return Tier.mid, f"p(simple)={p_simple:.2f} < {self.skip_cheap_if_simple_below:.2f}: skip cheap"
-        return Tier.cheap, f"start cheap (p(simple)={p_simple:.2f}); the verifier escalates"
+        if p_complex >= settings.expensive_if_complex_at_least:
+            return Tier.expensive, (f"{kind}: p(complex)={p_complex:.2f} >= "
+                                    f"{settings.expensive_if_complex_at_least:.2f}")
+        if p_simple < settings.skip_cheap_if_simple_below:
+            return Tier.mid, f"{kind}: p(simple)={p_simple:.2f} < {settings.skip_cheap_if_simple_below:.2f}: skip cheap"
+        return Tier.cheap, f"{kind}: start cheap (p(simple)={p_simple:.2f}); the verifier escalates"
+
+    def decide(self, prompt: PromptMessage, prediction: Prediction, registry: ModelRegistry,
+               classifier_name: str) -> RoutingDecision:
+        decision = super().decide(prompt, prediction, registry, classifier_name)
+        kind = prompt_kind(prompt.prompt)
+        return decision.model_copy(update={"prompt_kind": kind,
+                                           "max_output_tokens": dict(self.settings_for(kind).max_output_tokens)})

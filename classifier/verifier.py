@@ -24,6 +24,7 @@ import numpy as np
 
 from classifier.answer_features import FEATURE_NAMES, verifier_features
 from classifier.cascade import Answer, AnswerCheck, register_check
+from classifier.prompt_kind import prompt_kind
 from core.messages import LABELS, TIER_ORDER, PromptMessage, Tier
 from providers.registry import ModelRegistry
 
@@ -109,6 +110,11 @@ def escalate_mask(p_this: np.ndarray, p_up: np.ndarray, cost_factor: np.ndarray,
     return (p_up - p_this) >= margin * cost_factor
 
 
+def previous_texts(answer: Answer) -> list[str]:
+    """Cheaper answers this one is compared with; a cut-off answer has no final answer to compare."""
+    return [a.text for a in answer.previous if a.finish_reason != "length"]
+
+
 def label_probability_vector(probabilities: dict[str, float] | None) -> list[float]:
     if not probabilities:
         return [1.0 / len(LABELS)] * len(LABELS)
@@ -119,23 +125,26 @@ def label_probability_vector(probabilities: dict[str, float] | None) -> list[flo
 class LearnedVerifierCheck(AnswerCheck):
     """Rejects a cheaper tier's answer when paying for the next tier is expected to be worth it."""
 
-    def __init__(self, model: VerifierModel, registry: ModelRegistry, margins: dict[str, float]) -> None:
+    def __init__(self, model: VerifierModel, registry: ModelRegistry, margins: dict[str, float],
+                 margins_by_kind: dict[str, dict[str, float]] | None = None) -> None:
         self.model = model
         self.registry = registry
         self.margins = dict(margins)
+        self.margins_by_kind = {kind: dict(m) for kind, m in (margins_by_kind or {}).items()}
 
     def reject_reason(self, prompt: PromptMessage, answer: Answer) -> str | None:
         spec = self.registry.get(answer.model)
         tier = spec.tier.value
-        if spec.tier == Tier.expensive or tier not in self.model.tiers or tier not in self.margins:
+        margins = self.margins_by_kind.get(prompt_kind(prompt.prompt), self.margins)
+        if spec.tier == Tier.expensive or tier not in self.model.tiers or tier not in margins:
             return None
         next_spec = self.registry.by_tier(TIER_ORDER[TIER_ORDER.index(spec.tier) + 1])
         x = verifier_features(prompt.prompt, label_probability_vector(answer.label_probabilities), answer.text,
-                              answer.input_tokens, answer.output_tokens, [a.text for a in answer.previous])
+                              answer.input_tokens, answer.output_tokens, previous_texts(answer))
         p_this, p_up = self.model.scores(tier, x)
         factor = self.model.cost_factor(tier, np.asarray([answer.input_tokens]), np.asarray([answer.output_tokens]),
                                         next_spec.prices.input, next_spec.prices.output)
-        margin = self.margins[tier]
+        margin = margins[tier]
         if escalate_mask(p_this, p_up, factor, margin)[0]:
             needed = margin * float(factor[0])
             return (f"verifier: p(right)={float(p_this[0]):.2f}, p({next_spec.name} right)={float(p_up[0]):.2f}, "

@@ -86,6 +86,11 @@ class RoutingDecision(_Message):
     reasons: list[str]
     policy: str
     classifier: str
+    # Surface kind of the prompt (classifier.prompt_kind) when the policy keeps settings per kind.
+    prompt_kind: str | None = None
+    # Output-token budget per tier ("cheap", "mid", "expensive") set by the policy; a model that runs
+    # past it is cut off (finish_reason "length") and the ladder moves on.
+    max_output_tokens: dict[str, int] = Field(default_factory=dict)
 
     @property
     def reason(self) -> str:

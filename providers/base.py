@@ -38,8 +38,13 @@ class Provider(ABC):
         self.spec = spec
 
     @abstractmethod
-    async def complete(self, prompt: PromptMessage) -> ProviderResult:
-        """Answer the prompt, or raise ProviderError."""
+    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None) -> ProviderResult:
+        """Answer the prompt, or raise ProviderError. ``max_output_tokens``: the routing policy's output
+        budget for this call, on top of the prompt's own ``max_tokens`` and the model's limit."""
+
+    def output_limit(self, prompt: PromptMessage, max_output_tokens: int | None) -> int:
+        limit = min(prompt.max_tokens, self.spec.max_output_tokens)
+        return limit if max_output_tokens is None else min(limit, max_output_tokens)
 
     async def aclose(self) -> None:
         return None

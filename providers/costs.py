@@ -6,6 +6,8 @@ Rates are micro-USD per 1k tokens (USD per 1M tokens x 1000). A call's cost is
 
 from __future__ import annotations
 
+from typing import Any
+
 import bisect
 import logging
 import threading
@@ -37,6 +39,15 @@ class Rate:
             raise ValueError("token counts must be non-negative")
         numerator = input_tokens * self.input_micro_usd_per_1k + output_tokens * self.output_micro_usd_per_1k
         return (numerator + 500) // 1000
+
+    def cost_micro_usd_many(self, input_tokens: Any, output_tokens: Any) -> Any:
+        """``cost_micro_usd`` over numpy arrays of token counts (the offline harness prices whole grids)."""
+        import numpy as np  # noqa: PLC0415 - only the offline harness needs it
+
+        inputs, outputs = np.asarray(input_tokens, dtype=np.int64), np.asarray(output_tokens, dtype=np.int64)
+        if (inputs < 0).any() or (outputs < 0).any():
+            raise ValueError("token counts must be non-negative")
+        return (inputs * self.input_micro_usd_per_1k + outputs * self.output_micro_usd_per_1k + 500) // 1000
 
 
 def usd_per_million_to_micro_per_1k(usd_per_million: float | str | Decimal) -> int:

@@ -49,7 +49,7 @@ class LadderExecutor:
         attempts: list[Attempt] = list(routed.attempts)
         spec = self.registry.get(routed.target_model)
         priced_at = prompt.created_at
-        final = None
+        final = complete = None
         answers: list[Answer] = []
         while spec is not None:
             started = utcnow()
@@ -64,7 +64,8 @@ class LadderExecutor:
                     spec = next_spec
                     continue
             try:
-                result = await self.providers[spec.name].complete(prompt)
+                result = await self.providers[spec.name].complete(
+                    prompt, routed.decision.max_output_tokens.get(spec.tier.value))
             except ProviderError as exc:
                 self.breaker.record_failure(spec.name, exc.status)
                 attempt = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
@@ -88,6 +89,8 @@ class LadderExecutor:
                               usage_reported=result.usage_reported)
             attempts.append(attempt)
             final = (spec, result)
+            if result.finish_reason != "length":
+                complete = final
             if reason is None:
                 break
             next_spec = self.escalation.next_after_rejection(spec, attempts)
@@ -105,6 +108,8 @@ class LadderExecutor:
                 counterfactual_model=counterfactual.name,
                 error=attempts[-1].error if attempts else "no attempt made",
             )
+        if final[1].finish_reason == "length" and complete is not None:
+            final = complete  # a cut-off answer is no answer: return the latest one that finished
         final_spec, result = final
         in_tokens, out_tokens = result.input_tokens, result.output_tokens
         return CompletionMessage(

@@ -69,7 +69,7 @@ class OpenAICompatibleProvider(Provider):
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_count_request]}),
         )
 
-    async def complete(self, prompt: PromptMessage) -> ProviderResult:
+    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None) -> ProviderResult:
         counter = [0]
         token = _requests_sent.set(counter)
         started = time.perf_counter()
@@ -77,7 +77,7 @@ class OpenAICompatibleProvider(Provider):
             response = await self.client.chat.completions.create(
                 model=self.spec.provider_model_id,
                 messages=[{"role": "user", "content": prompt.prompt}],
-                max_tokens=min(prompt.max_tokens, self.spec.max_output_tokens),
+                max_tokens=self.output_limit(prompt, max_output_tokens),
             )
         except openai.APIStatusError as exc:
             raise ProviderError(f"{self.spec.name}: HTTP {exc.status_code}: {exc.message}", status=exc.status_code,

@@ -45,7 +45,7 @@ class ReplayProvider(Provider):
         super().__init__(spec)
         self.index = index
 
-    async def complete(self, prompt: PromptMessage) -> ProviderResult:
+    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None) -> ProviderResult:
         started = time.perf_counter()
         if self.spec.replay_latency_ms:
             await asyncio.sleep(self.spec.replay_latency_ms / 1000)
@@ -54,6 +54,18 @@ class ReplayProvider(Provider):
             raise ProviderError(
                 f"{self.spec.name}: no recorded outcome for this prompt (replay answers known prompts only)",
                 status=404, latency_ms=(time.perf_counter() - started) * 1000,
+            )
+        # Only the routing policy's budget applies: the recorded answers were produced under the
+        # benchmarks' own limits, which the prompt's default max_tokens knows nothing about.
+        if max_output_tokens is not None and outcome.output_tokens > max_output_tokens:
+            return ProviderResult(
+                text=truncated_text(outcome.response, outcome.output_tokens, max_output_tokens),
+                finish_reason="length",
+                input_tokens=outcome.input_tokens,
+                output_tokens=max_output_tokens,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                usage_reported=True,
+                correct=False,  # cut off before its final answer: greedy decoding gives the same prefix
             )
         return ProviderResult(
             text=outcome.response,
@@ -64,3 +76,8 @@ class ReplayProvider(Provider):
             usage_reported=True,
             correct=outcome.correct,
         )
+
+
+def truncated_text(response: str, output_tokens: int, budget: int) -> str:
+    """The recorded response cut to roughly its first ``budget`` tokens (by the share of characters)."""
+    return response[: len(response) * budget // max(output_tokens, 1)]

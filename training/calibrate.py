@@ -13,7 +13,7 @@ real ``RoutingPolicy.decide`` and escalations from the same ``escalate_mask`` th
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from classifier.answer_features import verifier_features
 from classifier.calibrated import CascadePolicy
 from classifier.cascade import ANSWER_CHECKS, DEFAULT_CHECKS, Answer
 from classifier.policy import RoutingPolicy, ThresholdPolicy
+from classifier.prompt_kind import DEFAULT_KIND, prompt_kind
 from classifier.verifier import LogisticHead, TierVerifier, VerifierModel, escalate_mask
 from core.messages import LABELS, Prediction, PromptMessage, TIER_ORDER
 from providers.registry import ModelRegistry
@@ -160,31 +161,45 @@ class Outcome:
 def start_tiers(policy: RoutingPolicy, records: Sequence[Any], label_probabilities: np.ndarray,
                 registry: ModelRegistry) -> np.ndarray:
     """Start tier per prompt from the real policy (keyword/premium/context guard rails included)."""
-    tiers = np.zeros(len(records), dtype=int)
+    return policy_decisions(policy, records, label_probabilities, registry)[0]
+
+
+def policy_decisions(policy: RoutingPolicy, records: Sequence[Any], label_probabilities: np.ndarray,
+                     registry: ModelRegistry) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """Start tier, output budget per tier ((n, 3), inf where none) and prompt kind, from the real policy."""
+    n = len(records)
+    tiers = np.zeros(n, dtype=int)
+    budgets = np.full((n, 3), np.inf)
+    kinds: list[str | None] = []
     for i, (record, probs) in enumerate(zip(records, label_probabilities, strict=True)):
         best = int(np.argmax(probs))
         prediction = Prediction(label=LABELS[best], confidence=float(min(1.0, probs[best])),
                                 probabilities={label: float(p) for label, p in zip(LABELS, probs, strict=True)})
         decision = policy.decide(PromptMessage(prompt=record.prompt), prediction, registry, "simulated")
         tiers[i] = TIER_ORDER.index(decision.tier)
-    return tiers
+        for k, tier in enumerate(TIER_ORDER):
+            if tier.value in decision.max_output_tokens:
+                budgets[i, k] = decision.max_output_tokens[tier.value]
+        kinds.append(decision.prompt_kind)
+    return tiers, budgets, kinds
 
 
 def simulate(correct: np.ndarray, cost: np.ndarray, start: np.ndarray, default_reject: np.ndarray,
-             scores: VerifierScores | None, margins: tuple[float, float], max_escalations: int) -> Outcome:
-    """The ladder rule: call, check, escalate while rejected and escalations remain (top tier kept)."""
+             scores: VerifierScores | None, margins: tuple[Any, Any], max_escalations: int) -> Outcome:
+    """The ladder rule: call, check, escalate while rejected and escalations remain (top tier kept).
+
+    ``margins`` are scalars or per-row arrays; an infinite margin never escalates on the verifier."""
     n = len(start)
     m_cheap, m_mid = margins
-    if scores is None or not np.isfinite(m_cheap):
+    if scores is None:
         reject_cheap = default_reject[:, 0].copy()
-    else:
-        reject_cheap = default_reject[:, 0] | escalate_mask(*scores.cheap, m_cheap)
-    if scores is None or not np.isfinite(m_mid):
         reject_mid_prev = default_reject[:, 1].copy()
         reject_mid_alone = default_reject[:, 1].copy()
     else:
-        reject_mid_prev = default_reject[:, 1] | escalate_mask(*scores.mid_after_cheap, m_mid)
-        reject_mid_alone = default_reject[:, 1] | escalate_mask(*scores.mid_alone, m_mid)
+        with np.errstate(invalid="ignore"):  # inf * 0 cost factor: nan, compares False (no escalation)
+            reject_cheap = default_reject[:, 0] | escalate_mask(*scores.cheap, m_cheap)
+            reject_mid_prev = default_reject[:, 1] | escalate_mask(*scores.mid_after_cheap, m_mid)
+            reject_mid_alone = default_reject[:, 1] | escalate_mask(*scores.mid_alone, m_mid)
     calls = np.zeros((n, 3), dtype=bool)
     final = np.full(n, 2)
     # Start cheap.
@@ -209,7 +224,162 @@ def simulate(correct: np.ndarray, cost: np.ndarray, start: np.ndarray, default_r
     calls[start == 2, 2] = True
     got = correct[np.arange(n), final]
     per_request = (cost * calls).sum(axis=1)
-    return Outcome(float(got.mean()), float(per_request.sum()), final, got, per_request, calls)
+    return Outcome(float(got.mean()) if n else 0.0, float(per_request.sum()), final, got, per_request, calls)
+
+
+# (tier index, input tokens, output tokens) -> USD per call, vectorised.
+CostFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
+
+def registry_cost_fn(registry: ModelRegistry) -> CostFn:
+    def cost(k: int, input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+        prices = registry.by_tier(TIER_ORDER[k]).prices
+        return (input_tokens * prices.input + output_tokens * prices.output) / 1e6
+
+    return cost
+
+
+def _row_scores(scores: VerifierScores | None, rows: np.ndarray, mid_sees_cheap: np.ndarray) -> VerifierScores | None:
+    """Scores of ``rows``; a mid answer after a cut-off cheap one is judged alone (nothing to compare)."""
+    if scores is None:
+        return None
+    after = tuple(np.where(mid_sees_cheap, a[rows], b[rows])
+                  for a, b in zip(scores.mid_after_cheap, scores.mid_alone, strict=True))
+    return VerifierScores(tuple(x[rows] for x in scores.cheap), after, tuple(x[rows] for x in scores.mid_alone))
+
+
+@dataclass
+class BudgetedRows:
+    """What the ladder sees on some rows under given output budgets, ready to simulate many knobs on."""
+
+    correct: np.ndarray  # right and not cut off
+    cost: np.ndarray  # per call, cut-off answers charged their budget
+    reject: np.ndarray  # seed checks, or cut off
+    truncated: np.ndarray
+    scores: VerifierScores | None
+
+
+def budgeted_rows(correct: np.ndarray, m: AnswerMatrices, cost_fn: CostFn, rows: np.ndarray, budgets: np.ndarray,
+                  scores: VerifierScores | None) -> BudgetedRows:
+    in_tok, out_tok = m.input_tokens[rows], m.output_tokens[rows]
+    truncated = out_tok > budgets
+    billed_out = np.minimum(out_tok, budgets)
+    cost = np.stack([cost_fn(k, in_tok[:, k], billed_out[:, k]) for k in range(3)], axis=1)
+    return BudgetedRows(correct[rows] & ~truncated, cost, m.default_reject[rows] | truncated, truncated,
+                        _row_scores(scores, rows, ~truncated[:, 0]))
+
+
+def simulate_rows(b: BudgetedRows, start: np.ndarray, margins: tuple[Any, Any], max_escalations: int) -> Outcome:
+    """``simulate`` with output budgets: an answer longer than its tier's budget is cut off (charged the
+    budget, wrong, rejected) and a cut-off final answer gives way to the latest one that finished."""
+    out = simulate(b.correct, b.cost, start, b.reject, b.scores, margins, max_escalations)
+    if not b.truncated.any():
+        return out
+    final = out.final_tier.copy()
+    idx = np.arange(len(start))
+    for below in (1, 0):
+        cut = b.truncated[idx, final] & (final > below)
+        take = cut & out.calls[:, below] & ~b.truncated[:, below]
+        final[take] = below
+    got = b.correct[idx, final]
+    return Outcome(float(got.mean()) if len(start) else 0.0, out.cost_usd, final, got, out.cost_per_request,
+                   out.calls)
+
+
+def margin_arrays(kinds: Sequence[str | None], margins: dict[str, Any],
+                  margins_by_kind: dict[str, dict[str, Any]] | None) -> tuple[np.ndarray, np.ndarray]:
+    by_kind = margins_by_kind or {}
+    cheap = np.array([margin_from_json(by_kind.get(k, margins).get("cheap")) for k in kinds])
+    mid = np.array([margin_from_json(by_kind.get(k, margins).get("mid")) for k in kinds])
+    return cheap, mid
+
+
+def simulate_setting(data: LadderData, m: AnswerMatrices, cost_fn: CostFn, registry: ModelRegistry,
+                     label_probabilities: np.ndarray, scores: VerifierScores | None, setting: dict[str, Any]) -> Outcome:
+    """One saved setting (as in ``policy.json``), through the real policy's decisions."""
+    policy = build_named_policy(setting["policy"], setting["policy_params"])
+    start, budgets, kinds = policy_decisions(policy, data.records, label_probabilities, registry)
+    margins = margin_arrays(kinds, setting.get("margins") or {}, setting.get("margins_by_kind"))
+    rows = np.arange(data.n)
+    return simulate_rows(budgeted_rows(data.correct, m, cost_fn, rows, budgets, scores), start, margins,
+                         int(setting["max_escalations"]))
+
+
+@dataclass
+class GridSums:
+    """Sums over rows for every (cheap margin, mid margin) pair of a grid: (len(cheap), len(mid)) arrays."""
+
+    cost: np.ndarray
+    diff_sum: np.ndarray  # sum of (router right - expensive right)
+    diff_sq: np.ndarray
+    expensive_calls: np.ndarray
+
+
+def grid_sums(b: BudgetedRows, start: np.ndarray, expensive_right: np.ndarray,
+              margins: tuple[Sequence[float], Sequence[float]], max_escalations: int) -> GridSums:
+    """``simulate_rows`` for every margin pair at once.
+
+    Each request takes one of six paths (start cheap: stop at cheap / stop at mid / go to the top;
+    start mid: stop / go to the top; start at the top), and which path depends on the margins only
+    through three rejection masks. A path's cost and correctness per row are fixed, so the totals
+    for all margin pairs are a few matrix products of those masks."""
+    ok, t = b.correct, b.truncated
+    c0, c1, c2 = b.cost[:, 0], b.cost[:, 1], b.cost[:, 2]
+    # Correctness where each path ends, after a cut-off final answer gives way to the latest finished one.
+    at_cheap = ok[:, 0]
+    at_mid_after_cheap = np.where(t[:, 1], ok[:, 0], ok[:, 1])
+    at_top_after_both = np.where(t[:, 2], np.where(t[:, 1], ok[:, 0], ok[:, 1]), ok[:, 2])
+    at_mid = ok[:, 1]
+    at_top_after_mid = np.where(t[:, 2], np.where(t[:, 1], False, ok[:, 1]), ok[:, 2])
+    at_top = ok[:, 2]
+
+    def reject_matrix(column: int, triple: tuple[np.ndarray, ...] | None, grid: Sequence[float]) -> np.ndarray:
+        base = b.reject[:, column][:, None]
+        if triple is None:
+            return np.broadcast_to(base, (len(start), len(grid))).astype(float)
+        p_this, p_up, factor = triple
+        with np.errstate(invalid="ignore"):
+            verdict = (p_up - p_this)[:, None] >= np.asarray(grid)[None, :] * factor[:, None]
+        return (base | verdict).astype(float)
+
+    sc = b.scores
+    rc = reject_matrix(0, sc.cheap if sc else None, margins[0])
+    rmp = reject_matrix(1, sc.mid_after_cheap if sc else None, margins[1])
+    rma = reject_matrix(1, sc.mid_alone if sc else None, margins[1])
+    s0, s1, s2 = (start == 0).astype(float), (start == 1).astype(float), (start == 2).astype(float)
+    two = max_escalations >= 2
+
+    def total(a, bb, c, d, e, f) -> np.ndarray:  # noqa: ANN001 - per-row values of the six paths
+        cheap_part = (s0 * a).sum() + rc.T @ (s0 * (bb - a))
+        mid_part = (s1 * d).sum() + (s1 * (e - d)) @ rma
+        out = cheap_part[:, None] + mid_part[None, :] + (s2 * f).sum()
+        if two:
+            out = out + rc.T @ ((s0 * (c - bb))[:, None] * rmp)
+        return out
+
+    paths = [v.astype(float) for v in (at_cheap, at_mid_after_cheap, at_top_after_both, at_mid, at_top_after_mid,
+                                       at_top)]
+    right = total(*paths)
+    right_and_expensive = total(*(v * expensive_right for v in paths))
+    cost = total(c0, c0 + c1, c0 + c1 + c2, c1, c1 + c2, c2)
+    zero, one = np.zeros(len(start)), np.ones(len(start))
+    expensive_calls = total(zero, zero, one, zero, one, one)
+    e_sum = float(expensive_right.sum())
+    # diff is in {-1, 0, 1}: diff^2 = right + expensive_right - 2 * right * expensive_right.
+    return GridSums(cost, right - e_sum, right + e_sum - 2 * right_and_expensive, expensive_calls)
+
+
+def _pareto_cells(sums: GridSums) -> list[tuple[int, int]]:
+    """Cells no other cell of the grid beats on cost (or expensive calls) and accuracy together."""
+    keep: set[tuple[int, int]] = set()
+    flat_diff = sums.diff_sum.ravel()
+    for key in (sums.cost.ravel(), sums.expensive_calls.ravel()):
+        order = np.lexsort((-flat_diff, key))
+        best = np.maximum.accumulate(flat_diff[order])
+        improving = np.concatenate([[True], best[1:] > best[:-1] + 1e-9])
+        for index in order[improving & (flat_diff[order] >= best - 1e-9)]:
+            keep.add(tuple(int(x) for x in np.unravel_index(index, sums.cost.shape)))
+    return sorted(keep)
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -235,9 +405,12 @@ class Objective:
 
 @dataclass
 class Candidate:
+    """One complete setting and what it gives on the calibration rows."""
+
     policy: str
     policy_params: dict[str, Any]
-    margins: tuple[float, float]
+    margins: dict[str, float | None]
+    margins_by_kind: dict[str, dict[str, float | None]]
     max_escalations: int
     accuracy: float
     cost_usd: float
@@ -245,10 +418,24 @@ class Candidate:
     diff_se: float = 0.0  # standard error of the paired accuracy difference vs the expensive model
 
     def as_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "policy_params": self.policy_params,
-                "margins": {"cheap": _json_float(self.margins[0]), "mid": _json_float(self.margins[1])},
-                "max_escalations": self.max_escalations, "accuracy": self.accuracy, "cost_usd": self.cost_usd,
-                "expensive_share": self.expensive_share, "diff_se": self.diff_se}
+        doc = {"policy": self.policy, "policy_params": self.policy_params, "margins": self.margins,
+               "max_escalations": self.max_escalations, "accuracy": self.accuracy, "cost_usd": self.cost_usd,
+               "expensive_share": self.expensive_share, "diff_se": self.diff_se}
+        if self.margins_by_kind:
+            doc["margins_by_kind"] = self.margins_by_kind
+        return doc
+
+
+@dataclass
+class _Part:
+    """A setting for one group of prompts (a kind) and its sums over that group's rows."""
+
+    settings: dict[str, dict[str, Any]]  # group -> {"params": ..., "margins": ...}
+    cost: float
+    diff_sum: float  # sum of (router right - expensive right)
+    diff_sq: float
+    expensive_calls: int
+    n: int
 
 
 def _json_float(value: float) -> float | None:
@@ -269,10 +456,15 @@ class CalibrationResult:
     grid_size: int = 0
     feasible: bool = True
     notes: list[str] = field(default_factory=list)
+    groups: dict[str, int] = field(default_factory=dict)  # prompts per calibrated kind
 
 
 MARGIN_GRID = tuple(np.round(np.concatenate([np.linspace(-0.3, 0.0, 4), np.linspace(0.02, 0.5, 25),
                                              np.linspace(0.6, 1.0, 5)]), 3))
+# Output budgets tried per tier: (cheap and mid, expensive); None = the model's own limit.
+BUDGET_GRID: tuple[tuple[int | None, int | None], ...] = tuple(
+    itertools.product((None, 1000, 500), (None, 1500, 1000, 700)))
+MIN_KIND_PROMPTS = 150
 
 
 def policy_grid(policy_name: str) -> list[dict[str, Any]]:
@@ -301,29 +493,101 @@ def pareto(candidates: list[Candidate]) -> list[Candidate]:
     return frontier
 
 
+def _pareto_parts(parts: list[_Part]) -> list[_Part]:
+    """Parts no other part beats on both cost and accuracy, nor on both expensive calls and accuracy."""
+    keep: dict[int, _Part] = {}
+    for key in (lambda p: p.cost, lambda p: p.expensive_calls):
+        best = -np.inf
+        for part in sorted(parts, key=lambda p: (key(p), -p.diff_sum)):
+            if part.diff_sum > best + 1e-9:
+                best = part.diff_sum
+                keep[id(part)] = part
+    return list(keep.values())
+
+
+def _merge(a: list[_Part], b: list[_Part]) -> list[_Part]:
+    return _pareto_parts([_Part({**x.settings, **y.settings}, x.cost + y.cost, x.diff_sum + y.diff_sum,
+                                x.diff_sq + y.diff_sq, x.expensive_calls + y.expensive_calls, x.n + y.n)
+                          for x in a for y in b])
+
+
+def kind_groups(records: Sequence[Any], min_prompts: int) -> dict[str, np.ndarray]:
+    """Rows per prompt kind with enough prompts to calibrate on; the rest share the default settings."""
+    kinds = np.array([prompt_kind(r.prompt) for r in records], dtype=object)
+    groups: dict[str, np.ndarray] = {}
+    rest = np.zeros(len(kinds), dtype=bool)
+    for kind in sorted(set(kinds)):
+        rows = kinds == kind
+        if rows.sum() >= min_prompts:
+            groups[kind] = np.where(rows)[0]
+        else:
+            rest |= rows
+    if rest.any() or not groups:
+        groups[DEFAULT_KIND] = np.where(rest)[0]
+    return groups
+
+
 def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np.ndarray, m: AnswerMatrices,
               scores: VerifierScores | None, policy_name: str, objective: Objective,
-              max_escalations_options: Sequence[int] = (1, 2), progress: Any = None) -> CalibrationResult:
+              max_escalations_options: Sequence[int] = (1, 2), progress: Any = None, *,
+              cost_fn: CostFn | None = None, per_kind: bool = True, output_budgets: bool = True,
+              min_kind_prompts: int = MIN_KIND_PROMPTS) -> CalibrationResult:
+    """Pick the knobs on the given (out-of-fold) predictions.
+
+    The cascade policy is searched per prompt kind (start thresholds, verifier margins, output
+    budgets) and the kinds' settings are combined under the one objective over all prompts; the
+    seed's threshold policy has one global setting."""
     expensive_acc = float(data.correct[:, 2].mean())
     expensive_cost = float(data.cost_usd[:, 2].sum())
-    margins_grid: list[tuple[float, float]]
-    if policy_name == "cascade" and scores is not None:
-        margins_grid = list(itertools.product(MARGIN_GRID, MARGIN_GRID + (NO_VERIFIER,)))
+    cost_fn = cost_fn or registry_cost_fn(registry)
+    cascade = policy_name == "cascade"
+    if cascade and scores is not None:
+        margins_grid = (MARGIN_GRID + (NO_VERIFIER,), MARGIN_GRID + (NO_VERIFIER,))
     else:
-        margins_grid = [(NO_VERIFIER, NO_VERIFIER)]
-    candidates: list[Candidate] = []
+        margins_grid = ((NO_VERIFIER,), (NO_VERIFIER,))
+    budget_grid = BUDGET_GRID if cascade and output_budgets else ((None, None),)
+    groups = kind_groups(data.records, min_kind_prompts) if cascade and per_kind else {DEFAULT_KIND: np.arange(data.n)}
+    expensive_right = data.correct[:, 2].astype(float)
     grid = policy_grid(policy_name)
-    iterator = progress(grid, desc="calibrate", unit="policy") if progress else grid
-    for params in iterator:
-        policy = build_named_policy(policy_name, params)
-        start = start_tiers(policy, data.records, label_probabilities, registry)
-        for margins, max_esc in itertools.product(margins_grid, max_escalations_options):
-            out = simulate(data.correct, data.cost_usd, start, m.default_reject, scores, margins, max_esc)
-            diff = out.correct.astype(float) - data.correct[:, 2]
-            candidates.append(Candidate(policy_name, params, margins, max_esc, out.accuracy, out.cost_usd,
-                                        float(out.calls[:, 2].mean()), float(diff.std() / np.sqrt(len(diff)))))
+    work = [(g, budget) for g in groups for budget in budget_grid]
+    iterator = progress(work, desc="calibrate", unit="kind x budget") if progress else work
+    parts: dict[tuple[str, int], list[_Part]] = {}
+    starts: dict[tuple[str, int], np.ndarray] = {}
+    grid_size = 0
+    for group, (low, top) in iterator:
+        rows = groups[group]
+        budgets = np.array([np.inf if low is None else low] * 2 + [np.inf if top is None else top])
+        prepared = budgeted_rows(data.correct, m, cost_fn, rows, np.broadcast_to(budgets, (len(rows), 3)), scores)
+        for p_index, params in enumerate(grid):
+            if (group, p_index) not in starts:
+                policy = build_named_policy(policy_name, params)
+                starts[(group, p_index)] = start_tiers(policy, [data.records[i] for i in rows],
+                                                       label_probabilities[rows], registry)
+            doc_params = dict(params)
+            if low is not None or top is not None:
+                doc_params["max_output_tokens"] = {
+                    t: v for t, v in (("cheap", low), ("mid", low), ("expensive", top)) if v is not None}
+            for max_esc in max_escalations_options:
+                sums = grid_sums(prepared, starts[(group, p_index)], expensive_right[rows], margins_grid, max_esc)
+                grid_size += sums.cost.size
+                bucket = parts.setdefault((group, max_esc), [])
+                for i, j in _pareto_cells(sums):
+                    bucket.append(_Part(
+                        {group: {"params": doc_params, "margins": {"cheap": _json_float(margins_grid[0][i]),
+                                                                  "mid": _json_float(margins_grid[1][j])}}},
+                        float(sums.cost[i, j]), float(sums.diff_sum[i, j]), float(sums.diff_sq[i, j]),
+                        int(round(sums.expensive_calls[i, j])), len(rows)))
+    candidates: list[Candidate] = []
+    for max_esc in max_escalations_options:
+        merged: list[_Part] | None = None
+        for group in groups:
+            frontier = _pareto_parts(parts[(group, max_esc)])
+            merged = frontier if merged is None else _merge(merged, frontier)
+        for part in merged or []:
+            candidates.append(_candidate(policy_name, part, max_esc, expensive_acc))
     frontier = pareto(candidates)
-    result = CalibrationResult(frontier[0], frontier, expensive_acc, expensive_cost, objective, len(candidates))
+    result = CalibrationResult(frontier[0], frontier, expensive_acc, expensive_cost, objective, grid_size,
+                               groups={g: int(len(r)) for g, r in groups.items()})
     if objective.kind == "guard":
         floor = expensive_acc - objective.guard + objective.safety
         feasible = [c for c in candidates if c.accuracy - objective.safety_z * c.diff_se >= floor]
@@ -348,3 +612,22 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
         result.feasible = False
         result.notes.append("no setting met the objective on training data; chose the most accurate one")
     return result
+
+
+def _candidate(policy_name: str, part: _Part, max_escalations: int, expensive_accuracy: float) -> Candidate:
+    """A combined setting: the default group's knobs at the top level, each calibrated kind's under by_kind."""
+    n = part.n
+    mean = part.diff_sum / n
+    se = float(np.sqrt(max(part.diff_sq / n - mean ** 2, 0.0) / n))
+    default = part.settings.get(DEFAULT_KIND)
+    kinds = {g: s for g, s in part.settings.items() if g != DEFAULT_KIND}
+    if default is None:  # every prompt fell in a calibrated kind: unseen kinds go straight to the top
+        default = {"params": {"expensive_if_complex_at_least": 0.0, "skip_cheap_if_simple_below": 0.0}
+                   if policy_name == "cascade" else {"simple_threshold": 1.01, "medium_threshold": 1.01},
+                   "margins": {"cheap": None, "mid": None}}
+    params = dict(default["params"])
+    if kinds:
+        params["by_kind"] = {g: s["params"] for g, s in sorted(kinds.items())}
+    return Candidate(policy_name, params, dict(default["margins"]),
+                     {g: dict(s["margins"]) for g, s in sorted(kinds.items())}, max_escalations,
+                     expensive_accuracy + mean, part.cost, part.expensive_calls / n, se)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,7 @@ from core.messages import LABELS, TIER_ORDER, CompletionMessage, PromptMessage, 
 from providers.costs import RegistryCostBook
 from providers.executor import LadderExecutor
 from providers.replay import OUTCOME_ID_KEY, OutcomeIndex, ReplayProvider
-from training.calibrate import answer_matrices, score_verifier, simulate, start_tiers
-from training.calibrate import build_named_policy, margin_from_json
+from training.calibrate import CostFn, answer_matrices, score_verifier, simulate_setting
 from training.data import Ladder, LadderData, load_ladder_data, load_prices, replay_registry, run_cli
 
 # Replayed requests are priced at one fixed instant so reruns give identical costs.
@@ -132,8 +132,18 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def book_cost_fn(book: RegistryCostBook, ladder: Sequence[str]) -> CostFn:
+    """Per-call cost exactly as the executor charges it (integer micro-USD at the list rate)."""
+    rates = [book.rate(model, PRICED_AT) for model in ladder]
+
+    def cost(k: int, input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+        return rates[k].cost_micro_usd_many(input_tokens, output_tokens) / 1e6
+
+    return cost
+
+
 def sweep_curve(data: LadderData, artifact: Path, policy_doc: dict, registry: Any, probabilities: np.ndarray,
-                costs: np.ndarray) -> list[dict[str, Any]]:
+                cost_fn: CostFn) -> list[dict[str, Any]]:
     """Cost and accuracy of every setting on the artifact's calibration frontier, on this data
     (the simulator of the ladder rule; the chosen point is cross-checked against the real replay)."""
     matrices = answer_matrices(data, probabilities)
@@ -143,21 +153,20 @@ def sweep_curve(data: LadderData, artifact: Path, policy_doc: dict, registry: An
                                 matrices, registry)
     points = []
     for cand in tqdm(policy_doc.get("sweep", []), desc="threshold sweep", unit="setting"):
-        policy = build_named_policy(cand["policy"], cand["policy_params"])
-        start = start_tiers(policy, data.records, probabilities, registry)
-        margins = (margin_from_json(cand["margins"]["cheap"]), margin_from_json(cand["margins"]["mid"]))
-        out = simulate(data.correct, costs, start, matrices.default_reject, scores, margins, cand["max_escalations"])
+        out = simulate_setting(data, matrices, cost_fn, registry, probabilities, scores, cand)
         points.append({**cand, "eval_accuracy": out.accuracy, "eval_cost_usd": out.cost_usd})
     return points
 
 
 def simulate_chosen(data: LadderData, artifact: Path, policy_doc: dict, registry: Any, probabilities: np.ndarray,
-                    costs: np.ndarray) -> dict[str, float]:
+                    cost_fn: CostFn) -> dict[str, float]:
+    verifier = policy_doc.get("verifier", {})
     chosen = {"policy": policy_doc["policy"], "policy_params": policy_doc["params"],
-              "margins": policy_doc.get("verifier", {}).get("margins", {"cheap": None, "mid": None}),
+              "margins": verifier.get("margins", {"cheap": None, "mid": None}),
+              "margins_by_kind": verifier.get("margins_by_kind", {}),
               "max_escalations": policy_doc["max_escalations"]}
     doc = {**policy_doc, "sweep": [chosen]}
-    (point,) = sweep_curve(data, artifact, doc, registry, probabilities, costs)
+    (point,) = sweep_curve(data, artifact, doc, registry, probabilities, cost_fn)
     return {"accuracy": point["eval_accuracy"], "cost_usd": point["eval_cost_usd"]}
 
 
@@ -227,15 +236,22 @@ def main(argv: list[str] | None = None) -> int:
                                   for t in TIER_ORDER}
     report["escalation_reasons"] = dict(Counter(
         (a.error or "").split(":")[0] for c in completions for a in c.attempts if a.status == "rejected"))
-    simulated = simulate_chosen(data, args.artifact, policy_doc, registry, probabilities, costs)
+    cost_fn = book_cost_fn(book, ladder.models)
+    simulated = simulate_chosen(data, args.artifact, policy_doc, registry, probabilities, cost_fn)
     report["simulator_check"] = {**simulated, "matches_replay":
                                  abs(simulated["accuracy"] - report["router"]["accuracy"]) < 1e-9
                                  and abs(simulated["cost_usd"] - report["router"]["cost_usd"]) < 1e-6}
-    curve = sweep_curve(data, args.artifact, policy_doc, registry, probabilities, costs)
-    report["sweep"] = [{k: p[k] for k in ("policy_params", "margins", "max_escalations", "eval_accuracy",
-                                          "eval_cost_usd")} for p in curve]
+    curve = sweep_curve(data, args.artifact, policy_doc, registry, probabilities, cost_fn)
+    report["sweep"] = [{k: p[k] for k in ("policy_params", "margins", "margins_by_kind", "max_escalations",
+                                          "eval_accuracy", "eval_cost_usd") if k in p} for p in curve]
     report["policy"] = {k: policy_doc[k] for k in ("policy", "params", "max_escalations", "checks")}
     report["policy"]["verifier_margins"] = policy_doc.get("verifier", {}).get("margins")
+    report["policy"]["verifier_margins_by_kind"] = policy_doc.get("verifier", {}).get("margins_by_kind")
+    report["prompt_kind_share"] = {kind: count / data.n for kind, count in sorted(Counter(
+        c.decision.prompt_kind for c in completions if c.decision.prompt_kind).items())}
+    report["cut_off_answers"] = {m: sum(1 for c in completions for a in c.attempts
+                                        if a.model == m and a.finish_reason == "length") / data.n
+                                 for m in ladder.models}
     report["artifact"] = {"path": str(args.artifact), "sha256_before": digest_before,
                           "sha256_after": artifact_digest(args.artifact),
                           "training_fingerprint": card.get("data", {}).get("fingerprint")}

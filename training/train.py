@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from core.messages import LABELS
 from training.calibrate import (
+    MIN_KIND_PROMPTS,
     Objective,
     answer_matrices,
     calibrate,
@@ -34,6 +35,16 @@ from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices
 from training.prompt_model import DEFAULT_BASE, FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba
 
 log = logging.getLogger("training.train")
+
+OOF_FILE = "training_oof.npz"
+SWEEP_POINTS = 200  # frontier points kept for the evaluation curve
+
+
+def thin(points: list[Any], keep: int) -> list[Any]:
+    """At most ``keep`` points, evenly spread along the list, first and last included."""
+    if len(points) <= keep:
+        return list(points)
+    return [points[i] for i in sorted(set(np.linspace(0, len(points) - 1, keep).round().astype(int)))]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=("guard", "spend", "expensive-share"), default="guard")
     p.add_argument("--guard", type=float, default=0.01, help="allowed accuracy loss vs the expensive model")
     p.add_argument("--safety", type=float, default=0.0, help="extra fixed accuracy margin kept on training data")
-    p.add_argument("--safety-z", type=float, default=1.0,
+    p.add_argument("--safety-z", type=float, default=2.0,
                    help="standard errors of the paired accuracy difference kept as margin (guard objective)")
     p.add_argument("--target", type=float, help="for spend / expensive-share objectives")
     p.add_argument("--max-escalations", type=int, nargs="+", default=[1, 2], help="options to calibrate over")
@@ -60,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-layers", type=int, default=3)
     p.add_argument("--max-train-prompts", type=int, default=2000, help="cap per fine-tuning run (CPU time)")
     p.add_argument("--no-quantize", action="store_true", help="serve fp32 ONNX even where int8 agrees")
+    p.add_argument("--no-per-kind", action="store_true",
+                   help="one setting for every prompt instead of one per prompt kind (code, math, ...)")
+    p.add_argument("--no-output-budgets", action="store_true",
+                   help="never cut a model's answer short (no calibrated max_output_tokens per tier)")
+    p.add_argument("--min-kind-prompts", type=int, default=MIN_KIND_PROMPTS,
+                   help="prompts a kind needs to get its own settings; rarer kinds share the default")
+    p.add_argument("--reuse-classifier", type=Path, metavar="ARTIFACT_DIR",
+                   help="take the fine-tuned prompt classifier and its out-of-fold probabilities from an artifact "
+                        "trained on the same data, and only refit the verifier and recalibrate (new prices, "
+                        "another objective)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -93,27 +114,38 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
                         learning_rate=args.learning_rate, freeze_layers=args.freeze_layers,
                         max_train_prompts=args.max_train_prompts, seed=args.seed, threads=args.threads)
 
-    # 1. Cross-fitting: K members, each scoring the prompts it did not see (out-of-fold probabilities).
-    # The served classifier is the mean of the K members, so a new prompt is scored like the
-    # out-of-fold prompts the policy was calibrated on (a model refitted on everything would be more
-    # confident than what calibration saw, and the thresholds would not transfer).
-    fold = kfold_by_source(data.sources, args.folds, args.seed)
-    oof = np.zeros((data.n, len(LABELS)))
-    members = []
-    for k in range(args.folds):
-        train_rows, test_rows = np.where(fold != k)[0], np.where(fold == k)[0]
-        pm = fine_tune(load_base(ft, base_model, tokenizer), [texts[i] for i in train_rows], label_ids[train_rows],
-                       desc=f"fine-tune fold {k + 1}/{args.folds}")
-        oof[test_rows] = predict_proba(pm, [texts[i] for i in test_rows], desc=f"score fold {k + 1}/{args.folds}")
-        members.append(pm)
-
     out_dir: Path = args.out
     staging = out_dir.with_name(out_dir.name + ".partial")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    check_rows = np.random.default_rng(args.seed).choice(data.n, size=min(200, data.n), replace=False)
-    onnx_report = export_onnx(members, staging, [texts[i] for i in check_rows], quantize=not args.no_quantize)
+    try:
+        write_artifact(args, argv, started, ladder, prices, registry, data, texts, label_ids, ft, staging,
+                       base_model, tokenizer)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves no half-written artifact behind
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)  # the artifact appears whole or not at all
+    card = json.loads((out_dir / "model_card.json").read_text())
+    cal = card["calibration"]
+    chosen = cal["chosen_out_of_fold"]
+    log.info("artifact written to %s in %.0f s (out-of-fold savings %.1f%% at accuracy %.3f vs expensive %.3f)",
+             out_dir, time.time() - started, 100 * chosen["savings_vs_expensive"], chosen["accuracy"],
+             cal["expensive_accuracy"])
+    return 0
+
+
+def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: float, ladder: Ladder,
+                   prices: dict[str, Any], registry: Any, data: Any, texts: list[str], label_ids: np.ndarray,
+                   ft: FineTuneConfig, staging: Path, base_model: Any, tokenizer: Any) -> None:
+    # 1. The prompt classifier and its out-of-fold probabilities.
+    if args.reuse_classifier is not None:
+        oof, onnx_report, reused_card = reuse_classifier(args.reuse_classifier, data, staging)
+    else:
+        oof, onnx_report = fine_tune_classifier(args, ft, data, texts, label_ids, staging, base_model, tokenizer)
+        reused_card = None
 
     # 2. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
     matrices_oof = answer_matrices(data, oof)
@@ -123,7 +155,8 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
     # 3. Calibration on out-of-fold predictions.
     objective = Objective(args.objective, args.guard, args.safety, args.safety_z, args.target)
     result = calibrate(data, registry, oof, matrices_oof, scores, args.policy, objective,
-                       tuple(args.max_escalations), progress=tqdm)
+                       tuple(args.max_escalations), progress=tqdm, per_kind=not args.no_per_kind,
+                       output_budgets=not args.no_output_budgets, min_kind_prompts=args.min_kind_prompts)
     chosen = result.chosen
     log.info("chosen: %s", json.dumps(chosen.as_json()))
 
@@ -131,12 +164,14 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
     policy_doc: dict[str, Any] = {"policy": chosen.policy, "params": chosen.policy_params,
                                   "max_escalations": chosen.max_escalations, "checks": checks,
                                   "objective": objective.describe(),
-                                  "sweep": [c.as_json() for c in result.frontier]}
+                                  "sweep": [c.as_json() for c in thin(result.frontier, SWEEP_POINTS)]}
     if args.policy == "cascade":
         verifier = fit_verifier(data, matrices_oof)
         (staging / "verifier.json").write_text(json.dumps(verifier.to_json(), indent=1) + "\n")
         policy_doc["checks"] = checks + ["verifier"]
-        policy_doc["verifier"] = {"file": "verifier.json", "margins": chosen.as_json()["margins"]}
+        policy_doc["verifier"] = {"file": "verifier.json", "margins": chosen.margins}
+        if chosen.margins_by_kind:
+            policy_doc["verifier"]["margins_by_kind"] = chosen.margins_by_kind
     (staging / "policy.json").write_text(json.dumps(policy_doc, indent=2) + "\n")
 
     expensive_cost = result.expensive_cost_usd
@@ -148,12 +183,14 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
                  "per_source": {s: data.sources.count(s) for s in sorted(set(data.sources))},
                  "label_share": {lab: data.labels.count(lab) / data.n for lab in LABELS},
                  "unsolvable_share": float(data.unsolvable.mean())},
-        "classifier": {"base": args.base, "max_length": args.max_length, "epochs": args.epochs,
-                       "max_train_prompts": args.max_train_prompts, "freeze_layers": args.freeze_layers,
-                       "out_of_fold": classifier_metrics(label_ids, oof), "onnx": onnx_report},
+        "classifier": reused_card or {
+            "base": args.base, "max_length": args.max_length, "epochs": args.epochs,
+            "max_train_prompts": args.max_train_prompts, "freeze_layers": args.freeze_layers,
+            "out_of_fold": classifier_metrics(label_ids, oof), "onnx": onnx_report},
         "calibration": {
             "objective": objective.describe(), "folds": args.folds, "grid_size": result.grid_size,
-            "feasible": result.feasible, "notes": result.notes,
+            "feasible": result.feasible, "notes": result.notes, "prompts_per_kind": result.groups,
+            "per_kind": not args.no_per_kind, "output_budgets": not args.no_output_budgets,
             "expensive_accuracy": result.expensive_accuracy, "expensive_cost_usd": expensive_cost,
             "chosen_out_of_fold": {**chosen.as_json(), "savings_vs_expensive": 1 - chosen.cost_usd / expensive_cost},
         },
@@ -168,13 +205,51 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
     }
     (staging / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (staging / "MODEL_CARD.md").write_text(model_card_markdown(card))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)  # the artifact appears whole or not at all
-    log.info("artifact written to %s in %.0f s (out-of-fold savings %.1f%% at accuracy %.3f vs expensive %.3f)",
-             out_dir, time.time() - started, 100 * (1 - chosen.cost_usd / expensive_cost), chosen.accuracy,
-             result.expensive_accuracy)
-    return 0
+
+
+def fine_tune_classifier(args: argparse.Namespace, ft: FineTuneConfig, data: Any, texts: list[str],
+                         label_ids: np.ndarray, staging: Path, base_model: Any, tokenizer: Any
+                         ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cross-fitting: K members, each scoring the prompts it did not see (out-of-fold probabilities).
+
+    The served classifier is the mean of the K members, so a new prompt is scored like the
+    out-of-fold prompts the policy was calibrated on (a model refitted on everything would be more
+    confident than what calibration saw, and the thresholds would not transfer)."""
+    fold = kfold_by_source(data.sources, args.folds, args.seed)
+    oof = np.zeros((data.n, len(LABELS)))
+    members = []
+    for k in range(args.folds):
+        train_rows, test_rows = np.where(fold != k)[0], np.where(fold == k)[0]
+        pm = fine_tune(load_base(ft, base_model, tokenizer), [texts[i] for i in train_rows], label_ids[train_rows],
+                       desc=f"fine-tune fold {k + 1}/{args.folds}")
+        oof[test_rows] = predict_proba(pm, [texts[i] for i in test_rows], desc=f"score fold {k + 1}/{args.folds}")
+        members.append(pm)
+    check_rows = np.random.default_rng(args.seed).choice(data.n, size=min(200, data.n), replace=False)
+    onnx_report = export_onnx(members, staging, [texts[i] for i in check_rows], quantize=not args.no_quantize)
+    # The out-of-fold probabilities the policy is calibrated on, kept so a later run can recalibrate
+    # (new prices, another objective) without fine-tuning again: --reuse-classifier.
+    np.savez_compressed(staging / OOF_FILE, probabilities=oof, ids=np.asarray([r.id for r in data.records]),
+                        fingerprint=np.asarray(data.fingerprint()))
+    return oof, onnx_report
+
+
+def reuse_classifier(source: Path, data: Any, staging: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """Copy the prompt classifier of an artifact trained on exactly this data, with its out-of-fold probabilities."""
+    oof_path = source / OOF_FILE
+    if not oof_path.is_file():
+        raise SystemExit(f"--reuse-classifier: {source} has no {OOF_FILE} (it predates recalibration support)")
+    saved = np.load(oof_path)
+    if str(saved["fingerprint"]) != data.fingerprint() or list(saved["ids"]) != [r.id for r in data.records]:
+        raise SystemExit(f"--reuse-classifier: {source} was trained on other data (fingerprint "
+                         f"{saved['fingerprint']}, this data {data.fingerprint()}); its probabilities would not be "
+                         f"out-of-fold here")
+    card = json.loads((source / "model_card.json").read_text())
+    keep = {"policy.json", "verifier.json", "model_card.json", "MODEL_CARD.md"}
+    for path in source.iterdir():
+        if path.is_file() and path.name not in keep:
+            shutil.copy2(path, staging / path.name)
+    return (np.asarray(saved["probabilities"]), card["classifier"]["onnx"],
+            {**card["classifier"], "reused_from": str(source)})
 
 
 def _split_info(paths: list[str]) -> dict[str, Any] | None:

@@ -110,7 +110,7 @@ class FixedTokens(Provider):
         super().__init__(spec)
         self.input_tokens, self.output_tokens = input_tokens, output_tokens
 
-    async def complete(self, prompt: PromptMessage) -> ProviderResult:
+    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None) -> ProviderResult:
         return ProviderResult(text="A full and useful answer.", finish_reason="stop", input_tokens=self.input_tokens,
                               output_tokens=self.output_tokens, latency_ms=1.0, usage_reported=True)
 

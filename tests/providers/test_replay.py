@@ -36,17 +36,23 @@ def write_outcomes(folder: Path) -> Path:
                                       "response": ""},
             "llama-3-70b-instruct": {"correct": True, "answer": "9", "input_tokens": 12, "output_tokens": 40,
                                      "response": "The integral is x^3/3 from 0 to 3, which is 9."}}},
+        {"id": "t/3", "source": "t", "prompt": "Prove that there are infinitely many primes.", "outcomes": {
+            "llama-3-70b-instruct": {"correct": False, "answer": None, "input_tokens": 10, "output_tokens": 0,
+                                     "response": ""},
+            "gpt-4o-2024-05-13": {"correct": True, "answer": "proof", "input_tokens": 10, "output_tokens": 300,
+                                  "response": "Suppose there are finitely many primes p1..pn. " * 30}}},
     ]
     with gzip.open(folder / "outcomes" / "t.jsonl.gz", "wt") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
     return folder
 
 
-def routed(prompt: str) -> RoutedMessage:
-    decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9},
-                               model="phi-3.5-mini-instruct", tier=Tier.cheap, reasons=["test"], policy="threshold",
-                               classifier="test")
-    return RoutedMessage(prompt=PromptMessage(prompt=prompt), decision=decision, target_model="phi-3.5-mini-instruct")
+def routed(prompt: str, model: str = "phi-3.5-mini-instruct", tier: Tier = Tier.cheap,
+           budgets: dict[str, int] | None = None) -> RoutedMessage:
+    decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9}, model=model, tier=tier,
+                               reasons=["test"], policy="threshold", classifier="test",
+                               max_output_tokens=budgets or {})
+    return RoutedMessage(prompt=PromptMessage(prompt=prompt), decision=decision, target_model=model)
 
 
 @pytest.fixture()
@@ -98,3 +104,27 @@ def test_replay_config_needs_the_data_dir() -> None:
     registry = ModelRegistry.from_yaml(REPO / "config" / "models.demo.yaml")
     with pytest.raises(ValueError, match="ROUTER_DATA_DIR"):
         build_providers(registry, None)
+
+
+async def test_an_answer_over_its_output_budget_is_cut_off_charged_and_escalated(demo) -> None:
+    _, ladder = demo
+    completion = await ladder.run(routed("What is 6 x 7?", budgets={"cheap": 2}))
+    cut, answered = completion.attempts
+    assert (cut.model, cut.status, cut.finish_reason, cut.output_tokens) == ("phi-3.5-mini-instruct", "rejected",
+                                                                           "length", 2)
+    assert cut.cost_micro_usd == (9 * 130 + 2 * 520 + 500) // 1000  # the budget, not the recorded 3 tokens
+    assert (answered.model, completion.final_model, completion.correct) == ("llama-3-70b-instruct",) * 2 + (True,)
+
+
+async def test_a_cut_off_final_answer_gives_way_to_the_latest_finished_one(demo) -> None:
+    _, ladder = demo
+    message = routed("Prove that there are infinitely many primes.", "llama-3-70b-instruct", Tier.mid,
+                     {"expensive": 50})
+    completion = await ladder.run(message)
+    assert [(a.model, a.finish_reason) for a in completion.attempts] == [("llama-3-70b-instruct", "stop"),
+                                                                         ("gpt-4o-2024-05-13", "length")]
+    top = completion.attempts[1]
+    assert top.output_tokens == 50 and top.cost_micro_usd == (10 * 2500 + 50 * 10000 + 500) // 1000
+    # The cut-off proof has no conclusion: the mid answer (recorded wrong) is returned, and both calls are paid.
+    assert (completion.final_model, completion.response, completion.correct) == ("llama-3-70b-instruct", "", False)
+    assert completion.cost_micro_usd == sum(a.cost_micro_usd for a in completion.attempts)

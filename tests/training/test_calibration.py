@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 
 from core.outcomes import OutcomeRecord
+from classifier.prompt_kind import DEFAULT_KIND
+from core.messages import TIER_ORDER
 from training.calibrate import (
+    NO_VERIFIER,
     Objective,
     answer_matrices,
+    budgeted_rows,
     calibrate,
+    grid_sums,
+    kind_groups,
     out_of_fold_verifier_scores,
+    registry_cost_fn,
     simulate,
+    simulate_rows,
 )
 from training.data import Ladder, build_ladder_data, label_from_correct, replay_registry, stratified_split
 from providers.registry import Prices
@@ -85,3 +93,50 @@ def test_simulation_charges_every_call(setup) -> None:
     # Margins that always escalate: every request pays for all three models and ends at the top.
     assert out.calls.all() and (out.final_tier == 2).all()
     assert out.cost_usd == pytest.approx(data.cost_usd.sum())
+
+
+def test_grid_sums_match_the_simulator_for_every_margin_pair(setup) -> None:
+    """Calibration totals all margin pairs at once; each must equal the one-setting simulator."""
+    data, registry, _, matrices, scores = setup
+    rng = np.random.default_rng(3)
+    cost_fn = registry_cost_fn(registry)
+    rows = np.arange(data.n)
+    expensive_right = data.correct[:, 2].astype(float)
+    grid = ((-0.3, 0.0, 0.1, 0.4, NO_VERIFIER), (-0.2, 0.05, 0.3, NO_VERIFIER))
+    median_out = np.median(matrices.output_tokens, axis=0)
+    for budgets in (np.full(3, np.inf), median_out):  # no budget, and one that cuts half the answers
+        prepared = budgeted_rows(data.correct, matrices, cost_fn, rows, np.broadcast_to(budgets, (data.n, 3)), scores)
+        start = rng.integers(0, 3, data.n)
+        for max_esc in (1, 2):
+            sums = grid_sums(prepared, start, expensive_right, grid, max_esc)
+            for i, j in np.ndindex(sums.cost.shape):
+                out = simulate_rows(prepared, start, (grid[0][i], grid[1][j]), max_esc)
+                diff = out.correct.astype(float) - expensive_right
+                assert sums.cost[i, j] == pytest.approx(out.cost_usd)
+                assert sums.diff_sum[i, j] == pytest.approx(diff.sum())
+                assert sums.diff_sq[i, j] == pytest.approx((diff ** 2).sum())
+                assert sums.expensive_calls[i, j] == pytest.approx(out.calls[:, 2].sum())
+
+
+def test_output_budget_charges_the_budget_and_falls_back_to_a_finished_answer(setup) -> None:
+    data, registry, _, matrices, scores = setup
+    rows = np.arange(data.n)
+    budgets = np.array([np.inf, np.inf, 1.0])  # every expensive answer is cut off after one token
+    prepared = budgeted_rows(data.correct, matrices, registry_cost_fn(registry), rows,
+                             np.broadcast_to(budgets, (data.n, 3)), scores)
+    always_up = (-10.0, -10.0)
+    out = simulate_rows(prepared, np.zeros(data.n, dtype=int), always_up, 2)
+    # Every request paid cheap + mid in full and one output token of the expensive model ...
+    top = registry.by_tier(TIER_ORDER[2]).prices
+    expected = data.cost_usd[:, 0] + data.cost_usd[:, 1] + (matrices.input_tokens[:, 2] * top.input + top.output) / 1e6
+    assert out.cost_usd == pytest.approx(expected.sum())
+    # ... and answered with the mid model's (finished) answer.
+    assert (out.final_tier == 1).all() and (out.correct == data.correct[:, 1]).all()
+    started_on_top = simulate_rows(prepared, np.full(data.n, 2), always_up, 2)
+    assert not started_on_top.correct.any()  # nothing finished to fall back to
+
+
+def test_per_kind_calibration_keeps_rare_kinds_on_the_default(setup) -> None:
+    data, _, _, _, _ = setup
+    groups = kind_groups(data.records, min_prompts=10 ** 6)
+    assert list(groups) == [DEFAULT_KIND] and len(groups[DEFAULT_KIND]) == data.n

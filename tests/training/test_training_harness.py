@@ -117,3 +117,27 @@ def test_bad_input_is_reported_in_one_line(synthetic_dir: Path, tmp_path: Path) 
     with pytest.raises(SystemExit, match="not a valid outcomes record"):
         train.cli(["--data", str(bad), "--ladder", LADDER_ARG, "--prices", prices, "--out", str(tmp_path / "a")])
     assert not (tmp_path / "a").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_recalibration_reuses_the_classifier_without_fine_tuning(artifact: Path, synthetic_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "recalibrated"
+    rc = train.main(["--data", str(synthetic_dir), "--ladder", LADDER_ARG, "--prices",
+                     str(synthetic_dir / "prices.json"), "--out", str(out), "--reuse-classifier", str(artifact),
+                     "--objective", "spend", "--target", "0.5", "--no-output-budgets"])
+    assert rc == 0
+    model_file = json.loads((artifact / "classifier.json").read_text())["model_file"]
+    assert (out / model_file).read_bytes() == (artifact / model_file).read_bytes()
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["classifier"]["reused_from"] == str(artifact)
+    assert card["calibration"]["chosen_out_of_fold"]["cost_usd"] <= 0.5 * card["calibration"]["expensive_cost_usd"]
+    policy = json.loads((out / "policy.json").read_text())
+    assert all("max_output_tokens" not in s for s in [policy["params"], *policy["params"].get("by_kind", {}).values()])
+
+
+def test_reuse_refuses_a_classifier_trained_on_other_data(artifact: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "other"
+    with pytest.raises(SystemExit, match="trained on other data"):
+        train.main(["--data", str(synthetic_dir / "alpha.jsonl.gz"), "--ladder", LADDER_ARG, "--prices",
+                    str(synthetic_dir / "prices.json"), "--out", str(out), "--reuse-classifier", str(artifact)])
+    assert not out.exists() and not out.with_name("other.partial").exists()

@@ -1,0 +1,32 @@
+"""The kind of a prompt, read from its surface: code, math notation, multiple choice, or general text.
+
+Cheaper models fail in different ways on different kinds of prompt (a code-tracing question goes up
+the ladder far more often than a word problem), so the cascade policy keeps its start tier, verifier
+margins and output budgets per kind. The kind needs no model: the live classify agent, the offline
+harness and calibration all call this one function.
+"""
+
+from __future__ import annotations
+
+import re
+
+from classifier.answer_features import _CODE, _DIGITS, _OPTIONS
+
+KINDS = ("code", "math", "multiple_choice_quantitative", "multiple_choice", "general")
+DEFAULT_KIND = "default"  # settings for kinds too rare in training to calibrate on their own
+
+# LaTeX commands, super/subscripts, or an inline $...$ formula with an operator in it (a dollar
+# amount alone, "$5", is not math notation).
+_MATH_NOTATION = re.compile(r"\\[a-zA-Z]+|\^\{|_\{|\$[^$\n]*[\\^_=][^$\n]*\$")
+_QUANTITATIVE_NUMBERS = 4
+
+
+def prompt_kind(prompt: str) -> str:
+    if _CODE.search(prompt):
+        return "code"
+    if _OPTIONS.search(prompt):
+        quantitative = _MATH_NOTATION.search(prompt) or len(_DIGITS.findall(prompt)) >= _QUANTITATIVE_NUMBERS
+        return "multiple_choice_quantitative" if quantitative else "multiple_choice"
+    if _MATH_NOTATION.search(prompt):
+        return "math"
+    return "general"
