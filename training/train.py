@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, help="for spend / expensive-share objectives")
     p.add_argument("--max-escalations", type=int, nargs="+", default=[1, 2], help="options to calibrate over")
     p.add_argument("--folds", type=int, default=2, help="cross-fitting folds: K members score the prompts they did not see; served as their mean")
+    p.add_argument("--verifier-folds", type=int, default=10,
+                   help="cross-fitting folds for the verifier's out-of-fold scores: many, so each fold's verifier "
+                        "is close to the served one fitted on everything and the calibrated margins transfer")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
@@ -149,7 +152,8 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
 
     # 2. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
     matrices_oof = answer_matrices(data, oof)
-    scores = out_of_fold_verifier_scores(data, matrices_oof, registry, args.folds, args.seed) \
+    verifier_folds = max(2, min(args.verifier_folds, data.n // 10))  # a handful of prompts per fold at least
+    scores = out_of_fold_verifier_scores(data, matrices_oof, registry, verifier_folds, args.seed) \
         if args.policy == "cascade" else None
 
     # 3. Calibration on out-of-fold predictions.
@@ -188,7 +192,8 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
             "max_train_prompts": args.max_train_prompts, "freeze_layers": args.freeze_layers,
             "out_of_fold": classifier_metrics(label_ids, oof), "onnx": onnx_report},
         "calibration": {
-            "objective": objective.describe(), "folds": args.folds, "grid_size": result.grid_size,
+            "objective": objective.describe(), "folds": args.folds, "verifier_folds": verifier_folds,
+            "grid_size": result.grid_size,
             "feasible": result.feasible, "notes": result.notes, "prompts_per_kind": result.groups,
             "per_kind": not args.no_per_kind, "output_budgets": not args.no_output_budgets,
             "expensive_accuracy": result.expensive_accuracy, "expensive_cost_usd": expensive_cost,
