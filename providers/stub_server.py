@@ -74,7 +74,7 @@ def create_app() -> FastAPI:
         messages = body.get("messages") or []
         prompt = "\n".join(str(m.get("content", "")) for m in messages)
         fault = state.faults.get(model, Fault())
-        state.calls.append({"model": model, "prompt": prompt, "at": time.time()})
+        state.calls.append({"model": model, "prompt": prompt, "max_tokens": body.get("max_tokens"), "at": time.time()})
         if fault.delay_s:
             await asyncio.sleep(fault.delay_s)
         if fault.fail_status and fault.fail_times > 0:

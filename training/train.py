@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, help="for spend / expensive-share objectives")
     p.add_argument("--max-escalations", type=int, nargs="+", default=[1, 2], help="options to calibrate over")
     p.add_argument("--folds", type=int, default=2, help="cross-fitting folds: K members score the prompts they did not see; served as their mean")
+    p.add_argument("--serve-members", type=int, default=1,
+                   help="cross-fitted members exported for serving (their mean): 1 scores new prompts exactly like "
+                        "the out-of-fold prompts calibration saw, at a K-th of the ensemble's cost")
     p.add_argument("--verifier-folds", type=int, default=10,
                    help="cross-fitting folds for the verifier's out-of-fold scores: many, so each fold's verifier "
                         "is close to the served one fitted on everything and the calibrated margins transfer")
@@ -230,7 +233,8 @@ def fine_tune_classifier(args: argparse.Namespace, ft: FineTuneConfig, data: Any
         oof[test_rows] = predict_proba(pm, [texts[i] for i in test_rows], desc=f"score fold {k + 1}/{args.folds}")
         members.append(pm)
     check_rows = np.random.default_rng(args.seed).choice(data.n, size=min(200, data.n), replace=False)
-    onnx_report = export_onnx(members, staging, [texts[i] for i in check_rows], quantize=not args.no_quantize)
+    served = members[: max(1, min(args.serve_members, len(members)))]
+    onnx_report = export_onnx(served, staging, [texts[i] for i in check_rows], quantize=not args.no_quantize)
     # The out-of-fold probabilities the policy is calibrated on, kept so a later run can recalibrate
     # (new prices, another objective) without fine-tuning again: --reuse-classifier.
     np.savez_compressed(staging / OOF_FILE, probabilities=oof, ids=np.asarray([r.id for r in data.records]),

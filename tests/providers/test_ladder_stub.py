@@ -132,6 +132,16 @@ async def test_length_cutoff_escalates(registry, stub_server) -> None:
     assert completion.attempts[0].error == "finish_reason=length (truncated)"
 
 
+async def test_the_policys_output_budget_is_sent_as_max_tokens(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"truncate": True, "reply": REPLY}, "stub-medium": {"reply": REPLY}})
+    message = routed_to("small", Tier.cheap)
+    message.decision.max_output_tokens = {"cheap": 7, "expensive": 500}
+    completion = await executor(registry).run(message)
+    assert [a.model for a in completion.attempts] == ["small", "medium"]
+    # The cheap tier's budget is below the prompt's max_tokens (64); the mid tier has none.
+    assert [(c["model"], c["max_tokens"]) for c in stub_calls(stub_server)] == [("stub-small", 7), ("stub-medium", 64)]
+
+
 async def test_escalates_only_once(registry, stub_server) -> None:
     set_faults(stub_server, **{"stub-small": {"refuse": True}, "stub-medium": {"refuse": True}})
     completion = await executor(registry).run(routed_to("small", Tier.cheap))

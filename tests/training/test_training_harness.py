@@ -40,6 +40,8 @@ def test_training_writes_a_complete_artifact(artifact: Path) -> None:
     assert card["data"]["per_source"] == {"alpha": 70, "beta": 50}
     assert 0 <= card["classifier"]["out_of_fold"]["macro_f1"] <= 1
     assert card["classifier"]["onnx"]["fp32_vs_torch_max_abs_diff"] < 1e-3
+    # One cross-fitted member is served: it scores new prompts as the out-of-fold ones were scored.
+    assert json.loads((artifact / "classifier.json").read_text())["members"] == 1
     policy = json.loads((artifact / "policy.json").read_text())
     assert policy["policy"] == "cascade" and "verifier" in policy["checks"] and policy["sweep"]
     # Calibration met its guard on its own (out-of-fold) data.
