@@ -5,6 +5,7 @@
     tokenizer.json       its tokenizer, for the ``tokenizers`` library
     policy.json          the calibrated routing policy, answer checks, verifier margins, max escalations
     verifier.json        the learned answer verifier (numpy logistic heads)
+    topic.npz            the topic model, when the training data had topics (numpy linear model)
     model_card.json      metrics, data fingerprint, held-out split, ladder, prices, commands  (+ MODEL_CARD.md)
 
 Loading needs numpy, onnxruntime and tokenizers only: no torch, no transformers.
@@ -23,6 +24,7 @@ from classifier.cascade import ANSWER_CHECKS, AnswerCheck, Escalation
 from classifier.onnx_classifier import OnnxClassifier
 from classifier.policy import TokenCounter, approximate_token_count, build_policy
 from classifier.router import Router
+from classifier.topic import TopicModel
 from classifier.verifier import LearnedVerifierCheck, VerifierModel
 from providers.registry import ModelRegistry
 
@@ -93,4 +95,4 @@ def load_router_from_artifact(
     card = read_json(artifact_dir / "model_card.json")
     log.info("classifier artifact %s: policy %s %s, ladder %s", artifact_dir, policy.name, policy.params(),
              card.get("ladder"))
-    return Router(classifier, policy, registry, escalation)
+    return Router(classifier, policy, registry, escalation, TopicModel.load(artifact_dir))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from classifier.policy import RoutingPolicy, register_policy
-from classifier.prompt_kind import prompt_kind
+from classifier.prompt_kind import routing_kind, settings_for_kind
 from core.messages import Prediction, PromptMessage, RoutingDecision, Tier
 from providers.registry import ModelRegistry
 
@@ -70,10 +70,10 @@ class CascadePolicy(RoutingPolicy):
         return doc
 
     def settings_for(self, kind: str) -> KindSettings:
-        return self.by_kind.get(kind, self.default)
+        return settings_for_kind(self.by_kind, kind, self.default)
 
     def base_tier(self, prediction: Prediction, prompt: PromptMessage) -> tuple[Tier, str]:
-        kind = prompt_kind(prompt.prompt)
+        kind = routing_kind(prompt.prompt, prediction.topic)
         settings = self.settings_for(kind)
         p_simple = prediction.probabilities.get("simple", 0.0)
         p_complex = prediction.probabilities.get("complex", 0.0)
@@ -87,6 +87,6 @@ class CascadePolicy(RoutingPolicy):
     def decide(self, prompt: PromptMessage, prediction: Prediction, registry: ModelRegistry,
                classifier_name: str) -> RoutingDecision:
         decision = super().decide(prompt, prediction, registry, classifier_name)
-        kind = prompt_kind(prompt.prompt)
-        return decision.model_copy(update={"prompt_kind": kind,
+        kind = routing_kind(prompt.prompt, prediction.topic)
+        return decision.model_copy(update={"prompt_kind": kind, "topic": prediction.topic,
                                            "max_output_tokens": dict(self.settings_for(kind).max_output_tokens)})

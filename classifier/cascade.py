@@ -45,6 +45,8 @@ class Answer:
     previous: tuple["Answer", ...] = ()
     # The prompt classifier's label probabilities from the routing decision, when known.
     label_probabilities: dict[str, float] | None = None
+    # The routing decision's prompt kind (surface kind / topic), for per-kind answer checks.
+    kind: str | None = None
 
 
 class AnswerCheck(ABC):

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import re
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 from classifier.answer_features import _CODE, _DIGITS, _OPTIONS
+
+T = TypeVar("T")
 
 KINDS = ("code", "math", "multiple_choice_quantitative", "multiple_choice", "general")
 DEFAULT_KIND = "default"  # settings for kinds too rare in training to calibrate on their own
@@ -30,3 +35,17 @@ def prompt_kind(prompt: str) -> str:
     if _MATH_NOTATION.search(prompt):
         return "math"
     return "general"
+
+
+def routing_kind(prompt: str, topic: str | None) -> str:
+    """The surface kind refined by the topic, when the router knows one: ``multiple_choice/chemistry``."""
+    surface = prompt_kind(prompt)
+    return f"{surface}/{topic}" if topic else surface
+
+
+def settings_for_kind(by_kind: Mapping[str, T], kind: str, default: T) -> T:
+    """A kind's own settings, else its surface kind's, else the default: the one lookup order shared
+    by the policy, the verifier and calibration."""
+    if kind in by_kind:
+        return by_kind[kind]
+    return by_kind.get(kind.split("/", 1)[0], default)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from classifier.base import Classifier
 from classifier.cascade import Escalation
 from classifier.policy import RoutingPolicy
+from classifier.topic import TopicModel
 from core.messages import PromptMessage, RoutingDecision
 from providers.registry import ModelRegistry
 
@@ -22,14 +23,20 @@ class Router:
         policy: RoutingPolicy,
         registry: ModelRegistry,
         escalation: Escalation | None = None,
+        topic_model: TopicModel | None = None,
     ) -> None:
         self.classifier = classifier
         self.policy = policy
         self.registry = registry
         self.escalation = escalation or Escalation(registry)
+        self.topic_model = topic_model
 
     def route(self, prompts: Sequence[PromptMessage]) -> list[RoutingDecision]:
-        predictions = self.classifier.predict([p.prompt for p in prompts])
+        texts = [p.prompt for p in prompts]
+        predictions = self.classifier.predict(texts)
+        if self.topic_model is not None:
+            predictions = [prediction.model_copy(update={"topic": topic})
+                           for prediction, topic in zip(predictions, self.topic_model.predict(texts), strict=True)]
         return [
             self.policy.decide(prompt, prediction, self.registry, self.classifier.name)
             for prompt, prediction in zip(prompts, predictions, strict=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from classifier.answer_features import FEATURE_NAMES, verifier_features
 from classifier.cascade import Answer, AnswerCheck, register_check
-from classifier.prompt_kind import prompt_kind
+from classifier.prompt_kind import prompt_kind, settings_for_kind
 from core.messages import LABELS, TIER_ORDER, PromptMessage, Tier
 from providers.registry import ModelRegistry
 
@@ -135,7 +135,7 @@ class LearnedVerifierCheck(AnswerCheck):
     def reject_reason(self, prompt: PromptMessage, answer: Answer) -> str | None:
         spec = self.registry.get(answer.model)
         tier = spec.tier.value
-        margins = self.margins_by_kind.get(prompt_kind(prompt.prompt), self.margins)
+        margins = settings_for_kind(self.margins_by_kind, answer.kind or prompt_kind(prompt.prompt), self.margins)
         if spec.tier == Tier.expensive or tier not in self.model.tiers or tier not in margins:
             return None
         next_spec = self.registry.by_tier(TIER_ORDER[TIER_ORDER.index(spec.tier) + 1])

@@ -73,6 +73,8 @@ class Prediction(_Message):
     label: Label
     confidence: float = Field(ge=0.0, le=1.0)
     probabilities: dict[str, float]
+    # The prompt's topic (e.g. an exam subject) when the router has a topic model.
+    topic: str | None = None
 
 
 class RoutingDecision(_Message):
@@ -86,8 +88,10 @@ class RoutingDecision(_Message):
     reasons: list[str]
     policy: str
     classifier: str
-    # Surface kind of the prompt (classifier.prompt_kind) when the policy keeps settings per kind.
+    # Kind of the prompt the policy's settings were looked up by (classifier.prompt_kind): its surface
+    # kind, refined by its topic when there is one ("multiple_choice/chemistry").
     prompt_kind: str | None = None
+    topic: str | None = None
     # Output-token budget per tier ("cheap", "mid", "expensive") set by the policy; a model that runs
     # past it is cut off (finish_reason "length") and the ladder moves on.
     max_output_tokens: dict[str, int] = Field(default_factory=dict)

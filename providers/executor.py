@@ -79,7 +79,7 @@ class LadderExecutor:
             cost = self.costs.cost_micro_usd(spec.name, result.input_tokens, result.output_tokens, priced_at)
             answer = Answer(spec.name, result.text, result.finish_reason, result.output_tokens,
                             input_tokens=result.input_tokens, previous=tuple(answers),
-                            label_probabilities=routed.decision.probabilities)
+                            label_probabilities=routed.decision.probabilities, kind=routed.decision.prompt_kind)
             answers.append(answer)
             reason = self.escalation.reject_reason(prompt, answer)
             attempt = Attempt(model=spec.name, tier=spec.tier, status="rejected" if reason else "ok",

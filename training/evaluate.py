@@ -143,7 +143,7 @@ def book_cost_fn(book: RegistryCostBook, ladder: Sequence[str]) -> CostFn:
 
 
 def sweep_curve(data: LadderData, artifact: Path, policy_doc: dict, registry: Any, probabilities: np.ndarray,
-                cost_fn: CostFn) -> list[dict[str, Any]]:
+                cost_fn: CostFn, topics: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
     """Cost and accuracy of every setting on the artifact's calibration frontier, on this data
     (the simulator of the ladder rule; the chosen point is cross-checked against the real replay)."""
     matrices = answer_matrices(data, probabilities)
@@ -153,20 +153,20 @@ def sweep_curve(data: LadderData, artifact: Path, policy_doc: dict, registry: An
                                 matrices, registry)
     points = []
     for cand in tqdm(policy_doc.get("sweep", []), desc="threshold sweep", unit="setting"):
-        out = simulate_setting(data, matrices, cost_fn, registry, probabilities, scores, cand)
+        out = simulate_setting(data, matrices, cost_fn, registry, probabilities, scores, cand, topics)
         points.append({**cand, "eval_accuracy": out.accuracy, "eval_cost_usd": out.cost_usd})
     return points
 
 
 def simulate_chosen(data: LadderData, artifact: Path, policy_doc: dict, registry: Any, probabilities: np.ndarray,
-                    cost_fn: CostFn) -> dict[str, float]:
+                    cost_fn: CostFn, topics: Sequence[str | None] | None = None) -> dict[str, float]:
     verifier = policy_doc.get("verifier", {})
     chosen = {"policy": policy_doc["policy"], "policy_params": policy_doc["params"],
               "margins": verifier.get("margins", {"cheap": None, "mid": None}),
               "margins_by_kind": verifier.get("margins_by_kind", {}),
               "max_escalations": policy_doc["max_escalations"]}
     doc = {**policy_doc, "sweep": [chosen]}
-    (point,) = sweep_curve(data, artifact, doc, registry, probabilities, cost_fn)
+    (point,) = sweep_curve(data, artifact, doc, registry, probabilities, cost_fn, topics)
     return {"accuracy": point["eval_accuracy"], "cost_usd": point["eval_cost_usd"]}
 
 
@@ -232,18 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     report["classifier"] = {"accuracy": float((predicted == truth).mean()), "macro_f1": macro_f1(truth, predicted),
                             "label_share": {lab: float((truth == k).mean()) for k, lab in enumerate(LABELS)},
                             "unsolvable_share": float(data.unsolvable.mean())}
+    topics = [c.decision.topic for c in completions]  # the served topic model's, as routed
+    categories = [r.category for r in data.records]
+    if any(topics) and all(categories):
+        report["topic"] = {"accuracy": float(np.mean([t == c for t, c in zip(topics, categories, strict=True)]))}
     report["start_tier_share"] = {t.value: float(np.mean([c.decision.tier == t for c in completions]))
                                   for t in TIER_ORDER}
     report["escalation_reasons"] = dict(Counter(
         (a.error or "").split(":")[0] for c in completions for a in c.attempts if a.status == "rejected"))
     cost_fn = book_cost_fn(book, ladder.models)
-    simulated = simulate_chosen(data, args.artifact, policy_doc, registry, probabilities, cost_fn)
+    simulated = simulate_chosen(data, args.artifact, policy_doc, registry, probabilities, cost_fn, topics)
     report["simulator_check"] = {**simulated, "matches_replay":
                                  abs(simulated["accuracy"] - report["router"]["accuracy"]) < 1e-9
                                  and abs(simulated["cost_usd"] - report["router"]["cost_usd"]) < 1e-6}
-    curve = sweep_curve(data, args.artifact, policy_doc, registry, probabilities, cost_fn)
-    report["sweep"] = [{k: p[k] for k in ("policy_params", "margins", "margins_by_kind", "max_escalations",
-                                          "eval_accuracy", "eval_cost_usd") if k in p} for p in curve]
+    curve = sweep_curve(data, args.artifact, policy_doc, registry, probabilities, cost_fn, topics)
+    # The curve only: each point's settings are in the artifact's policy.json sweep, in this order.
+    report["sweep"] = [{"train_accuracy": p.get("accuracy"), "train_cost_usd": p.get("cost_usd"),
+                        "eval_accuracy": p["eval_accuracy"], "eval_cost_usd": p["eval_cost_usd"]} for p in curve]
     report["policy"] = {k: policy_doc[k] for k in ("policy", "params", "max_escalations", "checks")}
     report["policy"]["verifier_margins"] = policy_doc.get("verifier", {}).get("margins")
     report["policy"]["verifier_margins_by_kind"] = policy_doc.get("verifier", {}).get("margins_by_kind")

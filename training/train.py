@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
+from classifier.topic import TopicModel
 from core.messages import LABELS
 from training.calibrate import (
     MIN_KIND_PROMPTS,
@@ -30,7 +31,9 @@ from training.calibrate import (
     calibrate,
     fit_verifier,
     out_of_fold_verifier_scores,
+    procedure_check,
 )
+from training.topic import fit_topic_model, out_of_fold_topics, record_topics
 from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices, replay_registry, run_cli
 from training.prompt_model import DEFAULT_BASE, FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba
 
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=("guard", "spend", "expensive-share"), default="guard")
     p.add_argument("--guard", type=float, default=0.01, help="allowed accuracy loss vs the expensive model")
     p.add_argument("--safety", type=float, default=0.0, help="extra fixed accuracy margin kept on training data")
-    p.add_argument("--safety-z", type=float, default=2.0,
+    p.add_argument("--safety-z", type=float, default=1.0,
                    help="standard errors of the paired accuracy difference kept as margin (guard objective)")
     p.add_argument("--target", type=float, help="for spend / expensive-share objectives")
     p.add_argument("--max-escalations", type=int, nargs="+", default=[1, 2], help="options to calibrate over")
@@ -83,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never cut a model's answer short (no calibrated max_output_tokens per tier)")
     p.add_argument("--min-kind-prompts", type=int, default=MIN_KIND_PROMPTS,
                    help="prompts a kind needs to get its own settings; rarer kinds share the default")
+    p.add_argument("--split-check", action="store_true",
+                   help="search the knobs on one half of the training prompts and judge the objective on the other, "
+                        "choosing only along the first half's frontier (conservative: each half is small)")
+    p.add_argument("--no-procedure-check", action="store_true",
+                   help="skip replaying the calibration procedure on held-in halves (the model card's honest estimate)")
+    p.add_argument("--no-topics", action="store_true",
+                   help="do not learn a topic model even when the records carry a category")
     p.add_argument("--reuse-classifier", type=Path, metavar="ARTIFACT_DIR",
                    help="take the fine-tuned prompt classifier and its out-of-fold probabilities from an artifact "
                         "trained on the same data, and only refit the verifier and recalibrate (new prices, "
@@ -154,6 +164,20 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
         reused_card = None
 
     # 2. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
+    # 2a. The topic model, when the records carry a category (MMLU-Pro's subjects): out-of-fold topics
+    # for calibration, one model on everything for serving.
+    true_topics = record_topics(data.records) if args.policy == "cascade" and not args.no_topics else None
+    oof_topics = None
+    topic_report: dict[str, Any] | None = None
+    if true_topics is not None:
+        oof_topics = out_of_fold_topics(texts, true_topics, args.verifier_folds, args.seed)
+        fit_topic_model(texts, true_topics).save(staging)
+        topic_report = {"topics": sorted(set(true_topics)), "folds": args.verifier_folds,
+                        "out_of_fold_accuracy": float(np.mean([a == b for a, b in zip(oof_topics, true_topics)]))}
+        log.info("topic model: %d topics, out-of-fold accuracy %.3f", len(topic_report["topics"]),
+                 topic_report["out_of_fold_accuracy"])
+
+    # 2b. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
     matrices_oof = answer_matrices(data, oof)
     verifier_folds = max(2, min(args.verifier_folds, data.n // 10))  # a handful of prompts per fold at least
     scores = out_of_fold_verifier_scores(data, matrices_oof, registry, verifier_folds, args.seed) \
@@ -161,9 +185,30 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
 
     # 3. Calibration on out-of-fold predictions.
     objective = Objective(args.objective, args.guard, args.safety, args.safety_z, args.target)
+    options = {"per_kind": not args.no_per_kind, "output_budgets": not args.no_output_budgets,
+               "min_kind_prompts": args.min_kind_prompts}
+    procedure: dict[str, Any] | None = None
+    if args.policy == "cascade" and not args.no_procedure_check:
+        # The chosen point is the best of millions of settings on the prompts it was picked on. Replaying
+        # the procedure on held-in halves measures how much that flatters it; under the guard objective
+        # that optimism becomes extra safety margin before the final calibration.
+        check = procedure_check(data, registry, oof, matrices_oof, scores, args.policy, objective,
+                                tuple(args.max_escalations), topics=oof_topics, seed=args.seed, **options)
+        procedure = {"before": check}
+        log.info("procedure check: savings %.1f%% at %+.2f pt on unseen halves (optimism %.2f pt)",
+                 100 * check["savings_vs_expensive"], 100 * check["accuracy_minus_expensive"],
+                 100 * check["optimism"])
+        if args.objective == "guard" and check["optimism"] > 0:
+            objective.safety += check["optimism"]
+            after = procedure_check(data, registry, oof, matrices_oof, scores, args.policy, objective,
+                                    tuple(args.max_escalations), topics=oof_topics, seed=args.seed, **options)
+            procedure["after"] = after
+            log.info("with %.2f pt more safety: savings %.1f%% at %+.2f pt on unseen halves",
+                     100 * check["optimism"], 100 * after["savings_vs_expensive"],
+                     100 * after["accuracy_minus_expensive"])
     result = calibrate(data, registry, oof, matrices_oof, scores, args.policy, objective,
-                       tuple(args.max_escalations), progress=tqdm, per_kind=not args.no_per_kind,
-                       output_budgets=not args.no_output_budgets, min_kind_prompts=args.min_kind_prompts)
+                       tuple(args.max_escalations), progress=tqdm, topics=oof_topics,
+                       split_check=args.split_check, seed=args.seed, **options)
     chosen = result.chosen
     log.info("chosen: %s", json.dumps(chosen.as_json()))
 
@@ -199,6 +244,11 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
             "grid_size": result.grid_size,
             "feasible": result.feasible, "notes": result.notes, "prompts_per_kind": result.groups,
             "per_kind": not args.no_per_kind, "output_budgets": not args.no_output_budgets,
+            "topic_model": topic_report,
+            "procedure_check": procedure,
+            "split_check": args.split_check,
+            "figures_on": ("the half of the training prompts the search did not use" if args.split_check
+                           else "all training prompts (out-of-fold predictions)"),
             "expensive_accuracy": result.expensive_accuracy, "expensive_cost_usd": expensive_cost,
             "chosen_out_of_fold": {**chosen.as_json(), "savings_vs_expensive": 1 - chosen.cost_usd / expensive_cost},
         },
@@ -253,7 +303,7 @@ def reuse_classifier(source: Path, data: Any, staging: Path) -> tuple[np.ndarray
                          f"{saved['fingerprint']}, this data {data.fingerprint()}); its probabilities would not be "
                          f"out-of-fold here")
     card = json.loads((source / "model_card.json").read_text())
-    keep = {"policy.json", "verifier.json", "model_card.json", "MODEL_CARD.md"}
+    keep = {"policy.json", "verifier.json", "model_card.json", "MODEL_CARD.md", TopicModel.FILE}
     for path in source.iterdir():
         if path.is_file() and path.name not in keep:
             shutil.copy2(path, staging / path.name)
@@ -291,6 +341,11 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"max escalations {chosen['max_escalations']}. Objective: {cal['objective']}.", "",
         f"Out-of-fold on training data: accuracy {chosen['accuracy']:.3f} vs expensive "
         f"{cal['expensive_accuracy']:.3f}, savings {100 * chosen['savings_vs_expensive']:.1f}%.", "",
+        *([f"Procedure check (calibrated on one half of the training prompts, replayed on the other, both ways), "
+           f"final safety margin: savings {100 * final_check['savings_vs_expensive']:.1f}% at "
+           f"{100 * final_check['accuracy_minus_expensive']:+.2f} pt.", ""]
+          if (final_check := (cal.get("procedure_check") or {}).get("after")
+              or (cal.get("procedure_check") or {}).get("before")) else []),
         f"Command: `{card['command']}`", "",
     ]
     return "\n".join(lines)
