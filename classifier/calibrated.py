@@ -54,15 +54,6 @@ class CascadePolicy(RoutingPolicy):
         self.default = KindSettings(expensive_if_complex_at_least, skip_cheap_if_simple_below, max_output_tokens)
         self.by_kind = {kind: KindSettings(**settings) for kind, settings in (by_kind or {}).items()}
 
-    # Kept as attributes for callers that read the top-level thresholds.
-    @property
-    def expensive_if_complex_at_least(self) -> float:
-        return self.default.expensive_if_complex_at_least
-
-    @property
-    def skip_cheap_if_simple_below(self) -> float:
-        return self.default.skip_cheap_if_simple_below
-
     def params(self) -> dict[str, Any]:
         doc = self.default.as_json()
         if self.by_kind:

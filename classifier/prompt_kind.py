@@ -9,7 +9,6 @@ harness and calibration all call this one function.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Mapping
 from typing import TypeVar
 
@@ -17,7 +16,6 @@ from classifier.answer_features import _CODE, _DIGITS, _OPTIONS
 
 T = TypeVar("T")
 
-KINDS = ("code", "math", "multiple_choice_quantitative", "multiple_choice", "general")
 DEFAULT_KIND = "default"  # settings for kinds too rare in training to calibrate on their own
 
 # LaTeX commands, super/subscripts, or an inline $...$ formula with an operator in it (a dollar

@@ -6,8 +6,6 @@ Rates are micro-USD per 1k tokens (USD per 1M tokens x 1000). A call's cost is
 
 from __future__ import annotations
 
-from typing import Any
-
 import bisect
 import logging
 import threading
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 from providers.registry import ModelRegistry, load_prices_usd
 

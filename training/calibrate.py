@@ -28,7 +28,7 @@ from classifier.prompt_kind import DEFAULT_KIND, routing_kind, settings_for_kind
 from classifier.verifier import LogisticHead, TierVerifier, VerifierModel, escalate_mask
 from core.messages import LABELS, Prediction, PromptMessage, TIER_ORDER
 from providers.registry import ModelRegistry
-from training.data import LadderData, kfold_by_source
+from training.data import LadderData, kfold_by_source, request_cost_usd
 
 NO_VERIFIER = float("inf")  # a margin no gain reaches: never escalate on the verifier's word
 
@@ -244,8 +244,7 @@ CostFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 def registry_cost_fn(registry: ModelRegistry) -> CostFn:
     def cost(k: int, input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
-        prices = registry.by_tier(TIER_ORDER[k]).prices
-        return (input_tokens * prices.input + output_tokens * prices.output) / 1e6
+        return request_cost_usd(registry.by_tier(TIER_ORDER[k]).prices, input_tokens, output_tokens)
 
     return cost
 
@@ -254,9 +253,9 @@ def _row_scores(scores: VerifierScores | None, rows: np.ndarray, mid_sees_cheap:
     """Scores of ``rows``; a mid answer after a cut-off cheap one is judged alone (nothing to compare)."""
     if scores is None:
         return None
-    after = tuple(np.where(mid_sees_cheap, a[rows], b[rows])
-                  for a, b in zip(scores.mid_after_cheap, scores.mid_alone, strict=True))
-    return VerifierScores(tuple(x[rows] for x in scores.cheap), after, tuple(x[rows] for x in scores.mid_alone))
+    sub = scores.subset(rows)
+    after = tuple(np.where(mid_sees_cheap, a, b) for a, b in zip(sub.mid_after_cheap, sub.mid_alone, strict=True))
+    return VerifierScores(sub.cheap, after, sub.mid_alone)
 
 
 @dataclass
@@ -467,18 +466,6 @@ class _Part:
     search: _Sums
     check: _Sums
 
-    # The frontier is built on the search rows only.
-    @property
-    def cost(self) -> float:
-        return self.search.cost
-
-    @property
-    def diff_sum(self) -> float:
-        return self.search.diff_sum
-
-    @property
-    def expensive_calls(self) -> float:
-        return self.search.expensive_calls
 
 
 def _json_float(value: float) -> float | None:
@@ -539,13 +526,14 @@ def pareto(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def _pareto_parts(parts: list[_Part]) -> list[_Part]:
-    """Parts no other part beats on both cost and accuracy, nor on both expensive calls and accuracy."""
+    """Parts no other part beats on both cost and accuracy, nor on both expensive calls and accuracy,
+    on the search rows (the frontier never looks at the check rows)."""
     keep: dict[int, _Part] = {}
-    for key in (lambda p: p.cost, lambda p: p.expensive_calls):
+    for key in (lambda p: p.search.cost, lambda p: p.search.expensive_calls):
         best = -np.inf
-        for part in sorted(parts, key=lambda p: (key(p), -p.diff_sum)):
-            if part.diff_sum > best + 1e-9:
-                best = part.diff_sum
+        for part in sorted(parts, key=lambda p: (key(p), -p.search.diff_sum)):
+            if part.search.diff_sum > best + 1e-9:
+                best = part.search.diff_sum
                 keep[id(part)] = part
     return list(keep.values())
 

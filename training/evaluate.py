@@ -142,32 +142,42 @@ def book_cost_fn(book: RegistryCostBook, ladder: Sequence[str]) -> CostFn:
     return cost
 
 
-def sweep_curve(data: LadderData, artifact: Path, policy_doc: dict, registry: Any, probabilities: np.ndarray,
-                cost_fn: CostFn, topics: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+class SettingSimulator:
+    """The simulator of the ladder rule on this data, for any setting of the artifact's policy; its
+    answer features and verifier scores are computed once for the chosen point and the whole sweep."""
+
+    def __init__(self, data: LadderData, artifact: Path, policy_doc: dict, registry: Any,
+                 probabilities: np.ndarray, cost_fn: CostFn, topics: Sequence[str | None] | None) -> None:
+        self.data, self.registry, self.probabilities = data, registry, probabilities
+        self.cost_fn, self.topics = cost_fn, topics
+        self.matrices = answer_matrices(data, probabilities)
+        self.scores = None
+        if "verifier" in policy_doc.get("checks", []):
+            model = VerifierModel.from_json(read_json(artifact / policy_doc["verifier"]["file"]))
+            self.scores = score_verifier(model, self.matrices, registry)
+
+    def run(self, setting: dict[str, Any]) -> dict[str, float]:
+        out = simulate_setting(self.data, self.matrices, self.cost_fn, self.registry, self.probabilities,
+                               self.scores, setting, self.topics)
+        return {"accuracy": out.accuracy, "cost_usd": out.cost_usd}
+
+
+def sweep_curve(simulator: SettingSimulator, policy_doc: dict) -> list[dict[str, Any]]:
     """Cost and accuracy of every setting on the artifact's calibration frontier, on this data
-    (the simulator of the ladder rule; the chosen point is cross-checked against the real replay)."""
-    matrices = answer_matrices(data, probabilities)
-    scores = None
-    if "verifier" in policy_doc.get("checks", []):
-        scores = score_verifier(VerifierModel.from_json(read_json(artifact / policy_doc["verifier"]["file"])),
-                                matrices, registry)
+    (the chosen point is cross-checked against the real replay)."""
     points = []
     for cand in tqdm(policy_doc.get("sweep", []), desc="threshold sweep", unit="setting"):
-        out = simulate_setting(data, matrices, cost_fn, registry, probabilities, scores, cand, topics)
-        points.append({**cand, "eval_accuracy": out.accuracy, "eval_cost_usd": out.cost_usd})
+        result = simulator.run(cand)
+        points.append({**cand, "eval_accuracy": result["accuracy"], "eval_cost_usd": result["cost_usd"]})
     return points
 
 
-def simulate_chosen(data: LadderData, artifact: Path, policy_doc: dict, registry: Any, probabilities: np.ndarray,
-                    cost_fn: CostFn, topics: Sequence[str | None] | None = None) -> dict[str, float]:
+def chosen_setting(policy_doc: dict) -> dict[str, Any]:
     verifier = policy_doc.get("verifier", {})
-    chosen = {"policy": policy_doc["policy"], "policy_params": policy_doc["params"],
-              "margins": verifier.get("margins", {"cheap": None, "mid": None}),
-              "margins_by_kind": verifier.get("margins_by_kind", {}),
-              "max_escalations": policy_doc["max_escalations"]}
-    doc = {**policy_doc, "sweep": [chosen]}
-    (point,) = sweep_curve(data, artifact, doc, registry, probabilities, cost_fn, topics)
-    return {"accuracy": point["eval_accuracy"], "cost_usd": point["eval_cost_usd"]}
+    return {"policy": policy_doc["policy"], "policy_params": policy_doc["params"],
+            "margins": verifier.get("margins", {"cheap": None, "mid": None}),
+            "margins_by_kind": verifier.get("margins_by_kind", {}),
+            "max_escalations": policy_doc["max_escalations"]}
 
 
 def plot(report: dict[str, Any], curve: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -215,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     data = load_ladder_data(args.data, ladder, prices)
     router = build_router(registry, args.artifact)
     completions = asyncio.run(replay(data, router, registry, args.batch_size, args.concurrency))
-    book = RegistryCostBook(registry)
-    costs = np.array([[book.cost_micro_usd(m, r.outcomes[m].input_tokens, r.outcomes[m].output_tokens, PRICED_AT)
-                       for m in ladder.models] for r in data.records]) / 1e6
+    cost_fn = book_cost_fn(RegistryCostBook(registry), ladder.models)
+    tokens = np.array([[(r.outcomes[m].input_tokens, r.outcomes[m].output_tokens) for m in ladder.models]
+                       for r in data.records])  # (n, 3, input/output)
+    costs = np.stack([cost_fn(k, tokens[:, k, 0], tokens[:, k, 1]) for k in range(3)], axis=1)
     report: dict[str, Any] = {"ladder": ladder.models, **summarise(data, completions, costs, np.arange(data.n))}
     router_correct = np.array([bool(c.correct) for c in completions])
     report["router"]["accuracy_minus_expensive_ci95"] = paired_bootstrap(
@@ -240,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                                   for t in TIER_ORDER}
     report["escalation_reasons"] = dict(Counter(
         (a.error or "").split(":")[0] for c in completions for a in c.attempts if a.status == "rejected"))
-    cost_fn = book_cost_fn(book, ladder.models)
-    simulated = simulate_chosen(data, args.artifact, policy_doc, registry, probabilities, cost_fn, topics)
+    simulator = SettingSimulator(data, args.artifact, policy_doc, registry, probabilities, cost_fn, topics)
+    simulated = simulator.run(chosen_setting(policy_doc))
     report["simulator_check"] = {**simulated, "matches_replay":
                                  abs(simulated["accuracy"] - report["router"]["accuracy"]) < 1e-9
                                  and abs(simulated["cost_usd"] - report["router"]["cost_usd"]) < 1e-6}
-    curve = sweep_curve(data, args.artifact, policy_doc, registry, probabilities, cost_fn, topics)
+    curve = sweep_curve(simulator, policy_doc)
     # The curve only: each point's settings are in the artifact's policy.json sweep, in this order.
     report["sweep"] = [{"train_accuracy": p.get("accuracy"), "train_cost_usd": p.get("cost_usd"),
                         "eval_accuracy": p["eval_accuracy"], "eval_cost_usd": p["eval_cost_usd"]} for p in curve]

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="standard errors of the paired accuracy difference kept as margin (guard objective)")
     p.add_argument("--target", type=float, help="for spend / expensive-share objectives")
     p.add_argument("--max-escalations", type=int, nargs="+", default=[1, 2], help="options to calibrate over")
-    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds: K members score the prompts they did not see; served as their mean")
+    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds: K members score the prompts they did not see (the out-of-fold "
+                        "probabilities calibration uses)")
     p.add_argument("--serve-members", type=int, default=1,
                    help="cross-fitted members exported for serving (their mean): 1 scores new prompts exactly like "
                         "the out-of-fold prompts calibration saw, at a K-th of the ensemble's cost")
