@@ -1,5 +1,6 @@
 """Prompt classifier speed on this machine: p50/p95 latency at batch 1 (prompts of <= 128 tokens)
-and throughput batched, through the serving path (onnxruntime + tokenizers, no torch).
+and throughput batched, through the serving path (onnxruntime + tokenizers, no torch); with outcomes
+data, also the learned answer check (verifier and answer reader) on recorded cheap-tier answers.
 
     python -m benchmarks.classifier_speed --artifact ARTIFACT_DIR [--data FILE_OR_DIR...] [--json OUT.json]
 
@@ -18,7 +19,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from classifier.artifact import build_escalation
+from classifier.cascade import Answer
 from classifier.onnx_classifier import OnnxClassifier
+from classifier.verifier import LearnedVerifierCheck
+from core.messages import PromptMessage
 
 SYNTHETIC = [
     "What is the capital of Australia?",
@@ -26,6 +31,32 @@ SYNTHETIC = [
     "Janet has 16 eggs and eats 3 for breakfast. How many are left if she bakes muffins with 4?",
     "Which of the following best describes penetration pricing? Options: A. ... B. ... C. ...",
 ]
+
+
+def answer_check_timing(artifact: Path, records: list, n: int) -> dict | None:
+    """p50/p95 ms of the artifact's learned answer check on recorded answers of its cheap model."""
+    from providers.registry import Prices  # noqa: PLC0415
+    from training.data import Ladder, replay_registry  # noqa: PLC0415
+
+    policy_doc = json.loads((artifact / "policy.json").read_text())
+    if "verifier" not in policy_doc.get("checks", []):
+        return None
+    card = json.loads((artifact / "model_card.json").read_text())
+    ladder = Ladder(**card["ladder"])
+    prices = {m: Prices(**p) for m, p in card["prices_usd_per_1m"].items()}
+    escalation = build_escalation(artifact, policy_doc, replay_registry(ladder, prices))
+    check = next(c for c in escalation.checks if isinstance(c, LearnedVerifierCheck))
+    answered = [r for r in records if ladder.cheap in r.outcomes][:n]
+    latencies = []
+    for record in tqdm(answered, desc="answer check", unit="answer"):
+        outcome = record.outcomes[ladder.cheap]
+        answer = Answer(ladder.cheap, outcome.response, "stop", outcome.output_tokens,
+                        input_tokens=outcome.input_tokens)
+        started = time.perf_counter()
+        check.reject_reason(PromptMessage(prompt=record.prompt), answer)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return {"answers": len(latencies), "reader": check.model.reader is not None,
+            "p50_ms": statistics.median(latencies), "p95_ms": sorted(latencies)[int(0.95 * (len(latencies) - 1))]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     clf = OnnxClassifier.from_dir(args.artifact, batch_size=args.batch_size, threads=args.threads)
+    records = []
     if args.data:
         from core.outcomes import load_outcomes  # noqa: PLC0415
 
-        prompts = [r.prompt for r in load_outcomes(args.data)]
+        records = load_outcomes(args.data)
+        prompts = [r.prompt for r in records]
     else:
         prompts = SYNTHETIC * 100
     short = [t for t in prompts if len(clf.tokenizer.encode(t).ids) <= 128][: args.n]
@@ -68,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             clf.predict(batched[start : start + args.batch_size])
         result[f"batched_{name}_prompts"] = len(batched)
         result[f"batched_{name}_prompts_per_s"] = len(batched) / (time.perf_counter() - started)
+    if records:
+        result["answer_check"] = answer_check_timing(args.artifact, records, args.n)
     result["note"] = ("short: prompts of <= 128 tokens; all: any prompt, truncated to max_length; "
+                      "answer_check: the verifier (with its answer reader) on one recorded cheap answer; "
                       "one run on a shared 2-core machine")
     text = json.dumps(result, indent=2)
     print(text)

@@ -118,14 +118,17 @@ def verifier_features(
     input_tokens: int,
     output_tokens: int,
     previous_responses: Sequence[str],
+    reader_logit: float = 0.0,
 ) -> np.ndarray:
-    """Prompt cues + the prompt classifier's label probabilities + features of the answer."""
+    """Prompt cues + the prompt classifier's label probabilities + features of the answer + the answer
+    reader's log-odds that it is right (``classifier.answer_reader``; 0 without a reader)."""
     return np.asarray(
         prompt_features(prompt)
         + [float(p) for p in label_probabilities]
-        + answer_features(response, input_tokens, output_tokens, previous_responses),
+        + answer_features(response, input_tokens, output_tokens, previous_responses)
+        + [float(reader_logit)],
         dtype=np.float64,
     )
 
 
-FEATURE_NAMES = PROMPT_FEATURES + ("p_simple", "p_medium", "p_complex") + ANSWER_FEATURES
+FEATURE_NAMES = PROMPT_FEATURES + ("p_simple", "p_medium", "p_complex") + ANSWER_FEATURES + ("reader_logit",)

@@ -5,6 +5,7 @@
     tokenizer.json       its tokenizer, for the ``tokenizers`` library
     policy.json          the calibrated routing policy, answer checks, verifier margins, max escalations
     verifier.json        the learned answer verifier (numpy logistic heads)
+    reader.npz           its answer reader: log-odds an answer is right from the words of the response
     topic.npz            the topic model, when the training data had topics (numpy linear model)
     model_card.json      metrics, data fingerprint, held-out split, ladder, prices, commands  (+ MODEL_CARD.md)
 
@@ -25,7 +26,7 @@ from classifier.onnx_classifier import OnnxClassifier
 from classifier.policy import TokenCounter, approximate_token_count, build_policy
 from classifier.router import Router
 from classifier.topic import TopicModel
-from classifier.verifier import LearnedVerifierCheck, VerifierModel
+from classifier.verifier import LearnedVerifierCheck, load_verifier
 from providers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,10 @@ def build_escalation(artifact_dir: Path, policy_doc: dict[str, Any], registry: M
             raise ArtifactError(f"policy.json names unknown answer check {name!r}; known: {sorted(ANSWER_CHECKS)}")
         if name == "verifier":
             verifier = policy_doc.get("verifier") or {}
-            model = VerifierModel.from_json(read_json(artifact_dir / verifier.get("file", "verifier.json")))
+            try:
+                model = load_verifier(artifact_dir, verifier)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ArtifactError(f"{artifact_dir}: the verifier cannot be loaded: {exc}") from None
             margins = {tier: margin_value(v) for tier, v in verifier.get("margins", {}).items()}
             by_kind = {kind: {tier: margin_value(v) for tier, v in m.items()}
                        for kind, m in verifier.get("margins_by_kind", {}).items()}

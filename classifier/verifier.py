@@ -17,12 +17,15 @@ Numpy only: the live agents and the offline harness run this same class (an ``An
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from classifier.answer_features import FEATURE_NAMES, verifier_features
+from classifier.answer_reader import AnswerReader
 from classifier.cascade import Answer, AnswerCheck, register_check
 from classifier.prompt_kind import prompt_kind, settings_for_kind
 from core.messages import LABELS, TIER_ORDER, PromptMessage, Tier
@@ -73,6 +76,10 @@ class VerifierModel:
     feature_scale: np.ndarray
     tiers: dict[str, TierVerifier]
     feature_names: tuple[str, ...] = FEATURE_NAMES
+    reader: AnswerReader | None = None
+
+    def reader_logit(self, tier: str, response: str) -> float:
+        return float(self.reader.logits(tier, [response])[0]) if self.reader is not None else 0.0
 
     def standardise(self, x: np.ndarray) -> np.ndarray:
         return (x - self.feature_mean) / self.feature_scale
@@ -103,6 +110,14 @@ class VerifierModel:
             raise ValueError(f"verifier was trained on features {names}, this code computes {FEATURE_NAMES}")
         return cls(np.asarray(data["feature_mean"]), np.asarray(data["feature_scale"]),
                    {t: TierVerifier.from_json(v) for t, v in data["tiers"].items()}, names)
+
+
+def load_verifier(artifact_dir: Path, verifier_doc: dict[str, Any]) -> VerifierModel:
+    """The verifier an artifact's policy names, with its answer reader when it has one."""
+    model = VerifierModel.from_json(json.loads((artifact_dir / verifier_doc.get("file", "verifier.json")).read_text()))
+    if verifier_doc.get("reader_file"):
+        model.reader = AnswerReader.load(artifact_dir / verifier_doc["reader_file"])
+    return model
 
 
 def escalate_mask(p_this: np.ndarray, p_up: np.ndarray, cost_factor: np.ndarray, margin: float) -> np.ndarray:
@@ -140,7 +155,8 @@ class LearnedVerifierCheck(AnswerCheck):
             return None
         next_spec = self.registry.by_tier(TIER_ORDER[TIER_ORDER.index(spec.tier) + 1])
         x = verifier_features(prompt.prompt, label_probability_vector(answer.label_probabilities), answer.text,
-                              answer.input_tokens, answer.output_tokens, previous_texts(answer))
+                              answer.input_tokens, answer.output_tokens, previous_texts(answer),
+                              self.model.reader_logit(tier, answer.text))
         p_this, p_up = self.model.scores(tier, x)
         factor = self.model.cost_factor(tier, np.asarray([answer.input_tokens]), np.asarray([answer.output_tokens]),
                                         next_spec.prices.input, next_spec.prices.output)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,10 @@ def label_prob_rows(probabilities: np.ndarray) -> list[list[float]]:
     return [list(map(float, row)) for row in probabilities]
 
 
-def answer_matrices(data: LadderData, label_probabilities: np.ndarray) -> AnswerMatrices:
+def answer_matrices(data: LadderData, label_probabilities: np.ndarray,
+                    reader_logits: np.ndarray | None = None) -> AnswerMatrices:
+    """``reader_logits``: (n, 2) answer-reader log-odds of the cheap and mid answers (None: no reader)."""
+    reader_logits = np.zeros((data.n, 2)) if reader_logits is None else reader_logits
     checks = [ANSWER_CHECKS[name]() for name in DEFAULT_CHECKS]
     cheap_m, mid_m, _ = data.ladder.models
     rows_cheap, rows_mid_prev, rows_mid = [], [], []
@@ -65,10 +68,13 @@ def answer_matrices(data: LadderData, label_probabilities: np.ndarray) -> Answer
     reject = np.zeros((n, 3), dtype=bool)
     for i, (record, probs) in enumerate(zip(data.records, label_probabilities, strict=True)):
         oc, om = record.outcomes[cheap_m], record.outcomes[mid_m]
-        rows_cheap.append(verifier_features(record.prompt, probs, oc.response, oc.input_tokens, oc.output_tokens, []))
+        read_cheap, read_mid = reader_logits[i]
+        rows_cheap.append(verifier_features(record.prompt, probs, oc.response, oc.input_tokens, oc.output_tokens, [],
+                                            read_cheap))
         rows_mid_prev.append(verifier_features(record.prompt, probs, om.response, om.input_tokens, om.output_tokens,
-                                               [oc.response]))
-        rows_mid.append(verifier_features(record.prompt, probs, om.response, om.input_tokens, om.output_tokens, []))
+                                               [oc.response], read_mid))
+        rows_mid.append(verifier_features(record.prompt, probs, om.response, om.input_tokens, om.output_tokens, [],
+                                          read_mid))
         prompt = PromptMessage(prompt=record.prompt)
         for k, model in enumerate(data.ladder.models):
             o = record.outcomes[model]
@@ -380,16 +386,24 @@ def grid_sums(b: BudgetedRows, start: np.ndarray, expensive_right: np.ndarray,
     return GridSums(cost, right - e_sum, right + e_sum - 2 * right_and_expensive, expensive_calls)
 
 
+# The guard judges accuracy minus z standard errors, and a setting's variance grows with how often it
+# disagrees with the expensive model (diff_sq). A frontier on accuracy alone drops the low-variance
+# settings the guard may need, so frontiers are kept for accuracy - lambda * diff_sq at these lambdas too
+# (per disagreement; around z / (2 sqrt(disagreements)) for this data's sizes).
+VARIANCE_PENALTIES = (0.0, 0.03, 0.1)
+
+
 def _pareto_cells(sums: GridSums) -> list[tuple[int, int]]:
-    """Cells no other cell of the grid beats on cost (or expensive calls) and accuracy together."""
+    """Cells no other cell of the grid beats on cost (or expensive calls) and penalised accuracy together."""
     keep: set[tuple[int, int]] = set()
-    flat_diff = sums.diff_sum.ravel()
-    for key in (sums.cost.ravel(), sums.expensive_calls.ravel()):
-        order = np.lexsort((-flat_diff, key))
-        best = np.maximum.accumulate(flat_diff[order])
-        improving = np.concatenate([[True], best[1:] > best[:-1] + 1e-9])
-        for index in order[improving & (flat_diff[order] >= best - 1e-9)]:
-            keep.add(tuple(int(x) for x in np.unravel_index(index, sums.cost.shape)))
+    for penalty in VARIANCE_PENALTIES:
+        flat_diff = (sums.diff_sum - penalty * sums.diff_sq).ravel()
+        for key in (sums.cost.ravel(), sums.expensive_calls.ravel()):
+            order = np.lexsort((-flat_diff, key))
+            best = np.maximum.accumulate(flat_diff[order])
+            improving = np.concatenate([[True], best[1:] > best[:-1] + 1e-9])
+            for index in order[improving & (flat_diff[order] >= best - 1e-9)]:
+                keep.add(tuple(int(x) for x in np.unravel_index(index, sums.cost.shape)))
     return sorted(keep)
 
 
@@ -487,6 +501,7 @@ class CalibrationResult:
     feasible: bool = True
     notes: list[str] = field(default_factory=list)
     groups: dict[str, int] = field(default_factory=dict)  # prompts per calibrated kind
+    candidates: list[Candidate] = field(default_factory=list)  # every merged setting, for re-choosing
 
 
 # Verifier margins tried per tier. Coarse on purpose: each prompt kind picks its own, and a fine grid
@@ -504,7 +519,7 @@ def policy_grid(policy_name: str) -> list[dict[str, Any]]:
         values = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01)
         return [{"simple_threshold": s, "medium_threshold": m} for s, m in itertools.product(values, values)]
     expensive = (0.0, 0.5, 0.6, 0.7, 0.8, 1.01)  # 0.0: always expensive, the reference point
-    skip = (0.0, 0.1, 0.2, 0.3, 0.4)
+    skip = (0.0, 0.1, 0.2, 0.3, 0.4, 1.01)  # 1.01: always start at mid (cheaper per answer on some kinds)
     return [{"expensive_if_complex_at_least": e, "skip_cheap_if_simple_below": s}
             for e, s in itertools.product(expensive, skip)]
 
@@ -526,15 +541,19 @@ def pareto(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def _pareto_parts(parts: list[_Part]) -> list[_Part]:
-    """Parts no other part beats on both cost and accuracy, nor on both expensive calls and accuracy,
-    on the search rows (the frontier never looks at the check rows)."""
+    """Parts no other part beats on both cost and (penalised) accuracy, nor on both expensive calls and
+    accuracy, on the search rows (the frontier never looks at the check rows)."""
     keep: dict[int, _Part] = {}
-    for key in (lambda p: p.search.cost, lambda p: p.search.expensive_calls):
-        best = -np.inf
-        for part in sorted(parts, key=lambda p: (key(p), -p.search.diff_sum)):
-            if part.search.diff_sum > best + 1e-9:
-                best = part.search.diff_sum
-                keep[id(part)] = part
+    for penalty in VARIANCE_PENALTIES:
+        def score(p: _Part, penalty: float = penalty) -> float:
+            return p.search.diff_sum - penalty * p.search.diff_sq
+
+        for key in (lambda p: p.search.cost, lambda p: p.search.expensive_calls):
+            best = -np.inf
+            for part in sorted(parts, key=lambda p: (key(p), -score(p))):
+                if score(part) > best + 1e-9:
+                    best = score(part)
+                    keep[id(part)] = part
     return list(keep.values())
 
 
@@ -644,8 +663,19 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
         for part in merged or []:
             candidates.append(_candidate(policy_name, part, max_esc, expensive_acc))
     frontier = pareto(candidates)
-    result = CalibrationResult(frontier[0], frontier, expensive_acc, expensive_cost, objective, grid_size,
-                               groups={g: int(len(r)) for g, r in groups.items()})
+    chosen, feasible = choose(candidates, objective, expensive_acc, expensive_cost)
+    result = CalibrationResult(chosen, frontier, expensive_acc, expensive_cost, objective, grid_size,
+                               feasible=feasible, groups={g: int(len(r)) for g, r in groups.items()},
+                               candidates=candidates)
+    if not feasible:
+        result.notes.append("no setting met the objective on training data; chose the most accurate one")
+    return result
+
+
+def choose(candidates: Sequence[Candidate], objective: Objective, expensive_acc: float,
+           expensive_cost: float) -> tuple[Candidate, bool]:
+    """The candidate the objective picks, and whether any met it (if none did: the most accurate one,
+    usually all-expensive, the safe choice)."""
     if objective.kind == "guard":
         floor = expensive_acc - objective.guard + objective.safety
         feasible = [c for c in candidates if c.accuracy - objective.safety_z * c.diff_se >= floor]
@@ -663,13 +693,8 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
     else:
         raise ValueError(f"unknown objective {objective.kind!r}")
     if feasible:
-        result.chosen = min(feasible, key=key)
-    else:
-        # Nothing meets the objective: the most accurate point (usually all-expensive) is the safe choice.
-        result.chosen = max(candidates, key=lambda c: (c.accuracy, -c.cost_usd))
-        result.feasible = False
-        result.notes.append("no setting met the objective on training data; chose the most accurate one")
-    return result
+        return min(feasible, key=key), True
+    return max(candidates, key=lambda c: (c.accuracy, -c.cost_usd)), False
 
 
 def _candidate(policy_name: str, part: _Part, max_escalations: int, expensive_accuracy: float) -> Candidate:
@@ -693,40 +718,67 @@ def _candidate(policy_name: str, part: _Part, max_escalations: int, expensive_ac
                      expensive_accuracy + mean, sums.cost, sums.expensive_calls / n, se)
 
 
+# Extra accuracy margins (on top of --safety) the procedure check tries under the guard objective.
+SAFETY_GRID = (0.0, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02)
+
+
 def procedure_check(data: LadderData, registry: ModelRegistry, label_probabilities: np.ndarray, m: AnswerMatrices,
                     scores: VerifierScores | None, policy_name: str, objective: Objective,
                     max_escalations_options: Sequence[int] = (1, 2), *, topics: Sequence[str | None] | None = None,
-                    seed: int = 0, **options: Any) -> dict[str, Any]:
+                    seed: int = 0, repeats: int = 1, safeties: Sequence[float] = (0.0,),
+                    **options: Any) -> dict[str, Any]:
     """What the whole calibration procedure gives on prompts it did not calibrate on.
 
     The training prompts are halved; the procedure calibrates on one half and its chosen setting is
-    replayed on the other, both ways round. The chosen point's own figures are the best of millions
-    of settings on the prompts they were picked on; these are not (and calibration had half the data,
-    so they lean pessimistic)."""
-    half = kfold_by_source(data.sources, 2, seed + 7)
+    replayed on the other, both ways round, for ``repeats`` different halvings (one halving's
+    figures move by about a point between seeds on this data). The chosen point's own figures are
+    the best of millions of settings on the prompts they were picked on; these are not (and
+    calibration had half the data, so they lean pessimistic).
+
+    Each extra safety margin in ``safeties`` (added to ``objective.safety``) re-chooses among the same
+    searched settings, so trying several costs one search per half; ``by_safety`` has what each gives
+    on the unseen halves. The first is the reference for ``optimism``."""
     cost_fn = registry_cost_fn(registry)
-    cost = expensive_cost = right = expensive_right = 0.0
+    expensive_cost = float(data.cost_usd[:, 2].sum()) * repeats
+    expensive_right = data.correct[:, 2].astype(float)
+    diffs = np.zeros((len(safeties), data.n))  # per prompt: router right - expensive right, summed over halvings
+    costs = np.zeros(len(safeties))
     optimism = []
-    for k in (0, 1):
+    splits = [(kfold_by_source(data.sources, 2, seed + 7 + 100 * r), k) for r in range(repeats) for k in (0, 1)]
+    for half, k in splits:
         fit_rows, check_rows = np.where(half != k)[0], np.where(half == k)[0]
         fit_topics = [topics[i] for i in fit_rows] if topics is not None else None
         check_topics = [topics[i] for i in check_rows] if topics is not None else None
-        fit_scores = scores.subset(fit_rows) if scores is not None else None
         fitted = calibrate(data.subset(fit_rows), registry, label_probabilities[fit_rows], m.subset(fit_rows),
-                           fit_scores, policy_name, objective, max_escalations_options, topics=fit_topics, **options)
-        chosen = fitted.chosen
+                           scores.subset(fit_rows) if scores is not None else None, policy_name, objective,
+                           max_escalations_options, topics=fit_topics, **options)
         check = data.subset(check_rows)
-        out = simulate_setting(check, m.subset(check_rows), cost_fn, registry, label_probabilities[check_rows],
-                               scores.subset(check_rows) if scores is not None else None, chosen.as_json(),
-                               check_topics)
-        cost += out.cost_usd
-        expensive_cost += float(check.cost_usd[:, 2].sum())
-        right += float(out.correct.sum())
-        expensive_right += float(check.correct[:, 2].sum())
-        # How much better the chosen point looked where it was picked than where it was not.
-        optimism.append((chosen.accuracy - fitted.expensive_accuracy)
-                        - (out.accuracy - float(check.correct[:, 2].mean())))
+        for s_index, extra in enumerate(safeties):
+            chosen, _ = choose(fitted.candidates, replace(objective, safety=objective.safety + extra),
+                               fitted.expensive_accuracy, fitted.expensive_cost_usd)
+            out = simulate_setting(check, m.subset(check_rows), cost_fn, registry, label_probabilities[check_rows],
+                                   scores.subset(check_rows) if scores is not None else None, chosen.as_json(),
+                                   check_topics)
+            costs[s_index] += out.cost_usd
+            diffs[s_index, check_rows] += out.correct.astype(float) - expensive_right[check_rows]
+            if s_index == 0:
+                # How much better the chosen point looked where it was picked than where it was not.
+                optimism.append((chosen.accuracy - fitted.expensive_accuracy)
+                                - (out.accuracy - float(check.correct[:, 2].mean())))
+    per_prompt = diffs / repeats  # each prompt was replayed once per halving
+    by_safety = [{"extra_safety": float(extra), "savings_vs_expensive": 1 - costs[i] / expensive_cost,
+                  "accuracy_minus_expensive": float(per_prompt[i].mean()),
+                  "diff_se": float(per_prompt[i].std() / np.sqrt(data.n))} for i, extra in enumerate(safeties)]
     return {"method": "calibrate on one half of the training prompts, replay on the other, both ways",
-            "n": int(data.n), "savings_vs_expensive": 1 - cost / expensive_cost if expensive_cost else 0.0,
-            "accuracy_minus_expensive": (right - expensive_right) / data.n,
-            "optimism": float(np.mean(optimism)), "safety": objective.safety}
+            "repeats": repeats, "n": int(data.n), **by_safety[0],
+            "optimism": float(np.mean(optimism)), "optimism_by_half": [float(o) for o in optimism],
+            "safety": objective.safety, "by_safety": by_safety}
+
+
+def safety_from_check(report: dict[str, Any], objective: Objective) -> tuple[float, bool]:
+    """The smallest extra safety whose unseen-half accuracy keeps the guard by ``safety_z`` standard
+    errors; the largest tried (and False) when none does."""
+    for entry in report["by_safety"]:
+        if entry["accuracy_minus_expensive"] - objective.safety_z * entry["diff_se"] >= -objective.guard:
+            return entry["extra_safety"], True
+    return report["by_safety"][-1]["extra_safety"], False

@@ -28,13 +28,14 @@ from tqdm.auto import tqdm
 
 from classifier.artifact import artifact_digest, read_json
 from classifier.factory import build_router
-from classifier.verifier import VerifierModel
+from classifier.verifier import load_verifier
 from core.messages import LABELS, TIER_ORDER, CompletionMessage, PromptMessage, RoutedMessage
 from providers.costs import RegistryCostBook
 from providers.executor import LadderExecutor
 from providers.replay import OUTCOME_ID_KEY, OutcomeIndex, ReplayProvider
 from training.calibrate import CostFn, answer_matrices, score_verifier, simulate_setting
 from training.data import Ladder, LadderData, load_ladder_data, load_prices, replay_registry, run_cli
+from training.reader import served_reader_logits
 
 # Replayed requests are priced at one fixed instant so reruns give identical costs.
 PRICED_AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
@@ -150,11 +151,9 @@ class SettingSimulator:
                  probabilities: np.ndarray, cost_fn: CostFn, topics: Sequence[str | None] | None) -> None:
         self.data, self.registry, self.probabilities = data, registry, probabilities
         self.cost_fn, self.topics = cost_fn, topics
-        self.matrices = answer_matrices(data, probabilities)
-        self.scores = None
-        if "verifier" in policy_doc.get("checks", []):
-            model = VerifierModel.from_json(read_json(artifact / policy_doc["verifier"]["file"]))
-            self.scores = score_verifier(model, self.matrices, registry)
+        model = load_verifier(artifact, policy_doc["verifier"]) if "verifier" in policy_doc.get("checks", []) else None
+        self.matrices = answer_matrices(data, probabilities, served_reader_logits(model and model.reader, data))
+        self.scores = score_verifier(model, self.matrices, registry) if model is not None else None
 
     def run(self, setting: dict[str, Any]) -> dict[str, float]:
         out = simulate_setting(self.data, self.matrices, self.cost_fn, self.registry, self.probabilities,

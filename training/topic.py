@@ -15,14 +15,15 @@ from training.data import kfold_by_source
 MIN_TOPIC_SHARE = 0.9  # records that must carry a category for the topic model to be learned
 
 
-def _matrix(texts: Sequence[str]) -> sp.csr_matrix:
+def text_matrix(texts: Sequence[str]) -> sp.csr_matrix:
+    """Hashed word and word-pair rows (``classifier.topic.feature_rows``) as a sparse matrix."""
     indices, values = feature_rows(texts)
     indptr = np.cumsum([0] + [len(i) for i in indices])
     return sp.csr_matrix((np.concatenate(values), np.concatenate(indices), indptr), shape=(len(texts), N_FEATURES))
 
 
 def fit_topic_model(texts: Sequence[str], topics: Sequence[str], c: float = 10.0) -> TopicModel:
-    model = LogisticRegression(C=c, max_iter=2000).fit(_matrix(texts), np.asarray(topics))
+    model = LogisticRegression(C=c, max_iter=2000).fit(text_matrix(texts), np.asarray(topics))
     classes = [str(t) for t in model.classes_]
     coef = model.coef_ if len(classes) > 2 else np.vstack([-model.coef_[0], model.coef_[0]])
     bias = model.intercept_ if len(classes) > 2 else np.array([-model.intercept_[0], model.intercept_[0]])

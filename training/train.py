@@ -19,20 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from tqdm.auto import tqdm
 
+from classifier.answer_reader import READER_TIERS, AnswerReader
 from classifier.topic import TopicModel
 from core.messages import LABELS
 from training.calibrate import (
     MIN_KIND_PROMPTS,
+    SAFETY_GRID,
     Objective,
     answer_matrices,
     calibrate,
     fit_verifier,
     out_of_fold_verifier_scores,
     procedure_check,
+    safety_from_check,
 )
+from training.reader import fit_reader, out_of_fold_reader_logits
 from training.topic import fit_topic_model, out_of_fold_topics, record_topics
 from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices, replay_registry, run_cli
 from training.prompt_model import DEFAULT_BASE, FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba
@@ -92,8 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "choosing only along the first half's frontier (conservative: each half is small)")
     p.add_argument("--no-procedure-check", action="store_true",
                    help="skip replaying the calibration procedure on held-in halves (the model card's honest estimate)")
+    p.add_argument("--procedure-repeats", type=int, default=3,
+                   help="halvings the procedure check averages over (each calibrates twice)")
     p.add_argument("--no-topics", action="store_true",
                    help="do not learn a topic model even when the records carry a category")
+    p.add_argument("--no-answer-reader", action="store_true",
+                   help="judge cheaper answers by the verifier's hand-made features only, without the answer reader "
+                        "(a linear model on the words of the response)")
     p.add_argument("--reuse-classifier", type=Path, metavar="ARTIFACT_DIR",
                    help="take the fine-tuned prompt classifier and its out-of-fold probabilities from an artifact "
                         "trained on the same data, and only refit the verifier and recalibrate (new prices, "
@@ -113,7 +122,10 @@ def classifier_metrics(label_ids: np.ndarray, probabilities: np.ndarray) -> dict
 
 
 def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer: Any | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.procedure_repeats < 1:
+        parser.error("--procedure-repeats must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     started = time.time()
@@ -178,9 +190,19 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
         log.info("topic model: %d topics, out-of-fold accuracy %.3f", len(topic_report["topics"]),
                  topic_report["out_of_fold_accuracy"])
 
-    # 2b. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
-    matrices_oof = answer_matrices(data, oof)
+    # 2b. The answer reader: out-of-fold log-odds for the verifier's training, one on everything served.
     verifier_folds = max(2, min(args.verifier_folds, data.n // 10))  # a handful of prompts per fold at least
+    reader_logits = None
+    reader_report: dict[str, Any] | None = None
+    if args.policy == "cascade" and not args.no_answer_reader:
+        reader_logits = out_of_fold_reader_logits(data, verifier_folds, args.seed, progress=tqdm)
+        fit_reader(data).save(staging)
+        reader_report = {"file": AnswerReader.FILE, "folds": verifier_folds, "out_of_fold_auc": {
+            tier: _auc(data.correct[:, t], reader_logits[:, t]) for t, tier in enumerate(READER_TIERS)}}
+        log.info("answer reader: out-of-fold AUC %s", reader_report["out_of_fold_auc"])
+
+    # 2c. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
+    matrices_oof = answer_matrices(data, oof, reader_logits)
     scores = out_of_fold_verifier_scores(data, matrices_oof, registry, verifier_folds, args.seed) \
         if args.policy == "cascade" else None
 
@@ -191,22 +213,27 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
     procedure: dict[str, Any] | None = None
     if args.policy == "cascade" and not args.no_procedure_check:
         # The chosen point is the best of millions of settings on the prompts it was picked on. Replaying
-        # the procedure on held-in halves measures how much that flatters it; under the guard objective
-        # that optimism becomes extra safety margin before the final calibration.
-        check = procedure_check(data, registry, oof, matrices_oof, scores, args.policy, objective,
-                                tuple(args.max_escalations), topics=oof_topics, seed=args.seed, **options)
-        procedure = {"before": check}
-        log.info("procedure check: savings %.1f%% at %+.2f pt on unseen halves (optimism %.2f pt)",
-                 100 * check["savings_vs_expensive"], 100 * check["accuracy_minus_expensive"],
-                 100 * check["optimism"])
-        if args.objective == "guard" and check["optimism"] > 0:
-            objective.safety += check["optimism"]
-            after = procedure_check(data, registry, oof, matrices_oof, scores, args.policy, objective,
-                                    tuple(args.max_escalations), topics=oof_topics, seed=args.seed, **options)
-            procedure["after"] = after
-            log.info("with %.2f pt more safety: savings %.1f%% at %+.2f pt on unseen halves",
-                     100 * check["optimism"], 100 * after["savings_vs_expensive"],
-                     100 * after["accuracy_minus_expensive"])
+        # the procedure on held-in halves measures what it gives on prompts it did not see; under the
+        # guard objective it also picks the extra safety margin: the smallest whose choices keep the
+        # guard on the unseen halves.
+        guard = args.objective == "guard"
+        procedure = procedure_check(data, registry, oof, matrices_oof, scores, args.policy, objective,
+                                    tuple(args.max_escalations), topics=oof_topics, seed=args.seed,
+                                    repeats=args.procedure_repeats, safeties=SAFETY_GRID if guard else (0.0,),
+                                    **options)
+        for entry in procedure["by_safety"]:
+            log.info("procedure check, %.2f pt more safety: savings %.1f%% at %+.2f pt (SE %.2f) on unseen halves",
+                     100 * entry["extra_safety"], 100 * entry["savings_vs_expensive"],
+                     100 * entry["accuracy_minus_expensive"], 100 * entry["diff_se"])
+        if guard:
+            extra, kept = safety_from_check(procedure, objective)
+            procedure["chosen_extra_safety"] = extra
+            procedure["chosen"] = next(e for e in procedure["by_safety"] if e["extra_safety"] == extra)
+            if not kept:
+                procedure["note"] = "no safety margin tried kept the guard on unseen halves; took the largest"
+            objective.safety += extra
+            log.info("safety margin from the procedure check: +%.2f pt%s", 100 * extra,
+                     "" if kept else " (none kept the guard; the largest tried)")
     result = calibrate(data, registry, oof, matrices_oof, scores, args.policy, objective,
                        tuple(args.max_escalations), progress=tqdm, topics=oof_topics,
                        split_check=args.split_check, seed=args.seed, **options)
@@ -223,6 +250,8 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
         (staging / "verifier.json").write_text(json.dumps(verifier.to_json(), indent=1) + "\n")
         policy_doc["checks"] = checks + ["verifier"]
         policy_doc["verifier"] = {"file": "verifier.json", "margins": chosen.margins}
+        if reader_report is not None:
+            policy_doc["verifier"]["reader_file"] = AnswerReader.FILE
         if chosen.margins_by_kind:
             policy_doc["verifier"]["margins_by_kind"] = chosen.margins_by_kind
     (staging / "policy.json").write_text(json.dumps(policy_doc, indent=2) + "\n")
@@ -246,6 +275,7 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
             "feasible": result.feasible, "notes": result.notes, "prompts_per_kind": result.groups,
             "per_kind": not args.no_per_kind, "output_budgets": not args.no_output_budgets,
             "topic_model": topic_report,
+            "answer_reader": reader_report,
             "procedure_check": procedure,
             "split_check": args.split_check,
             "figures_on": ("the half of the training prompts the search did not use" if args.split_check
@@ -304,12 +334,17 @@ def reuse_classifier(source: Path, data: Any, staging: Path) -> tuple[np.ndarray
                          f"{saved['fingerprint']}, this data {data.fingerprint()}); its probabilities would not be "
                          f"out-of-fold here")
     card = json.loads((source / "model_card.json").read_text())
-    keep = {"policy.json", "verifier.json", "model_card.json", "MODEL_CARD.md", TopicModel.FILE}
+    keep = {"policy.json", "verifier.json", "model_card.json", "MODEL_CARD.md", TopicModel.FILE, AnswerReader.FILE}
     for path in source.iterdir():
         if path.is_file() and path.name not in keep:
             shutil.copy2(path, staging / path.name)
     return (np.asarray(saved["probabilities"]), card["classifier"]["onnx"],
             {**card["classifier"], "reused_from": str(source)})
+
+
+def _auc(right: np.ndarray, score: np.ndarray) -> float | None:
+    right = np.asarray(right, dtype=bool)
+    return float(roc_auc_score(right, score)) if right.any() and not right.all() else None
 
 
 def _split_info(paths: list[str]) -> dict[str, Any] | None:
@@ -342,11 +377,12 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"max escalations {chosen['max_escalations']}. Objective: {cal['objective']}.", "",
         f"Out-of-fold on training data: accuracy {chosen['accuracy']:.3f} vs expensive "
         f"{cal['expensive_accuracy']:.3f}, savings {100 * chosen['savings_vs_expensive']:.1f}%.", "",
-        *([f"Procedure check (calibrated on one half of the training prompts, replayed on the other, both ways), "
-           f"final safety margin: savings {100 * final_check['savings_vs_expensive']:.1f}% at "
-           f"{100 * final_check['accuracy_minus_expensive']:+.2f} pt.", ""]
-          if (final_check := (cal.get("procedure_check") or {}).get("after")
-              or (cal.get("procedure_check") or {}).get("before")) else []),
+        *([f"Procedure check (calibrated on one half of the training prompts, replayed on the other, both ways, "
+           f"over {cal['procedure_check']['repeats']} halvings), chosen safety margin: savings "
+           f"{100 * final_check['savings_vs_expensive']:.1f}% at {100 * final_check['accuracy_minus_expensive']:+.2f} pt.",
+           ""]
+          if (final_check := (cal.get("procedure_check") or {}).get("chosen")
+              or (cal.get("procedure_check") or {}).get("by_safety", [None])[0]) else []),
         f"Command: `{card['command']}`", "",
     ]
     return "\n".join(lines)

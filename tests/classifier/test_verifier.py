@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import zlib
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from classifier.answer_features import FEATURE_NAMES, parse_answer, verifier_features
-from classifier.cascade import Escalation
-from classifier.verifier import LearnedVerifierCheck, LogisticHead, TierVerifier, VerifierModel
+from classifier.answer_reader import AnswerReader
+from classifier.cascade import Answer, Escalation
+from classifier.topic import N_FEATURES
+from classifier.verifier import LearnedVerifierCheck, LogisticHead, TierVerifier, VerifierModel, load_verifier
 from core.messages import Prediction, PromptMessage, RoutedMessage, RoutingDecision, Tier
 from core.outcomes import OutcomeRecord
 from providers.costs import RegistryCostBook
@@ -114,3 +119,29 @@ def test_verifier_round_trips_through_json() -> None:
     bad["feature_names"] = ["other"]
     with pytest.raises(ValueError, match="trained on features"):
         VerifierModel.from_json(bad)
+
+
+def test_the_answer_reader_decides_through_the_live_check(tmp_path: Path) -> None:
+    """A reader that has learned "unsure" answers are wrong makes the live check escalate them, loaded
+    from an artifact folder as the router loads it."""
+    weights = np.zeros((N_FEATURES, 2))
+    weights[zlib.crc32(b"unsure") % N_FEATURES, 0] = -40.0
+    AnswerReader(weights, np.array([3.0, 3.0])).save(tmp_path)
+    n = len(FEATURE_NAMES)
+    this = np.zeros(n)
+    this[FEATURE_NAMES.index("reader_logit")] = 1.0  # p(right) is the reader's
+    flat = TierVerifier(LogisticHead(this, 0.0), LogisticHead(np.zeros(n), 0.0), 0.0, 1.0, 1.0)
+    (tmp_path / "verifier.json").write_text(json.dumps(VerifierModel(np.zeros(n), np.ones(n),
+                                                                     {"cheap": flat, "mid": flat}).to_json()))
+    model = load_verifier(tmp_path, {"file": "verifier.json", "reader_file": AnswerReader.FILE})
+    assert model.reader is not None
+    assert model.reader_logit("cheap", "I am unsure") < 0 < model.reader_logit("cheap", "It is 42")
+
+    registry = _registry()
+    check = LearnedVerifierCheck(model, registry, {"cheap": -0.4, "mid": -0.4})
+    prompt = PromptMessage(prompt="What is 6 x 7?")
+    unsure = Answer("small", "I am unsure, 41 perhaps", "stop", 30, input_tokens=20)
+    sure = Answer("small", "It is 42", "stop", 30, input_tokens=20)
+    assert check.reject_reason(prompt, unsure) is not None  # p(right) ~ 0 vs p(up) 0.5
+    assert check.reject_reason(prompt, sure) is None  # p(right) 0.95
+    assert load_verifier(tmp_path, {"file": "verifier.json"}).reader is None  # an artifact without a reader

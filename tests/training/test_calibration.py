@@ -17,8 +17,12 @@ from training.calibrate import (
     grid_sums,
     kind_groups,
     out_of_fold_verifier_scores,
+    _Part,
+    _pareto_parts,
+    _Sums,
     procedure_check,
     registry_cost_fn,
+    safety_from_check,
     simulate,
     simulate_rows,
 )
@@ -150,6 +154,50 @@ def test_procedure_check_replays_the_calibration_on_unseen_halves(setup) -> None
     # The synthetic data is learnable: calibrating on one half saves on the other, near the guard.
     assert report["savings_vs_expensive"] > 0.2
     assert report["accuracy_minus_expensive"] > -0.05
+    assert report["repeats"] == 1 and len(report["optimism_by_half"]) == 2
+
+
+def test_procedure_check_averages_several_halvings(setup) -> None:
+    data, registry, probs, matrices, scores = setup
+    one = procedure_check(data, registry, probs, matrices, scores, "cascade", Objective("guard"))
+    three = procedure_check(data, registry, probs, matrices, scores, "cascade", Objective("guard"), repeats=3)
+    assert three["repeats"] == 3 and len(three["optimism_by_half"]) == 6
+    assert three["optimism_by_half"][:2] == one["optimism_by_half"]  # the first halving is the same one
+    assert three["optimism"] == pytest.approx(np.mean(three["optimism_by_half"]))
+    assert -1 <= three["accuracy_minus_expensive"] <= 1  # a per-prompt average over every replayed half
+
+
+def test_procedure_check_picks_the_smallest_safety_that_keeps_the_guard(setup) -> None:
+    data, registry, probs, matrices, scores = setup
+    report = procedure_check(data, registry, probs, matrices, scores, "cascade", Objective("guard"),
+                             safeties=(0.0, 0.01, 0.05))
+    assert [e["extra_safety"] for e in report["by_safety"]] == [0.0, 0.01, 0.05]
+    # While something is feasible, a larger margin never chooses a cheaper setting on the same halves.
+    savings = [e["savings_vs_expensive"] for e in report["by_safety"]]
+    assert savings[0] >= savings[1]
+    assert report["savings_vs_expensive"] == savings[0]  # top-level figures: the first safety's
+
+    def entry(extra: float, diff: float, se: float) -> dict:
+        return {"extra_safety": extra, "accuracy_minus_expensive": diff, "diff_se": se}
+
+    made_up = {"by_safety": [entry(0.0, -0.02, 0.004), entry(0.005, -0.008, 0.004), entry(0.01, -0.002, 0.004)]}
+    assert safety_from_check(made_up, Objective("guard", guard=0.01, safety_z=1.0)) == (0.01, True)
+    assert safety_from_check(made_up, Objective("guard", guard=0.01, safety_z=0.0)) == (0.005, True)
+    assert safety_from_check(made_up, Objective("guard", guard=0.001)) == (0.01, False)  # none: the largest
+
+
+def test_frontier_keeps_low_variance_settings_the_guard_may_need() -> None:
+    """Two settings cost the same; one is 1 answer more accurate but disagrees with the expensive model
+    on 60 prompts, the other on 4. The guard (accuracy - z SE) can prefer the second: it must survive."""
+    def part(name: str, diff_sum: float, diff_sq: float) -> _Part:
+        sums = _Sums(cost=1.0, diff_sum=diff_sum, diff_sq=diff_sq, expensive_calls=10.0, n=400)
+        return _Part({name: {}}, sums, sums)
+
+    noisy, steady = part("noisy", 0.0, 60.0), part("steady", -1.0, 4.0)
+    kept = {next(iter(p.settings)) for p in _pareto_parts([noisy, steady])}
+    assert kept == {"noisy", "steady"}
+    dominated = part("dominated", -2.0, 60.0)  # less accurate and no steadier than "noisy": dropped
+    assert "dominated" not in {next(iter(p.settings)) for p in _pareto_parts([noisy, steady, dominated])}
 
 
 def test_split_check_judges_the_objective_on_the_other_half(setup) -> None:

@@ -30,8 +30,8 @@ def artifact(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_training_writes_a_complete_artifact(artifact: Path) -> None:
-    for name in ("classifier.json", "tokenizer.json", "policy.json", "verifier.json", "model_card.json",
-                 "MODEL_CARD.md"):
+    for name in ("classifier.json", "tokenizer.json", "policy.json", "verifier.json", "reader.npz",
+                 "model_card.json", "MODEL_CARD.md"):
         assert (artifact / name).is_file(), name
     assert not artifact.with_name(artifact.name + ".partial").exists()
     card = json.loads((artifact / "model_card.json").read_text())
@@ -44,6 +44,9 @@ def test_training_writes_a_complete_artifact(artifact: Path) -> None:
     assert json.loads((artifact / "classifier.json").read_text())["members"] == 1
     policy = json.loads((artifact / "policy.json").read_text())
     assert policy["policy"] == "cascade" and "verifier" in policy["checks"] and policy["sweep"]
+    # The answer reader is served beside the verifier; its out-of-fold AUC is in the card.
+    assert policy["verifier"]["reader_file"] == "reader.npz"
+    assert card["calibration"]["answer_reader"]["out_of_fold_auc"]["cheap"] > 0.8
     # Calibration met its guard on its own (out-of-fold) data.
     cal = card["calibration"]
     assert cal["feasible"]
