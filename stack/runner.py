@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console()
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # A shell starting us in the background without job control leaves SIGINT ignored, and Python then
+    # keeps it ignored; Ctrl-C (or `kill -INT`) must still stop the stack.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stack = LocalStack(settings, data_root=args.data_root, workers=args.workers, api_workers=args.api_workers,
                        dashboard=not args.no_dashboard, console=console)
     code = 0
