@@ -152,7 +152,8 @@ class SettingSimulator:
         self.data, self.registry, self.probabilities = data, registry, probabilities
         self.cost_fn, self.topics = cost_fn, topics
         model = load_verifier(artifact, policy_doc["verifier"]) if "verifier" in policy_doc.get("checks", []) else None
-        self.matrices = answer_matrices(data, probabilities, served_reader_logits(model and model.reader, data))
+        reader_logits = served_reader_logits(model.reader, data) if model is not None else None
+        self.matrices = answer_matrices(data, probabilities, reader_logits)
         self.scores = score_verifier(model, self.matrices, registry) if model is not None else None
 
     def run(self, setting: dict[str, Any]) -> dict[str, float]:

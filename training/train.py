@@ -1,9 +1,9 @@
-"""Train the prompt classifier and the answer verifier, calibrate the routing policy, write an artifact.
+"""Train the prompt classifier, the answer reader and verifier, calibrate the routing policy, write an artifact.
 
     python -m training.train --data FILE_OR_DIR... --ladder CHEAP,MID,EXPENSIVE --prices FILE --out ARTIFACT_DIR
 
 Everything is fitted on the given data only. Knobs are picked on out-of-fold predictions
-(``--folds``): the prompt classifier and the verifier that score a prompt never saw it.
+(``--folds``): the prompt classifier, the answer reader and the verifier that score a prompt never saw it.
 """
 
 from __future__ import annotations
