@@ -11,6 +11,7 @@ from classifier.artifact import artifact_digest, load_router_from_artifact
 from classifier.factory import build_router
 from classifier.onnx_classifier import OnnxClassifier
 from training import evaluate, train
+from training.calibrate import SAFETY_GRID
 from training.data import Ladder, load_prices, replay_registry
 
 from synthetic_outcomes import LADDER, LADDER_ARG
@@ -53,6 +54,14 @@ def test_training_writes_a_complete_artifact(artifact: Path) -> None:
     assert cal["chosen_out_of_fold"]["accuracy"] >= cal["expensive_accuracy"] - 0.01
     # The synthetic data has an easy, learnable structure: the cascade must save money on it.
     assert cal["chosen_out_of_fold"]["savings_vs_expensive"] > 0.3
+    # The procedure check tried every safety margin over its halvings and the final calibration used
+    # the one it picked.
+    check = cal["procedure_check"]
+    assert [e["extra_safety"] for e in check["by_safety"]] == list(SAFETY_GRID)
+    assert check["repeats"] == 3 and len(check["optimism_by_half"]) == 6
+    assert check["chosen"]["extra_safety"] == check["chosen_extra_safety"]
+    if check["chosen_extra_safety"] > 0:
+        assert f"+ {check['chosen_extra_safety']:.3f}" in cal["objective"]
 
 
 def test_router_loads_through_the_factory(artifact: Path, synthetic_dir: Path) -> None:
