@@ -719,7 +719,7 @@ def _candidate(policy_name: str, part: _Part, max_escalations: int, expensive_ac
 
 
 # Extra accuracy margins (on top of --safety) the procedure check tries under the guard objective.
-SAFETY_GRID = (0.0, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02)
+SAFETY_GRID = (0.0, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02)
 
 
 def procedure_check(data: LadderData, registry: ModelRegistry, label_probabilities: np.ndarray, m: AnswerMatrices,
