@@ -107,7 +107,8 @@ class VerifierModel:
     def from_json(cls, data: dict[str, Any]) -> "VerifierModel":
         names = tuple(data["feature_names"])
         if names != FEATURE_NAMES:
-            raise ValueError(f"verifier was trained on features {names}, this code computes {FEATURE_NAMES}")
+            raise ValueError(f"verifier was trained on features {names}, this code computes {FEATURE_NAMES}; "
+                             f"recalibrate the artifact (python -m training.train ... --reuse-classifier ARTIFACT_DIR)")
         return cls(np.asarray(data["feature_mean"]), np.asarray(data["feature_scale"]),
                    {t: TierVerifier.from_json(v) for t, v in data["tiers"].items()}, names)
 

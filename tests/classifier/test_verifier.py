@@ -13,6 +13,7 @@ import pytest
 
 from classifier.answer_features import FEATURE_NAMES, parse_answer, verifier_features
 from classifier.answer_reader import AnswerReader
+from classifier.artifact import ArtifactError, build_escalation
 from classifier.cascade import Answer, Escalation
 from classifier.topic import N_FEATURES
 from classifier.verifier import LearnedVerifierCheck, LogisticHead, TierVerifier, VerifierModel, load_verifier
@@ -145,3 +146,11 @@ def test_the_answer_reader_decides_through_the_live_check(tmp_path: Path) -> Non
     assert check.reject_reason(prompt, unsure) is not None  # p(right) ~ 0 vs p(up) 0.5
     assert check.reject_reason(prompt, sure) is None  # p(right) 0.95
     assert load_verifier(tmp_path, {"file": "verifier.json"}).reader is None  # an artifact without a reader
+
+
+def test_an_artifact_with_an_older_verifier_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    old = _verifier().to_json()
+    old["feature_names"] = old["feature_names"][:-1]  # trained before the answer reader's feature existed
+    (tmp_path / "verifier.json").write_text(json.dumps(old))
+    with pytest.raises(ArtifactError, match="reuse-classifier"):
+        build_escalation(tmp_path, {"checks": ["verifier"], "verifier": {"file": "verifier.json"}}, _registry())
