@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.topic import N_FEATURES, feature_rows
+from classifier.topic import N_FEATURES, linear_scores
 
 READER_TIERS = ("cheap", "mid")  # the answers the verifier judges; the expensive one is final
 
@@ -31,10 +31,7 @@ class AnswerReader:
 
     def logits(self, tier: str, responses: Sequence[str]) -> np.ndarray:
         """Log-odds that each response (from a model of ``tier``) is right."""
-        column = READER_TIERS.index(tier)
-        indices, values = feature_rows(responses)
-        return np.asarray([float(val @ self.weights[idx, column]) + self.bias[column]
-                           for idx, val in zip(indices, values, strict=True)])
+        return linear_scores(responses, self.weights, self.bias)[:, READER_TIERS.index(tier)]
 
     def save(self, directory: Path) -> None:
         # float16 halves the file; logits move by < 1e-3, and serving and evaluation both read this copy.

@@ -43,6 +43,15 @@ def feature_rows(texts: Sequence[str], n_features: int = N_FEATURES) -> tuple[li
     return indices, values
 
 
+def linear_scores(texts: Sequence[str], weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """(texts, outputs) scores of a linear model on the hashed features: the topic model's and the
+    answer reader's serving path."""
+    indices, values = feature_rows(texts)
+    if not indices:
+        return np.zeros((0, weights.shape[1]))
+    return np.stack([val @ weights[idx] + bias for idx, val in zip(indices, values, strict=True)])
+
+
 class TopicModel:
     FILE = "topic.npz"
 
@@ -55,12 +64,7 @@ class TopicModel:
                              f"{N_FEATURES} features and {len(self.topics)} topics")
 
     def predict(self, texts: Sequence[str]) -> list[str]:
-        indices, values = feature_rows(texts)
-        out = []
-        for idx, val in zip(indices, values, strict=True):
-            scores = val @ self.weights[idx] + self.bias
-            out.append(self.topics[int(np.argmax(scores))])
-        return out
+        return [self.topics[int(best)] for best in np.argmax(linear_scores(texts, self.weights, self.bias), axis=1)]
 
     def save(self, directory: Path) -> None:
         np.savez_compressed(directory / self.FILE, weights=self.weights.astype(np.float16), bias=self.bias,

@@ -87,11 +87,12 @@ def answer_matrices(data: LadderData, label_probabilities: np.ndarray,
 
 # ----------------------------------------------------------------------------- verifier
 
-def _fit_head(x: np.ndarray, y: np.ndarray, c: float) -> LogisticHead:
+def fit_logistic_head(x: Any, y: np.ndarray, c: float, max_iter: int = 5000) -> LogisticHead:
+    """A logistic head on ``x`` (dense or sparse); a constant one when ``y`` has one class only."""
     if y.min() == y.max():  # one class only: a constant head
         p = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
         return LogisticHead(np.zeros(x.shape[1]), float(np.log(p / (1 - p))))
-    model = LogisticRegression(C=c, max_iter=5000).fit(x, y)
+    model = LogisticRegression(C=c, max_iter=max_iter).fit(x, y)
     return LogisticHead(model.coef_[0].astype(np.float64), float(model.intercept_[0]))
 
 
@@ -111,8 +112,8 @@ def fit_verifier(data: LadderData, m: AnswerMatrices, rows: np.ndarray | None = 
     for k, (x_parts, tier) in enumerate(situations):
         x = z(np.vstack(x_parts))
         reps = len(x_parts)
-        this = _fit_head(x, np.tile(y[:, k], reps), c)
-        up = _fit_head(x, np.tile(y[:, k + 1], reps), c)
+        this = fit_logistic_head(x, np.tile(y[:, k], reps), c)
+        up = fit_logistic_head(x, np.tile(y[:, k + 1], reps), c)
         reg = LinearRegression().fit(np.log1p(m.output_tokens[rows, k])[:, None], np.log1p(m.output_tokens[rows, k + 1]))
         reference = float(data.cost_usd[rows, k + 1].mean())
         tiers[tier] = TierVerifier(this, up, float(reg.intercept_), float(reg.coef_[0]), reference)
@@ -479,7 +480,6 @@ class _Part:
     settings: dict[str, dict[str, Any]]  # group -> {"params": ..., "margins": ...}
     search: _Sums
     check: _Sums
-
 
 
 def _json_float(value: float) -> float | None:

@@ -5,22 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from classifier.answer_reader import READER_TIERS, AnswerReader
 from classifier.topic import N_FEATURES
+from training.calibrate import fit_logistic_head
 from training.data import LadderData, kfold_by_source
 from training.topic import text_matrix
 
 READER_C = 1.0  # L2 strength on L2-normalised rows; the verifier's heads recalibrate the logit anyway
-
-
-def _fit_column(x: object, y: np.ndarray) -> tuple[np.ndarray, float]:
-    if y.min() == y.max():  # one class only: a constant logit
-        p = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-        return np.zeros(N_FEATURES), float(np.log(p / (1 - p)))
-    model = LogisticRegression(C=READER_C, max_iter=2000).fit(x, y)
-    return model.coef_[0], float(model.intercept_[0])
 
 
 def reader_responses(data: LadderData) -> list[list[str]]:
@@ -34,8 +26,9 @@ def fit_reader(data: LadderData, rows: np.ndarray | None = None,
     responses = reader_responses(data) if responses is None else responses
     weights, bias = np.zeros((N_FEATURES, len(READER_TIERS))), np.zeros(len(READER_TIERS))
     for k in range(len(READER_TIERS)):
-        x = text_matrix([responses[k][i] for i in rows])
-        weights[:, k], bias[k] = _fit_column(x, data.correct[rows, k].astype(int))
+        head = fit_logistic_head(text_matrix([responses[k][i] for i in rows]), data.correct[rows, k].astype(int),
+                                 READER_C, max_iter=2000)
+        weights[:, k], bias[k] = head.coef, head.intercept
     return AnswerReader(weights, bias)
 
 
