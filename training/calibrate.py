@@ -512,6 +512,8 @@ MARGIN_GRID = (-0.3, 0.0, 0.1, 0.2, 0.3, 0.5)
 BUDGET_GRID: tuple[tuple[int | None, int | None], ...] = tuple(
     itertools.product((None, 1000, 500), (None, 1500, 1000, 700)))
 MIN_KIND_PROMPTS = 150
+# Pseudo-prompts of the parent kind added to each kind's figures (see ``calibrate``); 0 = none.
+KIND_SHRINKAGE = 150.0
 
 
 def policy_grid(policy_name: str) -> list[dict[str, Any]]:
@@ -593,8 +595,8 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
               max_escalations_options: Sequence[int] = (1, 2), progress: Any = None, *,
               cost_fn: CostFn | None = None, per_kind: bool = True, output_budgets: bool = True,
               min_kind_prompts: int = MIN_KIND_PROMPTS, topics: Sequence[str | None] | None = None,
-              split_check: bool = False, seed: int = 0, margin_grid: Sequence[float] = MARGIN_GRID
-              ) -> CalibrationResult:
+              split_check: bool = False, seed: int = 0, margin_grid: Sequence[float] = MARGIN_GRID,
+              kind_shrinkage: float = KIND_SHRINKAGE) -> CalibrationResult:
     """Pick the knobs on the given (out-of-fold) predictions.
 
     The cascade policy is searched per prompt kind (start thresholds, verifier margins, output
@@ -604,7 +606,12 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
     With ``split_check`` the training rows are halved: the search (millions of settings, each kind
     free to pick its luckiest) runs on one half and yields a frontier of candidates; the objective
     is judged on the other half, which only chooses along that frontier. The chosen point's figures
-    are then honest estimates instead of the best of millions."""
+    are then honest estimates instead of the best of millions.
+
+    With ``kind_shrinkage`` = n0 > 0, every kind's figures for a setting are shrunk toward what the
+    same setting gives on its parent (a topic's surface kind; see ``kind_parent``), as if
+    n0 of the parent's prompts were added to the kind: a small kind can no longer pick a setting that
+    only its own few prompts make look good. The chosen point's figures are then these estimates."""
     if split_check:
         check_rows = kfold_by_source(data.sources, 2, seed + 1) == 1
     else:
@@ -626,6 +633,8 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
     iterator = progress(work, desc="calibrate", unit="kind x budget") if progress else work
     parts: dict[tuple[str, int], list[_Part]] = {}
     starts: dict[tuple[str, int], np.ndarray] = {}
+    cells: dict[tuple[Any, ...], tuple[dict[str, Any], GridSums, GridSums]] = {}
+    sizes: dict[str, tuple[int, int]] = {}  # group -> rows (search, check)
     grid_size = 0
     for group, (low, top) in iterator:
         budgets = np.array([np.inf if low is None else low] * 2 + [np.inf if top is None else top])
@@ -648,12 +657,17 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
                                  for prep, start, rows in zip(prepared, starts[(group, p_index)], halves,
                                                               strict=True))
                 grid_size += search.cost.size
-                bucket = parts.setdefault((group, max_esc), [])
-                for i, j in _pareto_cells(search):
-                    bucket.append(_Part(
-                        {group: {"params": doc_params, "margins": {"cheap": _json_float(margins_grid[0][i]),
-                                                                  "mid": _json_float(margins_grid[1][j])}}},
-                        _Sums.cell(search, i, j, len(halves[0])), _Sums.cell(check, i, j, len(halves[1]))))
+                cells[(group, low, top, p_index, max_esc)] = (doc_params, search, check)
+                sizes[group] = (len(halves[0]), len(halves[1]))
+    if kind_shrinkage > 0 and len(groups) > 1:
+        cells = _shrink_toward_parents(cells, sizes, kind_shrinkage)
+    for (group, _low, _top, _p, max_esc), (doc_params, search, check) in cells.items():
+        bucket = parts.setdefault((group, max_esc), [])
+        for i, j in _pareto_cells(search):
+            bucket.append(_Part(
+                {group: {"params": doc_params, "margins": {"cheap": _json_float(margins_grid[0][i]),
+                                                          "mid": _json_float(margins_grid[1][j])}}},
+                _Sums.cell(search, i, j, sizes[group][0]), _Sums.cell(check, i, j, sizes[group][1])))
     candidates: list[Candidate] = []
     for max_esc in max_escalations_options:
         merged: list[_Part] | None = None
@@ -670,6 +684,57 @@ def calibrate(data: LadderData, registry: ModelRegistry, label_probabilities: np
     if not feasible:
         result.notes.append("no setting met the objective on training data; chose the most accurate one")
     return result
+
+
+def kind_parent(group: str) -> str | None:
+    """What a calibrated kind's figures are shrunk toward: a topic's surface kind (``multiple_choice`` for
+    ``multiple_choice/law``). Surface kinds are not shrunk: code, math and plain prose differ for real
+    (shrinking them toward all prompts cost math/code savings in the procedure check)."""
+    return group.split("/", 1)[0] if "/" in group else None
+
+
+def _shrink_toward_parents(cells: dict[tuple[Any, ...], tuple[dict[str, Any], GridSums, GridSums]],
+                           sizes: dict[str, tuple[int, int]], pseudo_prompts: float
+                           ) -> dict[tuple[Any, ...], tuple[dict[str, Any], GridSums, GridSums]]:
+    """Each topic kind's grid sums for a setting, shrunk toward its parent's per-prompt sums for the same setting:
+    n_k / (n_k + n0) x (kind sums + n0 x parent sums / n_parent). The parent's sums are those of the
+    calibrated kinds under it (the sums are additive over prompts), so this costs no extra simulation."""
+    groups = sorted(sizes)
+
+    def members(parent: str) -> list[str]:
+        return [g for g in groups if g == parent or g.startswith(parent + "/")]
+
+    names = ("cost", "diff_sum", "diff_sq", "expensive_calls")
+    parent_means: dict[tuple[Any, ...], dict[str, np.ndarray] | None] = {}
+
+    def parent_mean(parent: str, rest: tuple[Any, ...], side: int) -> dict[str, np.ndarray] | None:
+        key = (parent, rest, side)
+        if key not in parent_means:
+            family = members(parent)
+            parent_n = sum(sizes[g][side] for g in family)
+            parent_means[key] = None if len(family) < 2 or parent_n == 0 else {
+                name: sum(getattr(cells[(g, *rest)][1 + side], name) for g in family) / parent_n for name in names}
+        return parent_means[key]
+
+    shrunk = {}
+    for key, (doc_params, *own_sums) in cells.items():
+        group, rest = key[0], key[1:]
+        out = []
+        parent = kind_parent(group)
+        for side, own in enumerate(own_sums):
+            mean = None if parent is None else parent_mean(parent, rest, side)
+            if mean is None:
+                out.append(own)
+                continue
+            weight = sizes[group][side] / (sizes[group][side] + pseudo_prompts)
+            shrunk_sums = {name: weight * (getattr(own, name) + pseudo_prompts * mean[name]) for name in names}
+            # Whole answers and calls, as unshrunk sums are: ties keep the kinds' fronts (and their merge,
+            # a product of fronts) as small as without shrinkage.
+            for name in ("diff_sum", "diff_sq", "expensive_calls"):
+                shrunk_sums[name] = np.round(shrunk_sums[name])
+            out.append(GridSums(**shrunk_sums))
+        shrunk[key] = (doc_params, out[0], out[1])
+    return shrunk
 
 
 def choose(candidates: Sequence[Candidate], objective: Objective, expensive_acc: float,

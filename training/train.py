@@ -26,6 +26,7 @@ from classifier.answer_reader import READER_TIERS, AnswerReader
 from classifier.topic import TopicModel
 from core.messages import LABELS
 from training.calibrate import (
+    KIND_SHRINKAGE,
     MIN_KIND_PROMPTS,
     SAFETY_GRID,
     Objective,
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never cut a model's answer short (no calibrated max_output_tokens per tier)")
     p.add_argument("--min-kind-prompts", type=int, default=MIN_KIND_PROMPTS,
                    help="prompts a kind needs to get its own settings; rarer kinds share the default")
+    p.add_argument("--kind-shrinkage", type=float, default=KIND_SHRINKAGE, metavar="N0",
+                   help="shrink each kind's figures toward its parent's as if N0 of the parent's prompts were "
+                        "added to it (0: each kind judged on its own prompts only)")
     p.add_argument("--split-check", action="store_true",
                    help="search the knobs on one half of the training prompts and judge the objective on the other, "
                         "choosing only along the first half's frontier (conservative: each half is small)")
@@ -209,7 +213,7 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
     # 3. Calibration on out-of-fold predictions.
     objective = Objective(args.objective, args.guard, args.safety, args.safety_z, args.target)
     options = {"per_kind": not args.no_per_kind, "output_budgets": not args.no_output_budgets,
-               "min_kind_prompts": args.min_kind_prompts}
+               "min_kind_prompts": args.min_kind_prompts, "kind_shrinkage": args.kind_shrinkage}
     procedure: dict[str, Any] | None = None
     if args.policy == "cascade" and not args.no_procedure_check:
         # The chosen point is the best of millions of settings on the prompts it was picked on. Replaying
@@ -274,6 +278,7 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
             "grid_size": result.grid_size,
             "feasible": result.feasible, "notes": result.notes, "prompts_per_kind": result.groups,
             "per_kind": not args.no_per_kind, "output_budgets": not args.no_output_budgets,
+            "kind_shrinkage": args.kind_shrinkage,
             "topic_model": topic_report,
             "answer_reader": reader_report,
             "procedure_check": procedure,

@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.answer_features import FEATURE_NAMES, parse_answer, verifier_features
+from classifier.answer_features import (
+    CONSISTENCY_FEATURES,
+    FEATURE_NAMES,
+    SUPPORT_FEATURES,
+    consistency_features,
+    option_support_features,
+    parse_answer,
+    verifier_features,
+)
 from classifier.answer_reader import AnswerReader
 from classifier.artifact import ArtifactError, build_escalation
 from classifier.cascade import Answer, Escalation
@@ -109,6 +117,50 @@ def test_features_have_the_declared_width() -> None:
     assert x.shape == (len(FEATURE_NAMES),)
     assert x[FEATURE_NAMES.index("agrees_with_previous")] == 1.0
     assert x[FEATURE_NAMES.index("multiple_choice")] == 1.0
+
+
+_QUESTION = "A car goes 120 km in 1.5 h. Its speed in km/h?\n\nOptions:\nA. 60 km/h\nB. 80 km/h\nC. 1,200 km/h\nD. 82 km/h"
+
+
+@pytest.mark.parametrize(("prompt", "response", "flag"), [
+    (_QUESTION, "Speed = 120 / 1.5 = 80 km/h. The answer is (B).", "result_matches_answer"),
+    (_QUESTION, "Speed = 120 / 1.5 = 80.5 km/h. The answer is (B).", "result_near_answer"),
+    (_QUESTION, "We need 1,200 km/h here, checking 1200 again gives 7. The answer is (C).", "answer_in_reasoning_tail"),
+    (_QUESTION, "Speed = 120 / 1.5 = 75 km/h, the closest option. The answer is (B).", "result_differs"),
+    ("Janet has 3 + 4 apples.", '{"reasoning": "3 + 4 = 7", "answer": "7"}', "result_matches_answer"),
+    ("x", '{"reasoning": "2 * 5 = 10", "answer": "11"}', "result_differs"),
+    ("x", "Therefore the value is 9, so \\boxed{9}", "result_matches_answer"),
+])
+def test_consistency_features_compare_the_result_with_the_committed_answer(prompt: str, response: str,
+                                                                            flag: str) -> None:
+    values = dict(zip(CONSISTENCY_FEATURES, consistency_features(prompt, response), strict=True))
+    assert values["result_checked"] == 1.0
+    assert [name for name, v in values.items() if v and name != "result_checked"] == [flag]
+
+
+@pytest.mark.parametrize(("prompt", "response"), [
+    (_QUESTION, "It is fast. The answer is (B)."),  # no number reached
+    ("Options:\nA. red\nB. blue", "Blue has 2 syllables? The answer is (B)."),  # the option is not a number
+    ("x", "I cannot tell."),  # no answer at all
+    ("x", '{"reasoning": "1/2 + 1/4", "answer": "\\frac{3}{4}"}'),  # not a plain number
+])
+def test_consistency_features_stay_off_without_a_number_to_check(prompt: str, response: str) -> None:
+    assert consistency_features(prompt, response) == [0.0] * len(CONSISTENCY_FEATURES)
+
+
+def test_option_support_compares_the_chosen_option_with_the_others() -> None:
+    prompt = "Why can people tell Coke from Pepsi?\n\nOptions:\nA. Depth perception\nB. Difference threshold\nC. Signal detection"
+    argued_for = dict(zip(SUPPORT_FEATURES, option_support_features(
+        prompt, "A difference threshold is the smallest change one can detect. The answer is (B)."), strict=True))
+    assert argued_for == {"options_read": 1.0, "chosen_option_support": 1.0, "best_other_option_support": 0.0,
+                          "chosen_best_supported": 1.0}
+    picked_another = dict(zip(SUPPORT_FEATURES, option_support_features(
+        prompt, "A difference threshold is the smallest change one can detect. The answer is (C)."), strict=True))
+    assert picked_another["chosen_option_support"] == 0.0 and picked_another["best_other_option_support"] == 1.0
+    assert picked_another["chosen_best_supported"] == 0.0
+    # Not multiple choice, or no option picked: all off.
+    assert option_support_features("What is 2 + 2?", '{"answer": "4"}') == [0.0] * len(SUPPORT_FEATURES)
+    assert option_support_features(prompt, "I do not know.") == [0.0] * len(SUPPORT_FEATURES)
 
 
 def test_verifier_round_trips_through_json() -> None:

@@ -19,12 +19,16 @@ from training.calibrate import (
     out_of_fold_verifier_scores,
     _Part,
     _pareto_parts,
+    _shrink_toward_parents,
     _Sums,
+    GridSums,
+    kind_parent,
     procedure_check,
     registry_cost_fn,
     safety_from_check,
     simulate,
     simulate_rows,
+    simulate_setting,
 )
 from training.data import Ladder, build_ladder_data, label_from_correct, replay_registry, stratified_split
 from providers.registry import Prices
@@ -207,3 +211,43 @@ def test_split_check_judges_the_objective_on_the_other_half(setup) -> None:
     # Figures are those of the check half: its own always-expensive baseline, not the whole set's.
     assert result.expensive_cost_usd < data.cost_usd[:, 2].sum()
     assert result.chosen.accuracy - result.chosen.diff_se >= result.expensive_accuracy - 0.01  # safety_z = 1
+
+
+def test_kind_shrinkage_pulls_a_kind_toward_its_parent() -> None:
+    """Topic kinds' figures become n/(n + n0) x (own sums + n0 x the surface kind's per-prompt sums);
+    surface kinds and the default keep their own."""
+    assert kind_parent("multiple_choice/law") == "multiple_choice"
+    assert kind_parent("code") is None and kind_parent(DEFAULT_KIND) is None
+
+    def sums(value: float) -> GridSums:
+        return GridSums(*(np.full((1, 1), value) for _ in range(4)))
+
+    sizes = {"mc/a": (100, 100), "mc/b": (300, 300), "code": (200, 200)}
+    cells = {("mc/a", 0): ({}, sums(50.0), sums(50.0)),  # 0.5 per prompt
+             ("mc/b", 0): ({}, sums(30.0), sums(30.0)),  # 0.1 per prompt
+             ("code", 0): ({}, sums(100.0), sums(100.0))}  # 0.5 per prompt
+    shrunk = _shrink_toward_parents(cells, sizes, pseudo_prompts=100.0)
+    parent_mc = 80.0 / 400  # the two topics' prompts together
+    # Answer counts are rounded to whole answers (as unshrunk sums are); cost is not.
+    assert shrunk[("mc/a", 0)][1].diff_sum[0, 0] == round(100 / 200 * (50 + 100 * parent_mc))
+    assert shrunk[("mc/b", 0)][2].cost[0, 0] == pytest.approx(300 / 400 * (30 + 100 * parent_mc))
+    # A kind's per-prompt figure lands between its own and its parent's.
+    assert parent_mc < shrunk[("mc/a", 0)][1].cost[0, 0] / 100 < 0.5
+    assert shrunk[("code", 0)] == cells[("code", 0)]
+
+
+def test_kind_shrinkage_keeps_the_guard_and_zero_gives_the_real_figures(setup) -> None:
+    data, registry, probs, matrices, scores = setup
+    objective = Objective("guard", guard=0.01, safety_z=1.0)
+    topics = list(data.sources)  # the sources as topics: two topic kinds under one surface kind
+    unshrunk = calibrate(data, registry, probs, matrices, scores, "cascade", objective, topics=topics,
+                         kind_shrinkage=0.0)
+    assert set(unshrunk.groups) == {"general/alpha", "general/beta"}
+    replay = simulate_setting(data, matrices, registry_cost_fn(registry), registry, probs, scores,
+                              unshrunk.chosen.as_json(), topics)
+    assert unshrunk.chosen.accuracy == pytest.approx(replay.accuracy)
+    assert unshrunk.chosen.cost_usd == pytest.approx(replay.cost_usd)
+    shrunk = calibrate(data, registry, probs, matrices, scores, "cascade", objective, topics=topics,
+                       kind_shrinkage=200.0)
+    assert shrunk.feasible
+    assert shrunk.chosen.accuracy - shrunk.chosen.diff_se >= shrunk.expensive_accuracy - 0.01
