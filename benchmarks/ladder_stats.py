@@ -30,6 +30,8 @@ def _stats(data: LadderData, rows: np.ndarray, total_expensive: float) -> dict[s
                       and a == parse_answer(r.outcomes[mid_m].response) for r in records])
     # Perfect verifier: cheap, then mid, then expensive, stopping at the first right answer.
     perfect = cost[:, 0] + np.where(c[:, 0], 0, cost[:, 1] + np.where(c[:, 1], 0, cost[:, 2]))
+    # The same, starting at mid (phi never called).
+    perfect_from_mid = cost[:, 1] + np.where(c[:, 1], 0, cost[:, 2])
     top_right = c[:, 2]
     return {
         "n": int(len(rows)),
@@ -44,6 +46,7 @@ def _stats(data: LadderData, rows: np.ndarray, total_expensive: float) -> dict[s
         "expensive_right_when_agree": float(c[agree, 2].mean()) if agree.any() else 0.0,
         "cheap_plus_mid_cost_vs_expensive": float((cost[:, 0] + cost[:, 1]).sum() / cost[:, 2].sum()),
         "perfect_verifier_cascade_savings": float(1 - perfect.sum() / cost[:, 2].sum()),
+        "perfect_verifier_from_mid_savings": float(1 - perfect_from_mid.sum() / cost[:, 2].sum()),
         # Call cheap and mid, keep mid's answer when they agree, else call the expensive model.
         "accept_agreement_savings": float(1 - (cost[:, 0] + cost[:, 1] + ~agree * cost[:, 2]).sum()
                                           / cost[:, 2].sum()),

@@ -142,9 +142,8 @@ CONSISTENCY_FEATURES = ("result_checked", "result_matches_answer", "result_near_
 
 def consistency_features(prompt: str, response: str) -> list[float]:
     """Does the reasoning arrive at the number the final answer commits to? A response whose last
-    computed number is not the option it picks ("closest to", a guess) is wrong far more often: on
-    MMLU-Pro training data llama-3.1-70b is right on about two thirds of answers whose result matches
-    the chosen option and a third of those where it differs."""
+    computed number is not the option it picks ("closest to", a guess) is wrong far more often on
+    MMLU-Pro's quantitative questions; the verifier learns how much per tier."""
     out = [0.0] * len(CONSISTENCY_FEATURES)
     target = _committed_number(prompt, parse_answer(response))
     if target is None:

@@ -19,7 +19,8 @@ def test_prints_every_figure_per_group(synthetic_dir: Path, capsys: pytest.Captu
     assert set(blocks) == {"all", "source=alpha", "source=beta"}
     values = {line.split()[0]: float(line.split()[1]) for line in blocks["all"].strip().splitlines()[1:]}
     assert values["n"] == 120 and values["share_of_all_expensive_spend"] == 1.0
-    for key in ("perfect_verifier_cascade_savings", "cheap_mid_agree_share", "expensive_spend_on_wrong_answers"):
+    for key in ("perfect_verifier_cascade_savings", "perfect_verifier_from_mid_savings", "cheap_mid_agree_share",
+                "expensive_spend_on_wrong_answers"):
         assert 0.0 <= values[key] <= 1.0, key
     sizes = {name: int(block.split("\n")[1].split()[1]) for name, block in blocks.items()}
     assert sizes == {"all": 120, "source=alpha": 70, "source=beta": 50}
