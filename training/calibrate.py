@@ -542,26 +542,48 @@ def pareto(candidates: list[Candidate]) -> list[Candidate]:
     return frontier
 
 
-def _pareto_parts(parts: list[_Part]) -> list[_Part]:
-    """Parts no other part beats on both cost and (penalised) accuracy, nor on both expensive calls and
-    accuracy, on the search rows (the frontier never looks at the check rows)."""
-    keep: dict[int, _Part] = {}
+def _pareto_indices(cost: np.ndarray, diff_sum: np.ndarray, diff_sq: np.ndarray,
+                    expensive_calls: np.ndarray) -> np.ndarray:
+    """Indices of the settings no other beats on both cost and (penalised) accuracy, nor on both expensive
+    calls and accuracy: per penalty and key, the ones that improve on every cheaper one (ties in order).
+    Listed in the order first found, so merging and choosing break ties the same way every run."""
+    found = []
     for penalty in VARIANCE_PENALTIES:
-        def score(p: _Part, penalty: float = penalty) -> float:
-            return p.search.diff_sum - penalty * p.search.diff_sq
+        score = diff_sum - penalty * diff_sq
+        for key in (cost, expensive_calls):
+            order = np.lexsort((-score, key))  # stable: equal settings keep their order
+            ranked = score[order]
+            best_before = np.maximum.accumulate(np.concatenate([[-np.inf], ranked[:-1]]))
+            found.append(order[ranked > best_before + 1e-9])
+    every = np.concatenate(found)
+    _, first = np.unique(every, return_index=True)
+    return every[np.sort(first)]
 
-        for key in (lambda p: p.search.cost, lambda p: p.search.expensive_calls):
-            best = -np.inf
-            for part in sorted(parts, key=lambda p: (key(p), -score(p))):
-                if score(part) > best + 1e-9:
-                    best = score(part)
-                    keep[id(part)] = part
-    return list(keep.values())
+
+def _pareto_parts(parts: list[_Part]) -> list[_Part]:
+    """Parts on the frontier (``_pareto_indices``) of their search rows (it never looks at the check rows)."""
+    if not parts:
+        return []
+    sums = [p.search for p in parts]
+    columns = (np.array([getattr(x, name) for x in sums])
+               for name in ("cost", "diff_sum", "diff_sq", "expensive_calls"))
+    return [parts[i] for i in _pareto_indices(*columns)]
 
 
 def _merge(a: list[_Part], b: list[_Part]) -> list[_Part]:
-    return _pareto_parts([_Part({**x.settings, **y.settings}, x.search + y.search, x.check + y.check)
-                          for x in a for y in b])
+    """The frontier of every pairing of a setting from ``a`` with one from ``b`` (different kinds): sums
+    added as arrays, and only the pairs on the frontier built as parts (the pairings run to millions)."""
+    if not a or not b:
+        return []
+
+    def outer(name: str) -> np.ndarray:
+        return (np.array([getattr(x.search, name) for x in a])[:, None]
+                + np.array([getattr(y.search, name) for y in b])[None, :]).ravel()
+
+    kept = _pareto_indices(outer("cost"), outer("diff_sum"), outer("diff_sq"), outer("expensive_calls"))
+    pairs = (divmod(int(k), len(b)) for k in kept)
+    return [_Part({**a[i].settings, **b[j].settings}, a[i].search + b[j].search, a[i].check + b[j].check)
+            for i, j in pairs]
 
 
 def kind_groups(records: Sequence[Any], min_prompts: int,

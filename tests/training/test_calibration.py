@@ -18,6 +18,7 @@ from training.calibrate import (
     kind_groups,
     out_of_fold_verifier_scores,
     _Part,
+    _merge,
     _pareto_parts,
     _shrink_toward_parents,
     _Sums,
@@ -251,3 +252,40 @@ def test_kind_shrinkage_keeps_the_guard_and_zero_gives_the_real_figures(setup) -
                        kind_shrinkage=200.0)
     assert shrunk.feasible
     assert shrunk.chosen.accuracy - shrunk.chosen.diff_se >= shrunk.expensive_accuracy - 0.01
+
+
+def test_merging_kinds_keeps_exactly_the_pairs_on_the_frontier() -> None:
+    """The array merge against the plain definition: every pairing, then the frontier per penalty and key."""
+    rng = np.random.default_rng(3)
+
+    def parts(kind: str, count: int) -> list[_Part]:
+        out = []
+        for i in range(count):
+            sums = _Sums(cost=float(rng.integers(1, 40)), diff_sum=float(rng.integers(-30, 5)),
+                         diff_sq=float(rng.integers(0, 60)), expensive_calls=float(rng.integers(0, 20)), n=100)
+            out.append(_Part({kind: {"i": i}}, sums, sums))
+        return out
+
+    a, b = parts("a", 40), parts("b", 30)
+    merged = _merge(a, b)
+
+    def naive_front(candidates: list[_Part]) -> list[tuple[int, int]]:
+        keep: dict[tuple[int, int], None] = {}
+        for penalty in (0.0, 0.03, 0.1):
+            for key in ("cost", "expensive_calls"):
+                best = -np.inf
+                ranked = sorted(candidates, key=lambda p: (getattr(p.search, key),
+                                                           -(p.search.diff_sum - penalty * p.search.diff_sq)))
+                for p in ranked:
+                    score = p.search.diff_sum - penalty * p.search.diff_sq
+                    if score > best + 1e-9:
+                        best = score
+                        keep[(p.settings["a"]["i"], p.settings["b"]["i"])] = None
+        return list(keep)
+
+    every_pair = [_Part({**x.settings, **y.settings}, x.search + y.search, x.check + y.check) for x in a for y in b]
+    assert [(p.settings["a"]["i"], p.settings["b"]["i"]) for p in merged] == naive_front(every_pair)
+    assert 0 < len(merged) < len(every_pair)
+    first = merged[0]
+    pair = (a[first.settings["a"]["i"]], b[first.settings["b"]["i"]])
+    assert first.search.cost == pair[0].search.cost + pair[1].search.cost
