@@ -106,6 +106,33 @@ def test_onnx_export_agrees_with_pytorch(tmp_path: Path) -> None:
         assert report["int8_vs_fp32_label_agreement"] < 0.98 and config["model_file"] == "model.fp32.onnx"
 
 
+def test_int8_gate_reads_accuracy_and_log_loss_when_labels_are_given(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = resolve_base("all-MiniLM-L6-v2")
+    tok = AutoTokenizer.from_pretrained(path)
+    member = load_base(FineTuneConfig(max_length=64), AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=3), tok)
+    check, labels = PROMPTS * 5, LABEL_IDS * 5
+    # Label agreement could never pass (min_agreement > 1); with labels, int8 is judged on what it scores.
+    lenient = export_onnx(member, tmp_path / "lenient", check, min_agreement=1.01, check_labels=labels,
+                          max_accuracy_drop=1.0, max_log_loss_rise=10.0)
+    assert lenient["int8_gate"].startswith("accuracy and log loss")
+    assert lenient["served_model"] == "model.int8.onnx"
+    probs = OnnxClassifier.from_dir(tmp_path / "lenient").probabilities(check)
+    assert lenient["int8_accuracy"] == pytest.approx(float((probs.argmax(1) == np.asarray(labels)).mean()))
+    assert lenient["int8_log_loss"] == pytest.approx(
+        float(-np.log(probs[np.arange(len(labels)), labels]).mean()), rel=1e-5)
+    # A log loss that must fall: int8 cannot hold up, so fp32 is served.
+    strict = export_onnx(member, tmp_path / "strict", check, min_agreement=0.0, check_labels=labels,
+                         max_log_loss_rise=-1.0)
+    assert strict["served_model"] == "model.fp32.onnx"
+    assert json.loads((tmp_path / "strict" / "classifier.json").read_text())["model_file"] == "model.fp32.onnx"
+    assert not (tmp_path / "strict" / "model.int8.onnx").exists()
+    # Without labels the agreement gate applies as before.
+    no_labels = export_onnx(member, tmp_path / "no-labels", check, min_agreement=1.01)
+    assert no_labels["int8_gate"] == "label agreement with fp32" and no_labels["served_model"] == "model.fp32.onnx"
+
+
 def test_serving_imports_neither_torch_nor_transformers() -> None:
     code = ("import sys, classifier.artifact, classifier.onnx_classifier, classifier.verifier, classifier.factory\n"
             "bad = [m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules]\n"

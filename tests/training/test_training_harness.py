@@ -41,6 +41,10 @@ def test_training_writes_a_complete_artifact(artifact: Path) -> None:
     assert card["data"]["per_source"] == {"alpha": 70, "beta": 50}
     assert 0 <= card["classifier"]["out_of_fold"]["macro_f1"] <= 1
     assert card["classifier"]["onnx"]["fp32_vs_torch_max_abs_diff"] < 1e-3
+    # int8 is judged on the served member's own fold: prompts it never trained on, with their labels.
+    onnx = card["classifier"]["onnx"]
+    assert onnx["int8_gate"].startswith("accuracy and log loss") and 0 < onnx["check_prompts"] < 120
+    assert {"int8_accuracy", "fp32_accuracy", "int8_log_loss", "fp32_log_loss"} <= onnx.keys()
     # One cross-fitted member is served: it scores new prompts as the out-of-fold ones were scored.
     assert json.loads((artifact / "classifier.json").read_text())["members"] == 1
     policy = json.loads((artifact / "policy.json").read_text())
