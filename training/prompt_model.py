@@ -209,7 +209,7 @@ class _EnsembleLogits(torch.nn.Module):
 def export_onnx(pms: PromptModel | Sequence[PromptModel], out_dir: Path, check_texts: Sequence[str],
                 quantize: bool = True, min_agreement: float = 0.98, keep_fp32: bool = False,
                 check_labels: Sequence[int] | None = None, max_accuracy_drop: float = 0.01,
-                max_log_loss_rise: float = 0.01) -> dict[str, Any]:
+                max_log_loss_rise: float = 0.01, torch_probabilities: np.ndarray | None = None) -> dict[str, Any]:
     """Write the model (or the mean of several cross-fitted members) as ONNX, plus tokenizer.json and
     classifier.json into ``out_dir``; int8 is served where it holds up on ``check_texts``.
 
@@ -217,7 +217,9 @@ def export_onnx(pms: PromptModel | Sequence[PromptModel], out_dir: Path, check_t
     holds up when its accuracy is within ``max_accuracy_drop`` of fp32's and its log loss within
     ``max_log_loss_rise`` nats: the router reads the probabilities, not the argmax, and a classifier
     this close to uniform flips argmaxes on tiny shifts. Without labels, int8 must agree with fp32's
-    labels on ``min_agreement`` of the prompts. Returns what was exported and what was measured."""
+    labels on ``min_agreement`` of the prompts. ``torch_probabilities``: PyTorch's probabilities of
+    ``check_texts`` when the caller already has them (training's out-of-fold scores), so they are not
+    computed again. Returns what was exported and what was measured."""
     members = [pms] if isinstance(pms, PromptModel) else list(pms)
     pm = members[0]
     from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
@@ -247,7 +249,10 @@ def export_onnx(pms: PromptModel | Sequence[PromptModel], out_dir: Path, check_t
     config = {"labels": list(LABELS), "max_length": pm.config.max_length, "padding_side": pm.padding_side,
               "pad_token_id": int(pm.tokenizer.pad_token_id), "model_file": "model.fp32.onnx",
               "base": pm.config.base, "members": len(members)}
-    torch_probs = predict_proba_ensemble(members, check_texts) if check_texts else np.zeros((0, len(LABELS)))
+    if torch_probabilities is not None:
+        torch_probs = np.asarray(torch_probabilities)
+    else:
+        torch_probs = predict_proba_ensemble(members, check_texts) if check_texts else np.zeros((0, len(LABELS)))
     fp32 = OnnxClassifier(fp32_path, out_dir / "tokenizer.json", config).probabilities(list(check_texts))
     report: dict[str, Any] = {
         "check_prompts": len(check_texts),

@@ -325,12 +325,12 @@ def fine_tune_classifier(args: argparse.Namespace, ft: FineTuneConfig, data: Any
         # The served member never trained on its own fold: those prompts judge int8 against the true labels.
         unseen = np.where(fold == 0)[0]
         check_rows = rng.choice(unseen, size=min(ONNX_CHECK_PROMPTS, len(unseen)), replace=False)
-        check_labels = label_ids[check_rows]
+        check_labels, torch_probabilities = label_ids[check_rows], oof[check_rows]  # its own scores of them
     else:
         check_rows = rng.choice(data.n, size=min(200, data.n), replace=False)
-        check_labels = None
+        check_labels, torch_probabilities = None, None
     onnx_report = export_onnx(served, staging, [texts[i] for i in check_rows], quantize=not args.no_quantize,
-                              check_labels=check_labels)
+                              check_labels=check_labels, torch_probabilities=torch_probabilities)
     # The out-of-fold probabilities the policy is calibrated on, kept so a later run can recalibrate
     # (new prices, another objective) without fine-tuning again: --reuse-classifier.
     np.savez_compressed(staging / OOF_FILE, probabilities=oof, ids=np.asarray([r.id for r in data.records]),
