@@ -19,11 +19,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from classifier.artifact import build_escalation
-from classifier.cascade import Answer
 from classifier.onnx_classifier import OnnxClassifier
-from classifier.verifier import LearnedVerifierCheck
 from core.messages import PromptMessage
+from routing.answer_checks import Answer
+from routing.artifact import build_escalation
+from routing.verifier import LearnedVerifierCheck
 
 SYNTHETIC = [
     "What is the capital of Australia?",
@@ -35,7 +35,7 @@ SYNTHETIC = [
 
 def answer_check_timing(artifact: Path, records: list, n: int) -> dict | None:
     """p50/p95 ms of the artifact's learned answer check on recorded answers of its cheap model."""
-    from providers.registry import Prices  # noqa: PLC0415
+    from core.registry import Prices  # noqa: PLC0415
     from training.data import Ladder, replay_registry  # noqa: PLC0415
 
     policy_doc = json.loads((artifact / "policy.json").read_text())

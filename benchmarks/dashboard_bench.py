@@ -108,7 +108,7 @@ def browser_times(dsn: str, runs: int) -> dict[str, dict[str, list[float]]]:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    from core.services import free_port, wait_for_port
+    from stack.services import free_port, wait_for_port
 
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
@@ -140,10 +140,14 @@ def browser_times(dsn: str, runs: int) -> dict[str, dict[str, list[float]]]:
                 driver.get(f"{url}/?view=offline")
                 _until(lambda: _drawn(driver, "Offline evaluation", 1), "offline")
                 for view, charts in BROWSER_VIEWS.items():
-                    options_shown = []
-                    _until(lambda: options_shown.extend(driver.find_elements(
-                        By.CSS_SELECTOR, '[data-testid="stSidebar"] [data-testid="stRadioOption"]')) or options_shown,
-                        "sidebar")
+                    options_shown: list = []
+
+                    def sidebar_options(shown: list = options_shown) -> list:
+                        shown.extend(driver.find_elements(
+                            By.CSS_SELECTOR, '[data-testid="stSidebar"] [data-testid="stRadioOption"]'))
+                        return shown
+
+                    _until(sidebar_options, "sidebar")
                     label = next((o for o in options_shown if o.text.strip() == VIEW_TITLES[view]), None)
                     if label is None:
                         raise RuntimeError(f"no sidebar entry {VIEW_TITLES[view]!r}: {[o.text for o in options_shown]}")
@@ -177,10 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     sys.path.insert(0, str(REPO_ROOT))
 
-    from core.services import create_database, drop_database, start_embedded_postgres
     from core.settings import get_settings
     from dashboard.sample_data import generate
     from sql.migrate import apply_migrations
+    from stack.services import create_database, drop_database, start_embedded_postgres
 
     admin_dsn = args.admin_dsn
     if args.dsn:

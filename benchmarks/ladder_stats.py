@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classifier.answer_features import parse_answer
+from routing.answer_features import parse_answer
 from training.data import Ladder, LadderData, load_ladder_data, load_prices, run_cli
 
 

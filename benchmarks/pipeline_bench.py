@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -73,11 +73,11 @@ async def latency_phase(api_url: str, stub_url: str, model_id: str, requests: in
         await direct_client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": prompt}],
                                                     max_tokens=64)
         direct.append((time.perf_counter() - started) * 1000)
-        sent_at = datetime.now(timezone.utc)
+        sent_at = datetime.now(UTC)
         started = time.perf_counter()
         response = await http.post(f"{api_url}/generate", json={"prompt": prompt, "max_tokens": 64})
         elapsed = (time.perf_counter() - started) * 1000
-        received_at = datetime.now(timezone.utc)
+        received_at = datetime.now(UTC)
         body = response.json() if response.status_code == 200 else {}
         if body.get("status") != "ok":
             failures += 1
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from core.services import free_port
     from core.settings import get_settings
     from stack.runner import LocalStack
+    from stack.services import free_port
 
     console = Console()
     os.environ.setdefault("ROUTER_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")

@@ -1,27 +1,12 @@
-"""The classifier interface and its name-to-class registry."""
+"""The prompt classifier interface; ``classifier.registry.CLASSIFIERS`` maps names to classes."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import ClassVar, TypeVar
+from collections.abc import Sequence
+from typing import ClassVar
 
 from core.messages import Prediction
-
-CLASSIFIERS: dict[str, type["Classifier"]] = {}
-
-C = TypeVar("C", bound=type["Classifier"])
-
-
-def register_classifier(name: str) -> Callable[[C], C]:
-    def decorate(cls: C) -> C:
-        if name in CLASSIFIERS:
-            raise ValueError(f"classifier {name!r} is already registered")
-        cls.name = name
-        CLASSIFIERS[name] = cls
-        return cls
-
-    return decorate
 
 
 class Classifier(ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from classifier.base import Classifier, register_classifier
+from classifier.base import Classifier
 from core.messages import LABELS, Label, Prediction
 
 SHORT_CHARS = 120
@@ -33,9 +33,10 @@ def _distribution(label: Label, confidence: float) -> dict[str, float]:
     return {name: (confidence if name == label else rest) for name in LABELS}
 
 
-@register_classifier("heuristic")
 class HeuristicClassifier(Classifier):
     """Rules from the seed. Confidence reflects how many cues agree, not a calibrated probability."""
+
+    name = "heuristic"
 
     def predict(self, prompts: Sequence[str]) -> list[Prediction]:
         return [self._predict_one(prompt) for prompt in prompts]

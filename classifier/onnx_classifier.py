@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from classifier.base import Classifier, register_classifier
+from classifier.base import Classifier
 from core.messages import LABELS, Prediction
 
 
@@ -26,8 +26,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-@register_classifier("onnx")
 class OnnxClassifier(Classifier):
+    """The fine-tuned prompt classifier, exported to ONNX and served with onnxruntime + tokenizers."""
+
+    name = "onnx"
+
     def __init__(self, model_path: Path, tokenizer_path: Path, config: dict[str, Any],
                  batch_size: int = 32, threads: int | None = None) -> None:
         self.labels: list[str] = list(config["labels"])
@@ -48,7 +51,7 @@ class OnnxClassifier(Classifier):
         self.input_names = {i.name for i in self.session.get_inputs()}
 
     @classmethod
-    def from_dir(cls, directory: Path, **kwargs: Any) -> "OnnxClassifier":
+    def from_dir(cls, directory: Path, **kwargs: Any) -> OnnxClassifier:
         config = json.loads((directory / "classifier.json").read_text())
         return cls(directory / config["model_file"], directory / "tokenizer.json", config, **kwargs)
 

@@ -24,7 +24,7 @@ def hashed_features(text: str, n_features: int = N_FEATURES) -> dict[int, float]
     """Sublinear counts of words and adjacent word pairs, hashed into ``n_features`` buckets."""
     words = _WORD.findall(text.lower())
     counts: dict[int, float] = {}
-    for token in [*words, *(a + " " + b for a, b in zip(words, words[1:]))]:
+    for token in [*words, *(a + " " + b for a, b in zip(words, words[1:], strict=False))]:
         index = zlib.crc32(token.encode()) % n_features
         counts[index] = counts.get(index, 0.0) + 1.0
     return {i: 1.0 + np.log(c) for i, c in counts.items()}
@@ -71,7 +71,7 @@ class TopicModel:
                             topics=np.asarray(json.dumps(self.topics)))
 
     @classmethod
-    def load(cls, directory: Path) -> "TopicModel | None":
+    def load(cls, directory: Path) -> TopicModel | None:
         path = directory / cls.FILE
         if not path.is_file():
             return None

@@ -7,7 +7,7 @@ prompts topic send a ``PromptMessage``.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Literal
 
@@ -27,7 +27,7 @@ TIER_ORDER: tuple[Tier, ...] = (Tier.cheap, Tier.mid, Tier.expensive)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_request_id() -> str:
@@ -88,7 +88,7 @@ class RoutingDecision(_Message):
     reasons: list[str]
     policy: str
     classifier: str
-    # Kind of the prompt the policy's settings were looked up by (classifier.prompt_kind): its surface
+    # Kind of the prompt the policy's settings were looked up by (routing.prompt_kind): its surface
     # kind, refined by its topic when there is one ("multiple_choice/chemistry").
     prompt_kind: str | None = None
     topic: str | None = None

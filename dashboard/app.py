@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import psycopg
@@ -101,7 +101,7 @@ def main() -> None:
     st.set_page_config(page_title="Router analytics", page_icon="💸", layout="wide")
     settings = get_settings()
     slug = choose_view()
-    st.sidebar.caption(f"Figures cached for {q.CACHE_TTL_S} s · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    st.sidebar.caption(f"Figures cached for {q.CACHE_TTL_S} s · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
 
     if slug == OFFLINE_VIEW:
         views.offline(settings.dashboard_reports_dir)

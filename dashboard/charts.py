@@ -6,7 +6,6 @@ import altair as alt
 import pandas as pd
 
 
-
 def period_x(bucket: str, periods: pd.Series) -> alt.X:
     """The time axis of trend charts, ticked exactly at the buckets that hold data.
 

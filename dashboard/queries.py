@@ -12,7 +12,7 @@ Costs are stored as integer micro-USD; conversion to USD happens here so that ev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import pandas as pd
@@ -50,12 +50,12 @@ class Filters:
 
     @property
     def start_ts(self) -> datetime:
-        return datetime.combine(self.start, time.min, tzinfo=timezone.utc)
+        return datetime.combine(self.start, time.min, tzinfo=UTC)
 
     @property
     def end_ts(self) -> datetime:
         """Exclusive upper bound: midnight after the last selected day (UTC)."""
-        return datetime.combine(self.end + timedelta(days=1), time.min, tzinfo=timezone.utc)
+        return datetime.combine(self.end + timedelta(days=1), time.min, tzinfo=UTC)
 
 
 def _configure(conn: Any) -> None:
@@ -199,20 +199,20 @@ def filter_choices(dsn: str) -> dict[str, list[str]]:
 
 # ----------------------------------------------------------------------------- overview
 
-_SPEND_COLUMNS = """
+_SPEND_COLUMNS = f"""
     count(*)::bigint AS requests,
     count(*) FILTER (WHERE r.status = 'ok')::bigint AS ok_requests,
-    coalesce(sum(r.cost_micro_usd), 0)::float8 / {micro} AS spend_usd,
+    coalesce(sum(r.cost_micro_usd), 0)::float8 / {MICRO} AS spend_usd,
     coalesce(sum(r.cost_micro_usd) FILTER (WHERE r.counterfactual_cost_micro_usd IS NOT NULL), 0)::float8
-        / {micro} AS comparable_spend_usd,
-    coalesce(sum(r.counterfactual_cost_micro_usd), 0)::float8 / {micro} AS counterfactual_spend_usd,
+        / {MICRO} AS comparable_spend_usd,
+    coalesce(sum(r.counterfactual_cost_micro_usd), 0)::float8 / {MICRO} AS counterfactual_spend_usd,
     count(r.counterfactual_cost_micro_usd)::bigint AS comparable_requests,
-    coalesce(sum(r.cost_micro_usd), 0)::float8 / {micro} / nullif(count(*), 0) AS cost_per_request_usd,
+    coalesce(sum(r.cost_micro_usd), 0)::float8 / {MICRO} / nullif(count(*), 0) AS cost_per_request_usd,
     1 - sum(r.cost_micro_usd) FILTER (WHERE r.counterfactual_cost_micro_usd IS NOT NULL)::float8
         / nullif(sum(r.counterfactual_cost_micro_usd), 0) AS savings_ratio,
     count(*) FILTER (WHERE r.escalated)::bigint AS escalated,
     count(*) FILTER (WHERE r.fell_back)::bigint AS fell_back
-""".format(micro=MICRO)
+"""
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)

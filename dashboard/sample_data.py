@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import psycopg
@@ -72,8 +72,8 @@ def generate(
     if requests < 1 or days < 1:
         raise ValueError("requests and days must be at least 1")
     rng = np.random.default_rng(seed)
-    last_day = last_day or datetime.now(timezone.utc).date()
-    start = datetime.combine(last_day - timedelta(days=days - 1), time.min, tzinfo=timezone.utc)
+    last_day = last_day or datetime.now(UTC).date()
+    start = datetime.combine(last_day - timedelta(days=days - 1), time.min, tzinfo=UTC)
     offsets = np.sort(rng.uniform(0, days * 86_400, requests))
     expensive = LADDER[-1]
     with conn.cursor() as cur, \

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from core.messages import CompletionMessage, PromptMessage
 from core.settings import Settings
-from stream_processors.topics import TopicSpec, create_topics, delete_topics
+from core.topics import TopicSpec, create_topics, delete_topics
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from core.messages import PromptMessage
-from providers.registry import ModelSpec
+from core.registry import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,17 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from providers.registry import ModelRegistry, load_prices_usd
+from core.registry import ModelRegistry, load_prices_usd
 
 log = logging.getLogger(__name__)
 
 # Effective date of seeded list prices: before any request, so every request finds a rate.
-SEED_EFFECTIVE_FROM = datetime(2000, 1, 1, tzinfo=timezone.utc)
+SEED_EFFECTIVE_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from classifier.cascade import Answer, Escalation
 from core.messages import Attempt, CompletionMessage, RoutedMessage, utcnow
+from core.registry import ModelRegistry, ModelSpec
 from providers.base import Provider, ProviderError, ProviderResult
 from providers.costs import CostBook
 from providers.health import CircuitBreaker
-from providers.registry import ModelRegistry, ModelSpec
+from routing.answer_checks import Answer
+from routing.escalation import Escalation
 
 # (spec, text) -> tokens; providers.tokens.count_tokens by default.
 TokenCounter = Callable[[ModelSpec, str], int]

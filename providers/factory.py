@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.registry import ModelRegistry
 from providers.base import Provider
-from providers.registry import ModelRegistry
 
 
 def build_providers(registry: ModelRegistry, data_dir: Path | None = None) -> dict[str, Provider]:

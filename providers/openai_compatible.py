@@ -20,8 +20,8 @@ import openai
 from openai import AsyncOpenAI
 
 from core.messages import PromptMessage
+from core.registry import ModelSpec
 from providers.base import Provider, ProviderError, ProviderResult
-from providers.registry import ModelSpec
 from providers.tokens import count_chat_prompt_tokens, count_tokens
 
 # HTTP requests sent for the call running in this task (a one-item list, so the hook can add to it).

@@ -14,12 +14,13 @@ never rewritten.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from core.registry import ModelRegistry
 from providers.costs import (
     RATES_SQL,
     SEED_EFFECTIVE_FROM,
@@ -29,7 +30,6 @@ from providers.costs import (
     load_prices_file,
     registry_prices,
 )
-from providers.registry import ModelRegistry
 
 
 def _parse_time(value: str) -> datetime:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "show":
         import psycopg
 
-        at = args.at or datetime.now(timezone.utc)
+        at = args.at or datetime.now(UTC)
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(RATES_SQL).fetchall()
         book = EffectiveDatedCostBook(Rate(m, int(i), int(o), effective_from=s) for m, s, i, o in rows)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             effective_from = args.effective_from or SEED_EFFECTIVE_FROM
             written = insert_rates(dsn, prices, effective_from, source, only_missing_models=True)
         else:
-            effective_from = args.effective_from or datetime.now(timezone.utc)
+            effective_from = args.effective_from or datetime.now(UTC)
             written = insert_rates(dsn, prices, effective_from, source, skip_unchanged=True)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Mapping
 
 from core.messages import PromptMessage
 from core.outcomes import ModelOutcome, OutcomeRecord
+from core.registry import ModelSpec
 from providers.base import Provider, ProviderError, ProviderResult
-from providers.registry import ModelSpec
-
 
 # Metadata key naming the outcomes record a replayed prompt came from: the same prompt text can occur
 # in several records (with different recorded answers), so the offline harness names the one it means.

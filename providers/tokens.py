@@ -8,7 +8,7 @@
   Hugging Face ``tokenizers`` file with byte fallback.
 
 The llama3 and phi3 files in ``providers/tokenizer_data`` were built once by
-``python -m providers.build_tokenizers`` from the vocab files llama.cpp ships (see that module); the
+``python -m stack.build_tokenizers`` from the vocab files llama.cpp ships (see that module); the
 tests check them against the reference tokenizers' ids on llama.cpp's fixed test strings.
 
 Nothing loads at import: each tokenizer is read on first use and kept for the process.
@@ -20,12 +20,12 @@ import base64
 import gzip
 import hashlib
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal, Protocol
 
-from providers.registry import ModelSpec
+from core.registry import ModelSpec
 
 Family = Literal["o200k", "llama3", "phi3"]
 FAMILIES: tuple[Family, ...] = ("o200k", "llama3", "phi3")
@@ -160,7 +160,7 @@ def _load_phi3() -> HFTokenizer:
 _LOADERS = {"o200k": _load_o200k, "llama3": _load_llama3, "phi3": _load_phi3}
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_tokenizer(family: Family) -> FamilyTokenizer:
     """The tokenizer of a model family, loaded once per process."""
     try:
@@ -171,7 +171,7 @@ def get_tokenizer(family: Family) -> FamilyTokenizer:
 
 
 def count_tokens(spec: ModelSpec, text: str) -> int:
-    """Tokens of ``text`` alone for ``spec``'s model family. Fits ``classifier.policy.TokenCounter``."""
+    """Tokens of ``text`` alone for ``spec``'s model family. Fits ``routing.policy.TokenCounter``."""
     return get_tokenizer(spec.tokenizer).count(text)
 
 

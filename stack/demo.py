@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import psycopg
@@ -252,7 +252,7 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
     # rates the pipeline priced with (from cost_rates at each prompt's time; here the same instant).
     expensive = registry.counterfactual_model
     costs = build_cost_book(settings, registry) if settings.pg_dsn else RegistryCostBook(registry)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     baseline = sum(costs.cost_micro_usd(expensive.name, r.outcomes[expensive.provider_model_id].input_tokens,
                                         r.outcomes[expensive.provider_model_id].output_tokens, now) for r in records)
     baseline_correct = sum(r.outcomes[expensive.provider_model_id].correct for r in records)

@@ -27,19 +27,18 @@ import httpx
 import psycopg
 from rich.console import Console
 
-from core.services import (
+from core.settings import PROJECT_ROOT, Settings, get_settings
+from core.topics import ensure_pipeline_topics
+from sql.migrate import apply_migrations
+from stack.processes import ManagedProcess, ProcessGroup, fresh_log, spawn, wait_until
+from stack.services import (
     create_database,
     free_port,
     start_embedded_postgres,
     start_tansu,
     stop_embedded_postgres,
-    wait_for_port,
 )
-from core.settings import PROJECT_ROOT, Settings, get_settings
-from sql.migrate import apply_migrations
-from stack.processes import ManagedProcess, ProcessGroup, fresh_log, spawn, wait_until
 from stream_processors.runtime import load_registry
-from stream_processors.topics import ensure_pipeline_topics
 
 DATABASE_NAME = "router"
 
@@ -129,7 +128,7 @@ class LocalStack:
             self._ok("models", f"stub at {self.env['ROUTER_STUB_URL']} (given)")
             return
         port = free_port()
-        stub = self.children.add(spawn("stub-models", [sys.executable, "-m", "providers.stub_server", "--port",
+        stub = self.children.add(spawn("stub-models", [sys.executable, "-m", "stack.stub_server", "--port",
                                                        str(port)], self.log_dir / "stub.log", self.env, PROJECT_ROOT))
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200,
                    "stub model server", 30, [stub])

@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     if args.command == "create-topics":
+        from core.topics import ensure_pipeline_topics  # noqa: PLC0415
         from stream_processors.runtime import load_registry  # noqa: PLC0415
-        from stream_processors.topics import ensure_pipeline_topics  # noqa: PLC0415
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         created = asyncio.run(ensure_pipeline_topics(settings, load_registry(settings)))

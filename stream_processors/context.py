@@ -8,17 +8,17 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import faust
-from pydantic import ValidationError
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from mode import Service
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, wait_exponential
 
 from core.messages import DeadLetterMessage, _Message
 from core.settings import Settings
+from core.topics import route_topic
 from stream_processors.runtime import Runtime
-from stream_processors.topics import route_topic
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from classifier.cascade import Escalation
-from classifier.factory import build_router
-from classifier.router import Router
+from core.registry import ModelRegistry
 from core.settings import Settings
 from providers.base import Provider
 from providers.costs import CostBook, RegistryCostBook, build_db_cost_book
 from providers.executor import LadderExecutor
 from providers.factory import build_providers
-from providers.registry import ModelRegistry
 from providers.tokens import count_tokens, warm_up
+from routing.factory import build_router, escalation_for
+from routing.router import Router
 
 
 def load_registry(settings: Settings) -> ModelRegistry:
@@ -48,6 +47,6 @@ def build_runtime(settings: Settings, registry: ModelRegistry | None = None) -> 
     providers = build_providers(registry, settings.data_dir)
     # Load the ladder's tokenizers now (o200k takes ~1 s) rather than on the first request.
     warm_up(sorted({m.tokenizer for m in registry.models}))
-    executor = LadderExecutor(registry, providers, router.escalation or Escalation(registry),
+    executor = LadderExecutor(registry, providers, escalation_for(registry, settings.classifier_artifact),
                               build_cost_book(settings, registry))
     return Runtime(registry=registry, router=router, providers=providers, executor=executor)

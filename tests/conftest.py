@@ -16,7 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.services import (
+from sql.migrate import apply_migrations
+from stack.services import (
     create_database,
     drop_database,
     free_port,
@@ -24,7 +25,6 @@ from core.services import (
     start_tansu,
     stop_embedded_postgres,
 )
-from sql.migrate import apply_migrations
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,10 +88,10 @@ def stub_server() -> Iterator[str]:
     import subprocess
     import sys
 
-    from core.services import wait_for_port
+    from stack.services import wait_for_port
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "providers.stub_server", "--port", str(port)], cwd=REPO_ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "stack.stub_server", "--port", str(port)], cwd=REPO_ROOT)
     wait_for_port("127.0.0.1", port)
     yield f"http://127.0.0.1:{port}/v1"
     process.terminate()

@@ -5,7 +5,7 @@ out-of-fold predictions: every training prompt is scored by a prompt classifier 
 did not see it, so the chosen point is what the router does on unseen prompts, not on memorised ones.
 
 ``CascadeSimulator`` replays the ladder rule of ``providers.executor.LadderExecutor`` +
-``classifier.cascade.Escalation`` vectorised over a whole grid of knobs; start tiers come from the
+``routing.escalation.Escalation`` vectorised over a whole grid of knobs; start tiers come from the
 real ``RoutingPolicy.decide`` and escalations from the same ``escalate_mask`` the live check uses.
 ``training.evaluate`` cross-checks it against the real replay of the chosen point.
 """
@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from classifier.answer_features import verifier_features
-from classifier.calibrated import CascadePolicy
-from classifier.cascade import ANSWER_CHECKS, DEFAULT_CHECKS, Answer
-from classifier.policy import RoutingPolicy, ThresholdPolicy
-from classifier.prompt_kind import DEFAULT_KIND, routing_kind, settings_for_kind
-from classifier.verifier import LogisticHead, TierVerifier, VerifierModel, escalate_mask
-from core.messages import LABELS, Prediction, PromptMessage, TIER_ORDER
-from providers.registry import ModelRegistry
+from core.messages import LABELS, TIER_ORDER, Prediction, PromptMessage
+from core.registry import ModelRegistry
+from routing.answer_checks import ANSWER_CHECKS, DEFAULT_CHECKS, Answer
+from routing.answer_features import verifier_features
+from routing.cascade_policy import CascadePolicy
+from routing.policy import RoutingPolicy, ThresholdPolicy
+from routing.prompt_kind import DEFAULT_KIND, routing_kind, settings_for_kind
+from routing.verifier import LogisticHead, TierVerifier, VerifierModel, escalate_mask
 from training.data import LadderData, kfold_by_source, request_cost_usd
 
 NO_VERIFIER = float("inf")  # a margin no gain reaches: never escalate on the verifier's word
@@ -46,7 +46,7 @@ class AnswerMatrices:
     output_tokens: np.ndarray  # (n, 3)
     default_reject: np.ndarray  # (n, 3) bool: the seed checks (refusal, empty, truncated) reject it
 
-    def subset(self, rows: np.ndarray) -> "AnswerMatrices":
+    def subset(self, rows: np.ndarray) -> AnswerMatrices:
         return AnswerMatrices(self.cheap[rows], self.mid_after_cheap[rows], self.mid_alone[rows],
                               self.input_tokens[rows], self.output_tokens[rows], self.default_reject[rows])
 
@@ -128,7 +128,7 @@ class VerifierScores:
     mid_after_cheap: tuple[np.ndarray, np.ndarray, np.ndarray]
     mid_alone: tuple[np.ndarray, np.ndarray, np.ndarray]
 
-    def subset(self, rows: np.ndarray) -> "VerifierScores":
+    def subset(self, rows: np.ndarray) -> VerifierScores:
         return VerifierScores(*(tuple(x[rows] for x in triple)
                                 for triple in (self.cheap, self.mid_after_cheap, self.mid_alone)))
 
@@ -462,12 +462,12 @@ class _Sums:
     expensive_calls: float
     n: int
 
-    def __add__(self, other: "_Sums") -> "_Sums":
+    def __add__(self, other: _Sums) -> _Sums:
         return _Sums(self.cost + other.cost, self.diff_sum + other.diff_sum, self.diff_sq + other.diff_sq,
                      self.expensive_calls + other.expensive_calls, self.n + other.n)
 
     @classmethod
-    def cell(cls, sums: GridSums, i: int, j: int, n: int) -> "_Sums":
+    def cell(cls, sums: GridSums, i: int, j: int, n: int) -> _Sums:
         return cls(float(sums.cost[i, j]), float(sums.diff_sum[i, j]), float(sums.diff_sq[i, j]),
                    float(sums.expensive_calls[i, j]), n)
 

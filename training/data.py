@@ -14,7 +14,7 @@ import numpy as np
 from classifier.heuristic import HeuristicClassifier
 from core.messages import LABELS, Tier
 from core.outcomes import OutcomeRecord, load_outcomes
-from providers.registry import ModelRegistry, ModelSpec, Prices, load_prices_usd
+from core.registry import ModelRegistry, ModelSpec, Prices, load_prices_usd
 
 # Replay models answer any prompt length the recorded model answered.
 REPLAY_CONTEXT_WINDOW = 1_000_000
@@ -34,7 +34,7 @@ class Ladder:
         return ",".join(self.models)
 
     @classmethod
-    def parse(cls, text: str) -> "Ladder":
+    def parse(cls, text: str) -> Ladder:
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if len(parts) != 3 or len(set(parts)) != 3:
             raise ValueError(f"--ladder needs three distinct model ids CHEAP,MID,EXPENSIVE, got {text!r}")
@@ -97,7 +97,7 @@ class LadderData:
     def label_ids(self) -> np.ndarray:
         return np.asarray([LABELS.index(label) for label in self.labels])
 
-    def subset(self, rows: Sequence[int]) -> "LadderData":
+    def subset(self, rows: Sequence[int]) -> LadderData:
         rows = list(rows)
         return LadderData(self.ladder, [self.records[i] for i in rows], self.correct[rows], self.cost_usd[rows],
                           [self.labels[i] for i in rows], 0)
@@ -169,8 +169,8 @@ def kfold_by_source(sources: Sequence[str], folds: int, seed: int) -> np.ndarray
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Run a command's ``main``, reporting bad input (missing files, malformed data, unknown models, a
     missing artifact) in one line instead of a traceback."""
-    from classifier.artifact import ArtifactError  # noqa: PLC0415 - keeps this module free of model imports
     from core.outcomes import OutcomesFormatError  # noqa: PLC0415
+    from routing.artifact import ArtifactError  # noqa: PLC0415 - keeps this module free of model imports
 
     try:
         return main(argv)

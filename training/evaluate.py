@@ -19,26 +19,27 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from classifier.artifact import artifact_digest, read_json
-from classifier.factory import build_router
-from classifier.verifier import load_verifier
 from core.messages import LABELS, TIER_ORDER, CompletionMessage, PromptMessage, RoutedMessage
 from providers.costs import RegistryCostBook
 from providers.executor import LadderExecutor
 from providers.replay import OUTCOME_ID_KEY, OutcomeIndex, ReplayProvider
+from routing.artifact import artifact_digest, read_json
+from routing.escalation import Escalation
+from routing.factory import build_router, escalation_for
+from routing.verifier import load_verifier
 from training.calibrate import CostFn, answer_matrices, score_verifier, simulate_setting
 from training.data import Ladder, LadderData, load_ladder_data, load_prices, replay_registry, run_cli
 from training.reader import served_reader_logits
 
 # Replayed requests are priced at one fixed instant so reruns give identical costs.
-PRICED_AT = datetime(2024, 6, 1, tzinfo=timezone.utc)
+PRICED_AT = datetime(2024, 6, 1, tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +61,11 @@ def request_id(record_id: str) -> str:
     return hashlib.sha256(record_id.encode()).hexdigest()[:32]
 
 
-async def replay(data: LadderData, router: Any, registry: Any, batch_size: int, concurrency: int) -> list[CompletionMessage]:
+async def replay(data: LadderData, router: Any, escalation: Escalation, registry: Any, batch_size: int,
+                 concurrency: int) -> list[CompletionMessage]:
     index = OutcomeIndex(data.records)
     providers = {spec.name: ReplayProvider(spec, index) for spec in registry.models}
-    executor = LadderExecutor(registry, providers, router.escalation, RegistryCostBook(registry))
+    executor = LadderExecutor(registry, providers, escalation, RegistryCostBook(registry))
     # Each request names its record: prompt texts repeat across records with different recorded answers.
     prompts = [PromptMessage(request_id=request_id(r.id), prompt=r.prompt, created_at=PRICED_AT,
                              metadata={OUTCOME_ID_KEY: r.id}) for r in data.records]
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     policy_doc = read_json(args.artifact / "policy.json")
     data = load_ladder_data(args.data, ladder, prices)
     router = build_router(registry, args.artifact)
-    completions = asyncio.run(replay(data, router, registry, args.batch_size, args.concurrency))
+    escalation = escalation_for(registry, args.artifact)
+    completions = asyncio.run(replay(data, router, escalation, registry, args.batch_size, args.concurrency))
     cost_fn = book_cost_fn(RegistryCostBook(registry), ladder.models)
     tokens = np.array([[(r.outcomes[m].input_tokens, r.outcomes[m].output_tokens) for m in ladder.models]
                        for r in data.records])  # (n, 3, input/output)

@@ -1,4 +1,4 @@
-"""Fitting the answer reader (``classifier.answer_reader``) and its out-of-fold logits for the verifier."""
+"""Fitting the answer reader (``routing.answer_reader``) and its out-of-fold logits for the verifier."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from classifier.answer_reader import READER_TIERS, AnswerReader
 from classifier.topic import N_FEATURES
+from routing.answer_reader import READER_TIERS, AnswerReader
 from training.calibrate import fit_logistic_head
 from training.data import LadderData, kfold_by_source
 from training.topic import text_matrix

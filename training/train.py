@@ -22,9 +22,9 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from tqdm.auto import tqdm
 
-from classifier.answer_reader import READER_TIERS, AnswerReader
 from classifier.topic import TopicModel
 from core.messages import LABELS
+from routing.answer_reader import READER_TIERS, AnswerReader
 from training.calibrate import (
     KIND_SHRINKAGE,
     MIN_KIND_PROMPTS,
@@ -37,10 +37,10 @@ from training.calibrate import (
     procedure_check,
     safety_from_check,
 )
-from training.reader import fit_reader, out_of_fold_reader_logits
-from training.topic import fit_topic_model, out_of_fold_topics, record_topics
 from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices, replay_registry, run_cli
 from training.prompt_model import DEFAULT_BASE, FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba
+from training.reader import fit_reader, out_of_fold_reader_logits
+from training.topic import fit_topic_model, out_of_fold_topics, record_topics
 
 log = logging.getLogger("training.train")
 
@@ -191,7 +191,7 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
         oof_topics = out_of_fold_topics(texts, true_topics, args.verifier_folds, args.seed)
         fit_topic_model(texts, true_topics).save(staging)
         topic_report = {"topics": sorted(set(true_topics)), "folds": args.verifier_folds,
-                        "out_of_fold_accuracy": float(np.mean([a == b for a, b in zip(oof_topics, true_topics)]))}
+                        "out_of_fold_accuracy": float(np.mean([a == b for a, b in zip(oof_topics, true_topics, strict=True)]))}
         log.info("topic model: %d topics, out-of-fold accuracy %.3f", len(topic_report["topics"]),
                  topic_report["out_of_fold_accuracy"])
 

@@ -61,7 +61,7 @@ class GenerateOut(BaseModel):
     completed_at: datetime
 
     @classmethod
-    def from_completion(cls, completion: CompletionMessage) -> "GenerateOut":
+    def from_completion(cls, completion: CompletionMessage) -> GenerateOut:
         decision = completion.decision
         return cls(
             request_id=completion.request_id, status=completion.status, model=completion.final_model,

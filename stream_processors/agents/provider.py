@@ -8,7 +8,7 @@ import logging
 import faust
 
 from core.messages import CompletionMessage, RoutedMessage
-from providers.registry import ModelSpec
+from core.registry import ModelSpec
 from stream_processors.context import PipelineContext
 
 log = logging.getLogger(__name__)

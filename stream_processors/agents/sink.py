@@ -11,9 +11,9 @@ from psycopg_pool import PoolTimeout
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from core.messages import CompletionMessage
+from sql.repository import upsert_completion, upsert_completions
 from stream_processors.agents.batching import register_batch_agent
 from stream_processors.context import PipelineContext
-from stream_processors.repository import upsert_completion, upsert_completions
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ Savings = 1 − 3600 / 7000 = 48.6 %; day 1: 1 − 400/3000 = 86.7 %; day 2: 1 �
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 PHI, LLAMA, GPT = "phi-3-mini", "llama-3-70b", "gpt-4o"
-DAY1 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
-DAY2 = datetime(2026, 1, 6, 15, 0, tzinfo=timezone.utc)
+DAY1 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+DAY2 = datetime(2026, 1, 6, 15, 0, tzinfo=UTC)
 
 # (id, created, tenant, difficulty, routed, final, status, escalated, fell_back, cost, counterfactual, prompt, response)
 REQUESTS = [

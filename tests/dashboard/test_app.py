@@ -302,7 +302,7 @@ def test_date_range_from_the_url(seeded: str, run_view: RunView) -> None:
 
 
 def test_unreachable_database_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.services import free_port
+    from stack.services import free_port
 
     monkeypatch.setenv("ROUTER_PG_DSN", f"host=127.0.0.1 port={free_port()} user=nobody connect_timeout=1")
     get_settings.cache_clear()

@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.services import free_port, wait_for_port
 from dashboard.sample_data import generate
+from stack.services import free_port, wait_for_port
 from tests.dashboard.test_app import HARNESS_REPORT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -17,12 +16,12 @@ import httpx
 import psycopg
 import pytest
 
-from core.services import create_database, drop_database, free_port
 from core.settings import Settings
+from core.topics import ensure_pipeline_topics
 from sql.migrate import apply_migrations
 from stack.processes import ManagedProcess, spawn, wait_until
+from stack.services import create_database, drop_database, free_port
 from stream_processors.runtime import load_registry
-from stream_processors.topics import ensure_pipeline_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

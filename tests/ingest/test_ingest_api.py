@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from core.messages import PromptMessage
 from core.settings import Settings
+from core.topics import TopicSpec, create_topics
 from ingest.api.main import create_app
-from stream_processors.topics import TopicSpec, create_topics
 
 
 @pytest.fixture()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from classifier.cascade import Escalation
 from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier
+from core.registry import ModelRegistry
 from providers.base import Provider, ProviderResult
 from providers.costs import (
     DbCostBook,
@@ -23,10 +23,10 @@ from providers.costs import (
 )
 from providers.executor import LadderExecutor
 from providers.prices import main as prices_main
-from providers.registry import ModelRegistry
+from routing.escalation import Escalation
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-CHANGE = datetime(2026, 6, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CHANGE = datetime(2026, 6, 1, tzinfo=UTC)
 
 REGISTRY = ModelRegistry.model_validate({"counterfactual": "big", "models": [
     {"name": "small", "kind": "replay", "tier": "cheap", "prices": {"input": 0.13, "output": 0.52}},
@@ -123,7 +123,7 @@ def _routed(created_at: datetime) -> RoutedMessage:
 
 
 async def test_rate_change_mid_stream_prices_each_request_at_its_creation_time(clean_db: str, tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     book = build_db_cost_book(clean_db, REGISTRY, refresh_s=0.0)  # auto-seeds list prices from 2000-01-01
     providers = {s.name: FixedTokens(s, input_tokens=1234, output_tokens=567) for s in REGISTRY.models}
     ladder = LadderExecutor(REGISTRY, providers, Escalation(REGISTRY), book, token_counter=lambda spec, text: 0)
@@ -147,7 +147,7 @@ def half_up(numerator: int) -> int:
 
 
 async def test_counterfactual_uses_the_rate_at_creation_time(clean_db: str, tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     book = build_db_cost_book(clean_db, REGISTRY, refresh_s=0.0)
     new = _write_prices(tmp_path / "new.json", (0.13, 0.52), (3.0, 12.0))
     assert prices_main(["--dsn", clean_db, "update", "--prices", str(new), "--effective-from", now.isoformat()]) == 0
@@ -202,7 +202,7 @@ def test_bad_effective_from_is_refused(clean_db: str, tmp_path: Path) -> None:
 
 
 def test_db_book_keeps_pricing_from_its_cache_when_postgres_is_down(clean_db: str) -> None:
-    from core.services import free_port
+    from stack.services import free_port
 
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("INSERT INTO cost_rates VALUES ('small', %s, 130, 520, 'test')", (T0,))

@@ -7,20 +7,21 @@ the list prices: cheap 130/520, mid 590/790, expensive 2500/10000 micro-USD per 
 from __future__ import annotations
 
 import time
+from datetime import UTC
 from pathlib import Path
 
 import httpx
 import pytest
 
-from classifier.cascade import Escalation
 from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier
+from core.registry import ModelRegistry
 from providers.base import ProviderError
 from providers.costs import RegistryCostBook
 from providers.executor import LadderExecutor
 from providers.health import CircuitBreaker
 from providers.openai_compatible import MissingApiKeyError, OpenAICompatibleProvider
-from providers.registry import ModelRegistry
 from providers.tokens import count_chat_prompt_tokens, count_tokens
+from routing.escalation import Escalation
 
 REGISTRY_YAML = """
 counterfactual: big
@@ -225,7 +226,7 @@ async def test_provider_error_carries_status_and_retries(registry, stub_server) 
 async def test_rate_change_mid_stream_through_the_sdk(registry, stub_server, clean_db, tmp_path) -> None:
     """Real SDK, real stub, rates from Postgres: a request made before a price change keeps the old price
     even when it is answered after the change; one made after gets the new price."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from providers.costs import build_db_cost_book
     from providers.prices import main as prices_main
@@ -233,7 +234,7 @@ async def test_rate_change_mid_stream_through_the_sdk(registry, stub_server, cle
     set_faults(stub_server, **{"stub-small": {"reply": REPLY}})
     ladder = LadderExecutor(registry, {s.name: OpenAICompatibleProvider(s) for s in registry.models},
                             Escalation(registry), build_db_cost_book(clean_db, registry, refresh_s=0.0))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     early, late = routed_to("small", Tier.cheap), routed_to("small", Tier.cheap)
     early.prompt.created_at = now - timedelta(seconds=1)
     late.prompt.created_at = now + timedelta(seconds=1)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from classifier.cascade import Escalation
 from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier
 from core.outcomes import load_outcomes
+from core.registry import ModelRegistry
 from providers.base import ProviderError
 from providers.costs import RegistryCostBook
 from providers.executor import LadderExecutor
 from providers.factory import build_providers
-from providers.registry import ModelRegistry
 from providers.replay import OutcomeIndex, ReplayProvider
+from routing.escalation import Escalation
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.services import create_database, drop_database, free_port
+from stack.services import create_database, drop_database, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LADDER = ("phi-3.5-mini-instruct", "llama-3-70b-instruct", "gpt-4o-2024-05-13")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from providers.registry import ModelSpec, Prices
-from providers.tokens import count_chat_prompt_tokens, count_tokens, get_tokenizer
+from core.registry import ModelSpec, Prices
+from providers.tokens import count_chat_prompt_tokens, get_tokenizer
 
 DATA = Path(__file__).parent / "data"
 

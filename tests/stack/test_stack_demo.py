@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from core.services import create_database, drop_database, free_port
+from stack.services import create_database, drop_database, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from synthetic_outcomes import PRICES, make_records, write_jsonl_gz
 
 

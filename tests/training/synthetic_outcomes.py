@@ -11,7 +11,6 @@ import json
 import random
 from pathlib import Path
 
-
 LADDER = ("small-model", "mid-model", "big-model")
 LADDER_ARG = ",".join(LADDER)
 PRICES = {"_note": "test prices", "small-model": {"input": 0.1, "output": 0.4},

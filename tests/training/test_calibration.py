@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synthetic_outcomes import LADDER_ARG, PRICES, make_records
 
-from core.outcomes import OutcomeRecord
-from classifier.prompt_kind import DEFAULT_KIND
 from core.messages import TIER_ORDER
+from core.outcomes import OutcomeRecord
+from core.registry import Prices
+from routing.prompt_kind import DEFAULT_KIND
 from training.calibrate import (
     NO_VERIFIER,
+    GridSums,
     Objective,
+    _merge,
+    _pareto_parts,
+    _Part,
+    _shrink_toward_parents,
+    _Sums,
     answer_matrices,
     budgeted_rows,
     calibrate,
     grid_sums,
     kind_groups,
-    out_of_fold_verifier_scores,
-    _Part,
-    _merge,
-    _pareto_parts,
-    _shrink_toward_parents,
-    _Sums,
-    GridSums,
     kind_parent,
+    out_of_fold_verifier_scores,
     procedure_check,
     registry_cost_fn,
     safety_from_check,
@@ -32,9 +34,6 @@ from training.calibrate import (
     simulate_setting,
 )
 from training.data import Ladder, build_ladder_data, label_from_correct, replay_registry, stratified_split
-from providers.registry import Prices
-
-from synthetic_outcomes import LADDER_ARG, PRICES, make_records
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from synthetic_outcomes import LADDER_ARG
 
 from benchmarks import ladder_stats
-
-from synthetic_outcomes import LADDER_ARG
 
 
 def test_prints_every_figure_per_group(synthetic_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -134,7 +134,7 @@ def test_int8_gate_reads_accuracy_and_log_loss_when_labels_are_given(tmp_path: P
 
 
 def test_serving_imports_neither_torch_nor_transformers() -> None:
-    code = ("import sys, classifier.artifact, classifier.onnx_classifier, classifier.verifier, classifier.factory\n"
+    code = ("import sys, routing.artifact, classifier.onnx_classifier, routing.verifier, routing.factory\n"
             "bad = [m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

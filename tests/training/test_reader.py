@@ -7,15 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from synthetic_outcomes import LADDER_ARG
 
-from classifier.answer_features import FEATURE_NAMES
-from classifier.answer_reader import READER_TIERS, AnswerReader
 from classifier.topic import N_FEATURES
+from routing.answer_features import FEATURE_NAMES
+from routing.answer_reader import READER_TIERS, AnswerReader
 from training.calibrate import answer_matrices
 from training.data import Ladder, load_ladder_data, load_prices
 from training.reader import fit_reader, out_of_fold_reader_logits, served_reader_logits
-
-from synthetic_outcomes import LADDER_ARG
 
 
 @pytest.fixture(scope="module")

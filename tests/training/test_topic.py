@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.calibrated import CascadePolicy
-from classifier.prompt_kind import DEFAULT_KIND, routing_kind, settings_for_kind
 from classifier.topic import TopicModel
 from core.messages import Prediction, PromptMessage, Tier
-from providers.registry import Prices
+from core.registry import Prices
+from routing.cascade_policy import CascadePolicy
+from routing.prompt_kind import DEFAULT_KIND, routing_kind, settings_for_kind
 from training.calibrate import kind_groups
 from training.data import Ladder, replay_registry
 from training.topic import fit_topic_model, out_of_fold_topics, record_topics

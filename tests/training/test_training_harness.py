@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from synthetic_outcomes import LADDER, LADDER_ARG
 
-from classifier.artifact import artifact_digest, load_router_from_artifact
-from classifier.factory import build_router
 from classifier.onnx_classifier import OnnxClassifier
+from routing.artifact import artifact_digest, load_router_from_artifact
+from routing.factory import build_router, escalation_for
 from training import evaluate, train
 from training.calibrate import SAFETY_GRID
 from training.data import Ladder, load_prices, replay_registry
-
-from synthetic_outcomes import LADDER, LADDER_ARG
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +72,7 @@ def test_router_loads_through_the_factory(artifact: Path, synthetic_dir: Path) -
     router = build_router(registry, artifact)
     assert isinstance(router.classifier, OnnxClassifier)
     assert router.policy.name == "cascade"
-    assert any(check.name == "verifier" for check in router.escalation.checks)
+    assert any(check.name == "verifier" for check in escalation_for(registry, artifact).checks)
     decisions = router.route([__import__("core.messages", fromlist=["PromptMessage"]).PromptMessage(prompt="hi")])
     assert decisions[0].model in LADDER and abs(sum(decisions[0].probabilities.values()) - 1) < 1e-5
     assert load_router_from_artifact(artifact, registry).policy.params() == router.policy.params()

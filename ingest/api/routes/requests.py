@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException
 from psycopg_pool import PoolTimeout
 
 from ingest.api.deps import PoolDep
-from stream_processors.repository import fetch_request
+from sql.repository import fetch_request
 
 router = APIRouter(tags=["requests"])
 

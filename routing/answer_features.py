@@ -204,7 +204,7 @@ def verifier_features(
 ) -> np.ndarray:
     """Prompt cues + the prompt classifier's label probabilities + features of the answer + whether its
     reasoning reaches the number (or uses the wording of the option) it commits to + the answer reader's
-    log-odds that it is right (``classifier.answer_reader``; 0 without a reader)."""
+    log-odds that it is right (``routing.answer_reader``; 0 without a reader)."""
     return np.asarray(
         prompt_features(prompt)
         + [float(p) for p in label_probabilities]

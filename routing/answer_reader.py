@@ -38,6 +38,6 @@ class AnswerReader:
         np.savez_compressed(directory / self.FILE, weights=self.weights.astype(np.float16), bias=self.bias)
 
     @classmethod
-    def load(cls, path: Path) -> "AnswerReader":
+    def load(cls, path: Path) -> AnswerReader:
         saved = np.load(path)
         return cls(saved["weights"].astype(np.float32), saved["bias"])

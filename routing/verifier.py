@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from classifier.answer_features import FEATURE_NAMES, verifier_features
-from classifier.answer_reader import AnswerReader
-from classifier.cascade import Answer, AnswerCheck, register_check
-from classifier.prompt_kind import prompt_kind, settings_for_kind
 from core.messages import LABELS, TIER_ORDER, PromptMessage, Tier
-from providers.registry import ModelRegistry
+from core.registry import ModelRegistry
+from routing.answer_checks import Answer, AnswerCheck
+from routing.answer_features import FEATURE_NAMES, verifier_features
+from routing.answer_reader import AnswerReader
+from routing.prompt_kind import prompt_kind, settings_for_kind
 
 
 @dataclass
@@ -45,7 +45,7 @@ class LogisticHead:
         return {"coef": [float(c) for c in self.coef], "intercept": float(self.intercept)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "LogisticHead":
+    def from_json(cls, data: dict[str, Any]) -> LogisticHead:
         return cls(np.asarray(data["coef"], dtype=np.float64), float(data["intercept"]))
 
 
@@ -65,7 +65,7 @@ class TierVerifier:
                 "next_tokens_b": self.next_tokens_b, "reference_next_cost_usd": self.reference_next_cost_usd}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TierVerifier":
+    def from_json(cls, data: dict[str, Any]) -> TierVerifier:
         return cls(LogisticHead.from_json(data["this"]), LogisticHead.from_json(data["up"]),
                    float(data["next_tokens_a"]), float(data["next_tokens_b"]), float(data["reference_next_cost_usd"]))
 
@@ -104,7 +104,7 @@ class VerifierModel:
                 "tiers": {t: v.to_json() for t, v in self.tiers.items()}}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "VerifierModel":
+    def from_json(cls, data: dict[str, Any]) -> VerifierModel:
         names = tuple(data["feature_names"])
         if names != FEATURE_NAMES:
             raise ValueError(f"verifier was trained on features {names}, this code computes {FEATURE_NAMES}; "
@@ -137,9 +137,10 @@ def label_probability_vector(probabilities: dict[str, float] | None) -> list[flo
     return [float(probabilities.get(label, 0.0)) for label in LABELS]
 
 
-@register_check("verifier")
 class LearnedVerifierCheck(AnswerCheck):
     """Rejects a cheaper tier's answer when paying for the next tier is expected to be worth it."""
+
+    name = "verifier"
 
     def __init__(self, model: VerifierModel, registry: ModelRegistry, margins: dict[str, float],
                  margins_by_kind: dict[str, dict[str, float]] | None = None) -> None:

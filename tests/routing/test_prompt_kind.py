@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.calibrated import CascadePolicy
-from classifier.prompt_kind import prompt_kind
 from core.messages import Prediction, PromptMessage, Tier
-from providers.registry import ModelRegistry
+from core.registry import ModelRegistry, Prices
+from routing.cascade_policy import CascadePolicy
+from routing.prompt_kind import prompt_kind
 from training.data import Ladder, replay_registry
-from providers.registry import Prices
 
 
 @pytest.mark.parametrize(("prompt", "kind"), [

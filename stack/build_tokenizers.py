@@ -11,7 +11,7 @@ The source is the vocab-only GGUF files llama.cpp ships for its tokenizer tests 
 
     pip download --no-deps --no-binary :all: -d /tmp/lcp llama-cpp-python && tar xzf /tmp/lcp/*.tar.gz -C /tmp/lcp
     pip install gguf
-    python -m providers.build_tokenizers /tmp/lcp/llama_cpp_python-*/vendor/llama.cpp/models
+    python -m stack.build_tokenizers /tmp/lcp/llama_cpp_python-*/vendor/llama.cpp/models
 
 The tests (tests/providers/test_tokens.py) check the result against the reference tokenizers' ids on
 llama.cpp's fixed strings (``*.gguf.inp`` / ``*.gguf.out``, produced with the models' Hugging Face tokenizers).

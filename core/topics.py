@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from core.registry import ModelRegistry
 from core.settings import Settings
-from providers.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The cascade policy: pick the tier to start at, per kind of prompt, and the output budget per tier.
 
 Where to start is the only decision made before any model answers; after that the learned verifier
-(``classifier.verifier.LearnedVerifierCheck``) decides, answer by answer, whether to escalate.
+(``routing.verifier.LearnedVerifierCheck``) decides, answer by answer, whether to escalate.
 Start thresholds, output budgets and verifier margins are kept per prompt kind
-(``classifier.prompt_kind``) and calibrated together in training; a kind the artifact has no
+(``routing.prompt_kind``) and calibrated together in training; a kind the artifact has no
 settings for uses the top-level ones.
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from classifier.policy import RoutingPolicy, register_policy
-from classifier.prompt_kind import routing_kind, settings_for_kind
 from core.messages import Prediction, PromptMessage, RoutingDecision, Tier
-from providers.registry import ModelRegistry
+from core.registry import ModelRegistry
+from routing.policy import RoutingPolicy
+from routing.prompt_kind import routing_kind, settings_for_kind
 
 _TIER_NAMES = {t.value for t in Tier}
 
@@ -42,10 +42,11 @@ class KindSettings:
         return doc
 
 
-@register_policy("cascade")
 class CascadePolicy(RoutingPolicy):
     """Start at the expensive tier when ``p(complex)`` is high, skip the cheap tier when ``p(simple)``
     is low, otherwise start cheap and let the verifier escalate; each with the prompt kind's settings."""
+
+    name = "cascade"
 
     def __init__(self, expensive_if_complex_at_least: float = 1.01, skip_cheap_if_simple_below: float = 0.0,
                  max_output_tokens: dict[str, int] | None = None,

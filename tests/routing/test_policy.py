@@ -1,10 +1,11 @@
 import pytest
 
 from classifier.heuristic import HeuristicClassifier
-from classifier.policy import ThresholdPolicy, build_policy
-from classifier.router import Router
 from core.messages import Prediction, PromptMessage, Tier
-from providers.registry import ModelRegistry, ModelSpec, Prices
+from core.registry import ModelRegistry, ModelSpec, Prices
+from routing.policy import ThresholdPolicy
+from routing.registry import build_policy
+from routing.router import Router
 
 
 def _registry(cheap_window: int = 4096) -> ModelRegistry:

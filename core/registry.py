@@ -68,7 +68,7 @@ class ModelRegistry(BaseModel):
     counterfactual: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelRegistry":
+    def _check(self) -> ModelRegistry:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate model names in registry: {names}")
@@ -99,7 +99,7 @@ class ModelRegistry(BaseModel):
         return self.get(self.counterfactual) if self.counterfactual else self.by_tier(Tier.expensive)
 
     @classmethod
-    def from_yaml(cls, path: Path | str) -> "ModelRegistry":
+    def from_yaml(cls, path: Path | str) -> ModelRegistry:
         path = Path(path)
         try:
             text = expand_env(path.read_text())

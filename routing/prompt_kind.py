@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import TypeVar
 
-from classifier.answer_features import _CODE, _DIGITS, _OPTIONS
+from routing.answer_features import _CODE, _DIGITS, _OPTIONS
 
 T = TypeVar("T")
 

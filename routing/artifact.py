@@ -20,14 +20,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from classifier.calibrated import CascadePolicy  # noqa: F401 - registers the "cascade" policy
-from classifier.cascade import ANSWER_CHECKS, AnswerCheck, Escalation
 from classifier.onnx_classifier import OnnxClassifier
-from classifier.policy import TokenCounter, approximate_token_count, build_policy
-from classifier.router import Router
 from classifier.topic import TopicModel
-from classifier.verifier import LearnedVerifierCheck, load_verifier
-from providers.registry import ModelRegistry
+from core.registry import ModelRegistry
+from routing.answer_checks import ANSWER_CHECKS, AnswerCheck
+from routing.escalation import Escalation
+from routing.policy import TokenCounter, approximate_token_count
+from routing.registry import build_policy
+from routing.router import Router
+from routing.verifier import LearnedVerifierCheck, load_verifier
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,11 @@ def margin_value(value: float | None) -> float:
 
 def build_escalation(artifact_dir: Path, policy_doc: dict[str, Any], registry: ModelRegistry) -> Escalation:
     checks: list[AnswerCheck] = []
+    known = {*ANSWER_CHECKS, LearnedVerifierCheck.name}
     for name in policy_doc.get("checks", []):
-        if name not in ANSWER_CHECKS:
-            raise ArtifactError(f"policy.json names unknown answer check {name!r}; known: {sorted(ANSWER_CHECKS)}")
-        if name == "verifier":
+        if name not in known:
+            raise ArtifactError(f"policy.json names unknown answer check {name!r}; known: {sorted(known)}")
+        if name == LearnedVerifierCheck.name:
             verifier = policy_doc.get("verifier") or {}
             try:
                 model = load_verifier(artifact_dir, verifier)
@@ -80,23 +82,32 @@ def build_escalation(artifact_dir: Path, policy_doc: dict[str, Any], registry: M
     return Escalation(registry, checks, max_escalations=int(policy_doc.get("max_escalations", 1)))
 
 
+def read_policy_doc(artifact_dir: Path) -> dict[str, Any]:
+    """The artifact's ``policy.json``, after checking that the folder is a whole artifact."""
+    missing = [name for name in REQUIRED_FILES if not (Path(artifact_dir) / name).exists()]
+    if missing:
+        raise ArtifactError(f"{artifact_dir} is not a classifier artifact: missing {missing}")
+    return read_json(Path(artifact_dir) / "policy.json")
+
+
+def load_escalation_from_artifact(artifact_dir: Path, registry: ModelRegistry) -> Escalation:
+    """The answer checks and escalation limit the artifact was calibrated with."""
+    return build_escalation(Path(artifact_dir), read_policy_doc(artifact_dir), registry)
+
+
 def load_router_from_artifact(
     artifact_dir: Path,
     registry: ModelRegistry,
     token_counter: TokenCounter = approximate_token_count,
 ) -> Router:
     artifact_dir = Path(artifact_dir)
-    missing = [name for name in REQUIRED_FILES if not (artifact_dir / name).exists()]
-    if missing:
-        raise ArtifactError(f"{artifact_dir} is not a classifier artifact: missing {missing}")
-    policy_doc = read_json(artifact_dir / "policy.json")
+    policy_doc = read_policy_doc(artifact_dir)
     classifier = OnnxClassifier.from_dir(artifact_dir)
     try:
         policy = build_policy(policy_doc["policy"], token_counter=token_counter, **policy_doc.get("params", {}))
     except (KeyError, TypeError) as exc:
         raise ArtifactError(f"policy.json does not describe a usable policy: {exc}") from None
-    escalation = build_escalation(artifact_dir, policy_doc, registry)
     card = read_json(artifact_dir / "model_card.json")
     log.info("classifier artifact %s: policy %s %s, ladder %s", artifact_dir, policy.name, policy.params(),
              card.get("ladder"))
-    return Router(classifier, policy, registry, escalation, TopicModel.load(artifact_dir))
+    return Router(classifier, policy, registry, TopicModel.load(artifact_dir))

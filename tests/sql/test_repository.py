@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from core.messages import Attempt, CompletionMessage, PromptMessage, RoutingDecision, Tier, utcnow
-from stream_processors.repository import fetch_request, upsert_completion, upsert_completions
+from sql.repository import fetch_request, upsert_completion, upsert_completions
 
 
 def make_completion(request_id: str, *, response: str = "Paris.", attempts: int = 1, correct: bool | None = None,

@@ -7,11 +7,10 @@ import logging
 from collections.abc import Sequence
 
 from classifier.base import Classifier
-from classifier.cascade import Escalation
-from classifier.policy import RoutingPolicy
 from classifier.topic import TopicModel
 from core.messages import PromptMessage, RoutingDecision
-from providers.registry import ModelRegistry
+from core.registry import ModelRegistry
+from routing.policy import RoutingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +21,11 @@ class Router:
         classifier: Classifier,
         policy: RoutingPolicy,
         registry: ModelRegistry,
-        escalation: Escalation | None = None,
         topic_model: TopicModel | None = None,
     ) -> None:
         self.classifier = classifier
         self.policy = policy
         self.registry = registry
-        self.escalation = escalation or Escalation(registry)
         self.topic_model = topic_model
 
     def route(self, prompts: Sequence[PromptMessage]) -> list[RoutingDecision]:

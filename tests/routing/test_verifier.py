@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from classifier.answer_features import (
+from classifier.topic import N_FEATURES
+from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier
+from core.outcomes import OutcomeRecord
+from core.registry import ModelRegistry, ModelSpec, Prices
+from providers.costs import RegistryCostBook
+from providers.executor import LadderExecutor
+from providers.replay import OutcomeIndex, ReplayProvider
+from routing.answer_checks import Answer
+from routing.answer_features import (
     CONSISTENCY_FEATURES,
     FEATURE_NAMES,
     SUPPORT_FEATURES,
@@ -20,17 +28,10 @@ from classifier.answer_features import (
     parse_answer,
     verifier_features,
 )
-from classifier.answer_reader import AnswerReader
-from classifier.artifact import ArtifactError, build_escalation
-from classifier.cascade import Answer, Escalation
-from classifier.topic import N_FEATURES
-from classifier.verifier import LearnedVerifierCheck, LogisticHead, TierVerifier, VerifierModel, load_verifier
-from core.messages import Prediction, PromptMessage, RoutedMessage, RoutingDecision, Tier
-from core.outcomes import OutcomeRecord
-from providers.costs import RegistryCostBook
-from providers.executor import LadderExecutor
-from providers.registry import ModelRegistry, ModelSpec, Prices
-from providers.replay import OutcomeIndex, ReplayProvider
+from routing.answer_reader import AnswerReader
+from routing.artifact import ArtifactError, build_escalation
+from routing.escalation import Escalation
+from routing.verifier import LearnedVerifierCheck, LogisticHead, TierVerifier, VerifierModel, load_verifier
 
 
 @pytest.mark.parametrize(("response", "parsed"), [
@@ -80,7 +81,7 @@ def _run(record: OutcomeRecord, margins: dict[str, float], max_escalations: int 
     index = OutcomeIndex([record])
     executor = LadderExecutor(registry, {s.name: ReplayProvider(s, index) for s in registry.models}, escalation,
                               RegistryCostBook(registry))
-    prompt = PromptMessage(prompt=record.prompt, created_at=datetime(2024, 6, 1, tzinfo=timezone.utc))
+    prompt = PromptMessage(prompt=record.prompt, created_at=datetime(2024, 6, 1, tzinfo=UTC))
     decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9, "medium": 0.05,
                                "complex": 0.05}, model="small", tier=Tier.cheap, reasons=["test"],
                                policy="cascade", classifier="test")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from providers.registry import ModelRegistry, expand_env
+from core.registry import ModelRegistry, expand_env
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """Routing policies: from a classifier's prediction to a model on the ladder, with the reasons why.
 
-A policy is chosen by name from ``POLICIES`` (RouteLLM-style registry). Every policy shares the
+A policy is chosen by name from ``routing.registry.POLICIES`` (RouteLLM-style registry). Every policy shares the
 guard rails in ``RoutingPolicy.decide``: keyword overrides, the premium tier bump and the
 context-window check, so a calibrated policy cannot skip them.
 """
@@ -10,14 +10,10 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from core.messages import TIER_ORDER, Prediction, PromptMessage, RoutingDecision, Tier
-from providers.registry import ModelRegistry, ModelSpec
-
-POLICIES: dict[str, type["RoutingPolicy"]] = {}
-
-P = TypeVar("P", bound=type["RoutingPolicy"])
+from core.registry import ModelRegistry, ModelSpec
 
 # Counts the prompt's tokens for a given model; used for the context-window check.
 TokenCounter = Callable[[ModelSpec, str], int]
@@ -28,17 +24,6 @@ OVERRIDE_KEYWORDS = ("production", "legal", "medical", "architecture", "optimize
 def approximate_token_count(model: ModelSpec, text: str) -> int:
     """A deliberately high estimate (3 chars per token) for when no tokenizer is wired in."""
     return len(text) // 3 + 1
-
-
-def register_policy(name: str) -> Callable[[P], P]:
-    def decorate(cls: P) -> P:
-        if name in POLICIES:
-            raise ValueError(f"policy {name!r} is already registered")
-        cls.name = name
-        POLICIES[name] = cls
-        return cls
-
-    return decorate
 
 
 def _bump(tier: Tier, levels: int = 1) -> Tier:
@@ -119,9 +104,10 @@ class RoutingPolicy(ABC):
         )
 
 
-@register_policy("threshold")
 class ThresholdPolicy(RoutingPolicy):
     """The seed's rule: simple and sure -> cheap; medium and sure -> mid; otherwise expensive."""
+
+    name = "threshold"
 
     def __init__(self, simple_threshold: float = 0.7, medium_threshold: float = 0.6, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -141,11 +127,3 @@ class ThresholdPolicy(RoutingPolicy):
             return Tier.expensive, f"complex with confidence {conf:.2f}"
         threshold = self.simple_threshold if label == "simple" else self.medium_threshold
         return Tier.expensive, f"{label} with confidence {conf:.2f} < {threshold:.2f}"
-
-
-def build_policy(name: str, **kwargs: Any) -> RoutingPolicy:
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown routing policy {name!r}; known: {sorted(POLICIES)}") from None
-    return cls(**kwargs)

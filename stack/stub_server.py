@@ -4,7 +4,7 @@ The real ``openai`` SDK talks to it over HTTP. Faults are injected per model thr
 HTTP errors for the next N calls (with an optional ``Retry-After``), a delay, a refusal, a truncated
 answer (``finish_reason=length``), or an empty answer. ``GET /_stub/calls`` lists the calls received.
 
-    python -m providers.stub_server --port 18080
+    python -m stack.stub_server --port 18080
 """
 
 from __future__ import annotations

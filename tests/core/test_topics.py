@@ -6,9 +6,9 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer
 
+from core.registry import ModelRegistry
 from core.settings import Settings
-from providers.registry import ModelRegistry
-from stream_processors.topics import create_topics, delete_topics, pipeline_topics
+from core.topics import create_topics, delete_topics, pipeline_topics
 
 REGISTRY = ModelRegistry.model_validate({"models": [
     {"name": "small", "tier": "cheap", "base_url": "http://127.0.0.1:1/v1", "prices": {"input": 1, "output": 1}},

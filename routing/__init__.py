@@ -1,0 +1,1 @@
+"""Routing: the policy, escalation and the answer checks."""

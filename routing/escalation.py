@@ -1,0 +1,60 @@
+"""What happens after a model answers or fails: accept, escalate on a poor answer, or fall back on error.
+
+This is the one escalation code path. The live provider agent calls it after every attempt, and the
+offline harness replays it on recorded responses, so both charge for exactly the same calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from core.messages import TIER_ORDER, Attempt, PromptMessage, Tier
+from core.registry import ModelRegistry, ModelSpec
+from routing.answer_checks import ANSWER_CHECKS, DEFAULT_CHECKS, Answer, AnswerCheck
+
+
+class Escalation:
+    """Decides the next model after an attempt, on the registry's ladder."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        checks: Sequence[AnswerCheck] | None = None,
+        max_escalations: int = 1,
+    ) -> None:
+        self.registry = registry
+        self.checks = list(checks) if checks is not None else [ANSWER_CHECKS[n]() for n in DEFAULT_CHECKS]
+        self.max_escalations = max_escalations
+
+    def reject_reason(self, prompt: PromptMessage, answer: Answer) -> str | None:
+        for check in self.checks:
+            reason = check.reject_reason(prompt, answer)
+            if reason:
+                return reason
+        return None
+
+    def _tried(self, attempts: Sequence[Attempt]) -> set[str]:
+        return {a.model for a in attempts}
+
+    def next_after_rejection(self, current: ModelSpec, attempts: Sequence[Attempt]) -> ModelSpec | None:
+        """The next tier up, if escalations are left. ``attempts`` includes the rejected one."""
+        escalations = sum(1 for a in attempts if a.status == "rejected")
+        if escalations > self.max_escalations:
+            return None
+        tried = self._tried(attempts)
+        for tier in TIER_ORDER[TIER_ORDER.index(current.tier) + 1 :]:
+            spec = self.registry.by_tier(tier)
+            if spec.name not in tried:
+                return spec
+        return None
+
+    def next_after_error(self, current: ModelSpec, attempts: Sequence[Attempt]) -> ModelSpec | None:
+        """Fall back to the next tier up not yet tried; from the top, to the best tier below it."""
+        tried = self._tried(attempts)
+        index = TIER_ORDER.index(current.tier)
+        order: list[Tier] = list(TIER_ORDER[index + 1 :]) + list(reversed(TIER_ORDER[:index]))
+        for tier in order:
+            spec = self.registry.by_tier(tier)
+            if spec.name not in tried:
+                return spec
+        return None
