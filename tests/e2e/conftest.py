@@ -47,6 +47,12 @@ class Pipeline:
     worker: ManagedProcess
     api: ManagedProcess
     log_dir: Path
+    # The key every test call to the API sends (as the openai SDK's ``api_key`` or in ``auth_headers``).
+    api_key: str = "unused"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     def start_api(self, name: str) -> tuple[ManagedProcess, str]:
         port = free_port()
