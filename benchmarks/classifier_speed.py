@@ -35,8 +35,8 @@ SYNTHETIC = [
 
 def answer_check_timing(artifact: Path, records: list, n: int) -> dict | None:
     """p50/p95 ms of the artifact's learned answer check on recorded answers of its cheap model."""
-    from core.registry import Prices  # noqa: PLC0415
-    from training.data import Ladder, replay_registry  # noqa: PLC0415
+    from core.registry import Prices
+    from training.data import Ladder, replay_registry
 
     policy_doc = json.loads((artifact / "policy.json").read_text())
     if "verifier" not in policy_doc.get("checks", []):
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     clf = OnnxClassifier.from_dir(args.artifact, batch_size=args.batch_size, threads=args.threads)
     records = []
     if args.data:
-        from core.outcomes import load_outcomes  # noqa: PLC0415
+        from core.outcomes import load_outcomes
 
         records = load_outcomes(args.data)
         prompts = [r.prompt for r in records]

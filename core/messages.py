@@ -103,6 +103,12 @@ class RoutingDecision(_Message):
 
 AttemptStatus = Literal["ok", "error", "rejected"]
 
+# Why the next attempt happened. After a rejected answer (an escalation): the answer check that refused it.
+# After a failed call (a fallback): the kind of failure.
+EscalationReasonKind = Literal["refusal", "short", "length", "verifier"]
+FallbackReasonKind = Literal["error", "timeout", "circuit_open"]
+NextReasonKind = EscalationReasonKind | FallbackReasonKind
+
 
 class Attempt(_Message):
     """One call to one model. ``rejected`` means it answered but an answer check refused the answer."""
@@ -120,8 +126,16 @@ class Attempt(_Message):
     # False when the endpoint reported no usage and the tokens were counted with the model's tokenizer.
     usage_reported: bool = True
     error: str | None = None
-    # Why the next attempt happened: "fallback: ..." after an error, "escalate: ..." after a rejection.
+    # The model called next and the kind of reason (read these); ``next_reason`` says it in words for people:
+    # "escalate to <model>: <why>" after a rejected answer, "fallback to <model>: <error>" after a failure.
+    next_model: str | None = None
+    next_reason_kind: NextReasonKind | None = None
     next_reason: str | None = None
+
+    def record_next(self, model: str, kind: NextReasonKind, why: str) -> None:
+        """Record that ``model`` is called next, and why."""
+        verb = "escalate" if self.status == "rejected" else "fallback"
+        self.next_model, self.next_reason_kind, self.next_reason = model, kind, f"{verb} to {model}: {why}"
 
 
 class RoutedMessage(_Message):

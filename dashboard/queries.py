@@ -19,6 +19,9 @@ import pandas as pd
 import streamlit as st
 from psycopg_pool import ConnectionPool
 
+from core.settings import get_settings
+from sql.repository import ATTEMPTS_BY_ID_SQL, EVAL_BY_ID_SQL, REQUEST_BY_ID_SQL
+
 # Short enough that the demo's replayed traffic shows up within a refresh, long enough that
 # switching views and moving filters back and forth is served from cache.
 CACHE_TTL_S = 30
@@ -67,8 +70,6 @@ def _configure(conn: Any) -> None:
 @st.cache_resource(show_spinner=False)
 def get_pool(dsn: str) -> ConnectionPool:
     """One small pool per DSN for the whole Streamlit server process."""
-    from core.settings import get_settings
-
     pool = ConnectionPool(
         dsn,
         min_size=1,
@@ -411,10 +412,8 @@ def escalation_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     )
 
 
-# The executor writes next_reason as "escalate to <model>: <why>" or "fallback to <model>: <error>".
-_KIND_SQL = "CASE WHEN a.next_reason LIKE 'escalate%%' THEN 'escalation' ELSE 'fallback' END"
-_TO_MODEL_SQL = r"substring(a.next_reason from '^\w+ to ([^:]+):')"
-_WHY_SQL = r"left(coalesce(substring(a.next_reason from '^[^:]*: (.*)$'), a.next_reason), 120)"
+# A rejected answer that led to another call is an escalation; a failed call that did is a fallback.
+_KIND_SQL = "CASE WHEN a.status = 'rejected' THEN 'escalation' ELSE 'fallback' END"
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
@@ -424,10 +423,10 @@ def transitions(dsn: str, filters: Filters) -> pd.DataFrame:
     return _fetch(
         dsn,
         f"""
-        SELECT {_KIND_SQL} AS kind, a.model AS from_model, {_TO_MODEL_SQL} AS to_model,
-               {_WHY_SQL} AS reason, count(*)::bigint AS hops
+        SELECT {_KIND_SQL} AS kind, a.model AS from_model, a.next_model AS to_model,
+               a.next_reason_kind AS reason, count(*)::bigint AS hops
         FROM request_attempts a JOIN requests r ON r.request_id = a.request_id
-        WHERE a.next_reason IS NOT NULL AND {where}
+        WHERE a.next_model IS NOT NULL AND {where}
         GROUP BY 1, 2, 3, 4 ORDER BY hops DESC, kind, from_model
         """,
         params,
@@ -468,45 +467,24 @@ def search_requests(dsn: str, filters: Filters, text: str, limit: int = EXPLORER
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def request_detail(dsn: str, request_id: str) -> dict[str, Any] | None:
-    """One request: its decision, outcome, attempts (in chain order) and grading, if any."""
-    request = _fetch(
-        dsn,
-        f"""
-        SELECT r.*, r.cost_micro_usd::float8 / {MICRO} AS cost_usd,
-               r.counterfactual_cost_micro_usd::float8 / {MICRO} AS counterfactual_cost_usd
-        FROM requests r WHERE r.request_id = %(id)s
-        """,
-        {"id": request_id},
-    )
+    """One request: its decision, outcome, attempts (in chain order) and grading, if any (the repository's
+    queries, as the API's ``GET /requests/{id}`` reads them)."""
+    params = {"id": request_id}
+    request = _fetch(dsn, REQUEST_BY_ID_SQL, params)
     if request.empty:
         return None
-    attempts = _fetch(
-        dsn,
-        f"""
-        SELECT attempt_no, model, tier, status, started_at, latency_ms, tokens_in, tokens_out,
-               cost_micro_usd::float8 / {MICRO} AS cost_usd, finish_reason, retries, error, next_reason
-        FROM request_attempts WHERE request_id = %(id)s ORDER BY attempt_no
-        """,
-        {"id": request_id},
-    )
-    grading = _fetch(
-        dsn,
-        f"""
-        SELECT evaluated_at, model, difficulty, source, item_id, correct, cost_micro_usd::float8 / {MICRO} AS cost_usd
-        FROM model_eval WHERE request_id = %(id)s
-        """,
-        {"id": request_id},
-    )
+    attempts = _fetch(dsn, ATTEMPTS_BY_ID_SQL, params)
+    grading = _fetch(dsn, EVAL_BY_ID_SQL, params)
+    for frame in (request, attempts, grading):
+        frame["cost_usd"] = frame["cost_micro_usd"].astype("float64") / MICRO
+    request["counterfactual_cost_usd"] = request["counterfactual_cost_micro_usd"].astype("float64") / MICRO
     return {
         "request": request.iloc[0].to_dict(),
-        "attempts": attempts,
-        "grading": None if grading.empty else grading.iloc[0].to_dict(),
+        "attempts": attempts.drop(columns=["request_id", "cost_micro_usd"]),
+        "grading": None if grading.empty else grading.iloc[0].drop(["request_id", "cost_micro_usd"]).to_dict(),
     }
 
 
 def clear_caches() -> None:
-    """Forget cached query results (the pool stays)."""
-    for cached in (data_bounds, filter_choices, overview, mix_daily, routed_vs_final,
-                   latency_by_model, latency_daily, end_to_end_latency, quality_daily, quality_by_model,
-                   escalation_daily, transitions, search_requests, request_detail):
-        cached.clear()
+    """Forget every cached query result (the pool stays)."""
+    st.cache_data.clear()

@@ -19,6 +19,9 @@ import numpy as np
 import psycopg
 from tqdm import tqdm
 
+from core.settings import get_settings
+from sql.repository import ATTEMPT_COLUMNS, EVAL_COLUMNS, REQUEST_COLUMNS
+
 
 @dataclass(frozen=True)
 class SampleModel:
@@ -43,20 +46,10 @@ DIFFICULTIES = ("simple", "medium", "complex")
 TENANTS = ("acme", "globex", "initech")
 SOURCES = ("gsm8k", "mmlu-pro", "crux", "math-l5")
 ESCALATE_P = 0.08
+# The sample's answer checks and the reason kind each records.
+REASON_KINDS = {"refusal": "refusal", "too_short": "short", "length": "length"}
 ERROR_P = 0.02
 
-REQUEST_COLUMNS = (
-    "request_id", "created_at", "completed_at", "tenant", "user_id", "customer_tier", "prompt", "prompt_chars",
-    "max_tokens", "difficulty", "confidence", "probabilities", "decision_reason", "policy", "classifier",
-    "routed_model", "final_model", "status", "attempts", "attempt_count", "escalated", "fell_back", "tokens_in",
-    "tokens_out", "latency_ms", "cost_micro_usd", "counterfactual_model", "counterfactual_cost_micro_usd",
-    "response", "finish_reason", "error",
-)
-ATTEMPT_COLUMNS = (
-    "request_id", "attempt_no", "model", "tier", "status", "started_at", "latency_ms", "tokens_in", "tokens_out",
-    "cost_micro_usd", "finish_reason", "retries", "error", "next_reason",
-)
-EVAL_COLUMNS = ("request_id", "evaluated_at", "model", "difficulty", "source", "item_id", "correct", "cost_micro_usd")
 
 
 def generate(
@@ -120,10 +113,11 @@ def generate(
                 next_model = LADDER[position + 1]
                 if attempt["status"] == "error":
                     fell_back = True
-                    attempt["next"] = f"fallback to {next_model.name}: {attempt['error']}"
+                    attempt["next"] = (next_model.name, "error", f"fallback to {next_model.name}: {attempt['error']}")
                 else:
                     escalated = True
-                    attempt["next"] = f"escalate to {next_model.name}: {attempt['error']}"
+                    attempt["next"] = (next_model.name, REASON_KINDS[attempt["error"]],
+                                       f"escalate to {next_model.name}: {attempt['error']}")
                 position += 1
             status = "ok" if final else "failed"
             total_cost = sum(a["cost"] for a in attempts)
@@ -134,7 +128,7 @@ def generate(
                     request_id, number, attempt["model"].name, attempt["model"].tier, attempt["status"],
                     attempt["started"], attempt["latency"], tokens_in if attempt["status"] != "error" else 0,
                     attempt["tokens_out"], attempt["cost"], "stop" if attempt["status"] != "error" else None, 0,
-                    attempt["error"], attempt.get("next"),
+                    attempt["error"], *attempt.get("next", (None, None, None)),
                 ))
                 attempt_summaries.append({"model": attempt["model"].name, "status": attempt["status"],
                                           "latency_ms": round(attempt["latency"], 1), "cost_micro_usd": attempt["cost"]})
@@ -150,7 +144,7 @@ def generate(
                 sum(a["latency"] for a in attempts), total_cost, expensive.name,
                 expensive.cost(tokens_in, final["tokens_out"]) if final else None,
                 f"Sample answer {index}." if final else None, "stop" if final else None,
-                None if final else attempts[-1]["error"],
+                None if final else attempts[-1]["error"], "{}",
             ))
             if final and rng.random() < graded_share:
                 model = final["model"]
@@ -174,8 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-day", type=date.fromisoformat, default=None, help="last UTC day (default: today)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    from core.settings import get_settings
-
     dsn = args.dsn or get_settings().pg_dsn
     if not dsn:
         parser.error("no database: pass --dsn or set ROUTER_PG_DSN / PG_DSN")

@@ -26,9 +26,11 @@ class ProviderResult:
 class ProviderError(Exception):
     """A call that failed after its retries. ``retryable`` says whether another model may succeed."""
 
-    def __init__(self, message: str, *, status: int | None = None, retries: int = 0, latency_ms: float = 0.0) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retries: int = 0, latency_ms: float = 0.0,
+                 timed_out: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.timed_out = timed_out
         self.retries = retries
         self.latency_ms = latency_ms
 

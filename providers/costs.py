@@ -6,9 +6,9 @@ Rates are micro-USD per 1k tokens (USD per 1M tokens x 1000). A call's cost is
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from core.registry import ModelRegistry, load_prices_usd
 
@@ -88,7 +90,10 @@ def registry_prices(registry: ModelRegistry) -> dict[str, tuple[int, int]]:
 class CostBook(ABC):
     @abstractmethod
     def rate(self, model: str, at: datetime) -> Rate:
-        """The rate effective for ``model`` at time ``at``."""
+        """The rate effective for ``model`` at time ``at``, from memory (no I/O)."""
+
+    async def prepare(self, model: str, at: datetime) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Make sure ``rate(model, at)`` can answer from memory (a book backed by a database re-reads here)."""
 
     def cost_micro_usd(self, model: str, input_tokens: int, output_tokens: int, at: datetime) -> int:
         return self.rate(model, at).cost_micro_usd(input_tokens, output_tokens)
@@ -158,53 +163,71 @@ RATES_SQL = ("SELECT model, effective_from, input_micro_usd_per_1k, output_micro
 class DbCostBook(EffectiveDatedCostBook):
     """Effective-dated rates from Postgres ``cost_rates``, cached in memory and re-read every ``refresh_s``.
 
-    Lookups stay in memory; the re-read is one small query (a few ms, on the caller's thread) every
-    ``refresh_s`` seconds, and once more at once when a model or date has no rate (it may just have been added).
+    Lookups (``rate``) only read memory. Re-reading is asynchronous: the executor awaits ``prepare`` before it
+    prices an attempt, which re-reads the table when the cache is ``refresh_s`` old, or at once (at most once a
+    second) when a model or date has no rate (it may just have been added). A re-read that Postgres does not
+    answer within ``query_timeout_s`` is given up, and pricing goes on from the cached rates: a slow or absent
+    database never stalls the worker's event loop. The first load, at start-up, is synchronous.
     """
 
     def __init__(self, dsn: str, refresh_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 fallback: CostBook | None = None) -> None:
+                 fallback: CostBook | None = None, query_timeout_s: float = 2.0) -> None:
         self.dsn = dsn
         self.refresh_s = refresh_s
+        self.query_timeout_s = query_timeout_s
         self._clock = clock
         # Used (with a warning per model) when the table has no rate, so a request is never lost to pricing.
         self.fallback = fallback
         self._warned: set[str] = set()
-        self._lock = threading.Lock()
         self._loaded_at = float("-inf")
         self._last_miss_refresh = float("-inf")
+        self._refreshing: asyncio.Lock | None = None
         super().__init__()
-        self.refresh()
+        self.load()
 
-    def refresh(self) -> None:
-        import psycopg  # noqa: PLC0415
+    def _store(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        self._set(Rate(model, int(i), int(o), effective_from=start) for model, start, i, o in rows)
+        self._loaded_at = self._clock()
 
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            rows = conn.execute(RATES_SQL).fetchall()
-        with self._lock:
-            self._set(Rate(model, int(i), int(o), effective_from=start) for model, start, i, o in rows)
-            self._loaded_at = self._clock()
+    def load(self) -> None:
+        """Read the table now, synchronously: for start-up and command-line use, never inside an event loop."""
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, round(self.query_timeout_s))) as conn:
+            self._store(conn.execute(RATES_SQL).fetchall())
 
-    def _try_refresh(self) -> None:
-        """Re-read the table; if the database is unreachable, keep pricing from the cached rates (a request
-        must not fail because Postgres blinked) and try again in a few seconds."""
-        import psycopg  # noqa: PLC0415
+    async def refresh(self) -> None:
+        """Re-read the table without blocking the event loop; raises on a database error or timeout."""
+        async def read() -> list[tuple[Any, ...]]:
+            async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                cursor = await conn.execute(RATES_SQL)
+                return await cursor.fetchall()
 
-        try:
-            self.refresh()
-        except psycopg.Error as exc:
-            log.warning("could not re-read cost_rates (%s); pricing from the cached rates", exc)
-            self._loaded_at = self._clock() - self.refresh_s + min(self.refresh_s, 5.0)
+        self._store(await asyncio.wait_for(read(), timeout=self.query_timeout_s))
 
-    def rate(self, model: str, at: datetime) -> Rate:
+    async def _try_refresh(self) -> None:
+        """Re-read the table; if the database is unreachable or slow, keep pricing from the cached rates (a
+        request must not fail because Postgres blinked) and try again in a few seconds."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.Lock()
+        if self._refreshing.locked():
+            return  # another attempt is re-reading: price from the cache meanwhile
+        async with self._refreshing:
+            try:
+                await self.refresh()
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                log.warning("could not re-read cost_rates (%s); pricing from the cached rates",
+                            exc or type(exc).__name__)
+                self._loaded_at = self._clock() - self.refresh_s + min(self.refresh_s, 5.0)
+
+    async def prepare(self, model: str, at: datetime) -> None:
         if self._clock() - self._loaded_at >= self.refresh_s:
-            self._try_refresh()
-        found = self.find(model, at)
-        if found is None and self._clock() - self._last_miss_refresh >= 1.0:
+            await self._try_refresh()
+        if self.find(model, at) is None and self._clock() - self._last_miss_refresh >= 1.0:
             # The rate may just have been added; re-read at once, but at most once a second.
             self._last_miss_refresh = self._clock()
-            self._try_refresh()
-            found = self.find(model, at)
+            await self._try_refresh()
+
+    def rate(self, model: str, at: datetime) -> Rate:
+        found = self.find(model, at)
         if found is None:
             message = self._missing_message(model, at) + " in cost_rates (seed it: python -m providers.prices seed)"
             if self.fallback is None:
@@ -238,8 +261,6 @@ def insert_rates(dsn: str, prices: Mapping[str, tuple[int, int]], effective_from
     model whose rate in force at ``effective_from`` is already this one. A different rate already recorded
     for the same model and instant is an error: rates are history, never rewritten.
     """
-    import psycopg  # noqa: PLC0415
-
     if effective_from.tzinfo is None:
         raise ValueError("effective_from needs a timezone (e.g. 2026-01-01T00:00:00+00:00)")
     written: list[str] = []

@@ -60,7 +60,7 @@ class LadderExecutor:
                                         f"{self.breaker.consecutive_failures(spec.name)} consecutive failures")
                 next_spec = self.escalation.next_after_error(spec, [*attempts, skipped])
                 if next_spec is not None:  # skip it only while another model is left to try
-                    skipped.next_reason = f"fallback to {next_spec.name}: circuit open"
+                    skipped.record_next(next_spec.name, "circuit_open", "circuit open")
                     attempts.append(skipped)
                     spec = next_spec
                     continue
@@ -74,16 +74,18 @@ class LadderExecutor:
                 attempts.append(attempt)
                 spec = self.escalation.next_after_error(spec, attempts)
                 if spec is not None:
-                    attempt.next_reason = f"fallback to {spec.name}: {exc}"
+                    attempt.record_next(spec.name, "timeout" if exc.timed_out else "error", str(exc))
                 continue
             self.breaker.record_success(spec.name)
+            await self.costs.prepare(spec.name, priced_at)
             cost = self.costs.cost_micro_usd(spec.name, result.input_tokens, result.output_tokens, priced_at)
             answer = Answer(spec.name, result.text, result.finish_reason, result.output_tokens,
                             input_tokens=result.input_tokens, previous=tuple(answers),
                             label_probabilities=routed.decision.probabilities, kind=routed.decision.prompt_kind)
             answers.append(answer)
-            reason = self.escalation.reject_reason(prompt, answer)
-            attempt = Attempt(model=spec.name, tier=spec.tier, status="rejected" if reason else "ok",
+            rejection = self.escalation.rejection(prompt, answer)
+            reason = rejection.reason if rejection else None
+            attempt = Attempt(model=spec.name, tier=spec.tier, status="rejected" if rejection else "ok",
                               started_at=started, latency_ms=result.latency_ms, input_tokens=result.input_tokens,
                               output_tokens=result.output_tokens, cost_micro_usd=cost,
                               finish_reason=result.finish_reason, retries=result.retries, error=reason,
@@ -92,12 +94,12 @@ class LadderExecutor:
             final = (spec, result)
             if result.finish_reason != "length":
                 complete = final
-            if reason is None:
+            if rejection is None:
                 break
             next_spec = self.escalation.next_after_rejection(spec, attempts)
             if next_spec is None:
                 break  # nothing left to escalate to: keep the best answer we have
-            attempt.next_reason = f"escalate to {next_spec.name}: {reason}"
+            attempt.record_next(next_spec.name, rejection.kind, rejection.reason)
             spec = next_spec
 
         counterfactual = self.registry.counterfactual_model
@@ -118,13 +120,13 @@ class LadderExecutor:
             status="ok", final_model=final_spec.name, response=result.text, finish_reason=result.finish_reason,
             input_tokens=in_tokens, output_tokens=out_tokens, cost_micro_usd=total_cost,
             counterfactual_model=counterfactual.name,
-            counterfactual_cost_micro_usd=self._counterfactual_cost(counterfactual, final_spec, prompt.prompt,
-                                                                    result, priced_at),
+            counterfactual_cost_micro_usd=await self._counterfactual_cost(counterfactual, final_spec, prompt.prompt,
+                                                                          result, priced_at),
             correct=result.correct,
         )
 
-    def _counterfactual_cost(self, counterfactual: ModelSpec, final_spec: ModelSpec, prompt: str,
-                             result: ProviderResult, priced_at) -> int:
+    async def _counterfactual_cost(self, counterfactual: ModelSpec, final_spec: ModelSpec, prompt: str,
+                                   result: ProviderResult, priced_at) -> int:
         if final_spec.name == counterfactual.name:
             in_tokens, out_tokens = result.input_tokens, result.output_tokens
         else:
@@ -134,4 +136,5 @@ class LadderExecutor:
 
                 in_tokens += get_tokenizer(counterfactual.tokenizer).chat_overhead()
             out_tokens = self.token_counter(counterfactual, result.text)
+        await self.costs.prepare(counterfactual.name, priced_at)
         return self.costs.cost_micro_usd(counterfactual.name, in_tokens, out_tokens, priced_at)

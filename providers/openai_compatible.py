@@ -86,7 +86,7 @@ class OpenAICompatibleProvider(Provider):
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection error"
             raise ProviderError(f"{self.spec.name}: {kind} after {self.spec.timeout_s:g}s per try: {exc}",
-                                retries=max(counter[0] - 1, 0),
+                                retries=max(counter[0] - 1, 0), timed_out=isinstance(exc, openai.APITimeoutError),
                                 latency_ms=(time.perf_counter() - started) * 1000) from exc
         except openai.OpenAIError as exc:  # e.g. a response body the SDK cannot parse
             raise ProviderError(f"{self.spec.name}: {type(exc).__name__}: {exc}", retries=max(counter[0] - 1, 0),

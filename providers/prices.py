@@ -17,10 +17,12 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
 from core.registry import ModelRegistry
+from core.settings import get_settings
 from providers.costs import (
     RATES_SQL,
     SEED_EFFECTIVE_FROM,
@@ -50,8 +52,6 @@ def _prices(args: argparse.Namespace, models_config: Path) -> tuple[dict[str, tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.settings import get_settings
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="Postgres DSN (default: ROUTER_PG_DSN / PG_DSN)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     if args.command == "show":
-        import psycopg
-
         at = args.at or datetime.now(UTC)
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(RATES_SQL).fetchall()

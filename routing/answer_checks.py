@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from core.messages import PromptMessage
+from core.messages import EscalationReasonKind, PromptMessage
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Answer:
 
 class AnswerCheck(ABC):
     name: ClassVar[str] = "abstract"
+    # How an escalation this check causes is recorded (``Attempt.next_reason_kind``).
+    reason_kind: ClassVar[EscalationReasonKind]
 
     @abstractmethod
     def reject_reason(self, prompt: PromptMessage, answer: Answer) -> str | None:
@@ -49,6 +51,7 @@ _REFUSAL = re.compile(
 
 class RefusalCheck(AnswerCheck):
     name = "refusal"
+    reason_kind = "refusal"
 
     def reject_reason(self, prompt: PromptMessage, answer: Answer) -> str | None:
         return "refusal" if _REFUSAL.search(answer.text) else None
@@ -56,6 +59,7 @@ class RefusalCheck(AnswerCheck):
 
 class TooShortCheck(AnswerCheck):
     name = "too_short"
+    reason_kind = "short"
 
     def __init__(self, min_chars: int = 1) -> None:
         self.min_chars = min_chars
@@ -71,6 +75,7 @@ class TooShortCheck(AnswerCheck):
 
 class LengthCheck(AnswerCheck):
     name = "length"
+    reason_kind = "length"
 
     def reject_reason(self, prompt: PromptMessage, answer: Answer) -> str | None:
         return "finish_reason=length (truncated)" if answer.finish_reason == "length" else None
@@ -81,3 +86,12 @@ ANSWER_CHECKS: dict[str, type[AnswerCheck]] = {
 }
 
 DEFAULT_CHECKS = ("refusal", "too_short", "length")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an answer was refused: the check's reason kind and its words."""
+
+    kind: EscalationReasonKind
+    reason: str
+

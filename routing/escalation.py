@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from core.messages import TIER_ORDER, Attempt, PromptMessage, Tier
 from core.registry import ModelRegistry, ModelSpec
-from routing.answer_checks import ANSWER_CHECKS, DEFAULT_CHECKS, Answer, AnswerCheck
+from routing.answer_checks import ANSWER_CHECKS, DEFAULT_CHECKS, Answer, AnswerCheck, Rejection
 
 
 class Escalation:
@@ -26,12 +26,17 @@ class Escalation:
         self.checks = list(checks) if checks is not None else [ANSWER_CHECKS[n]() for n in DEFAULT_CHECKS]
         self.max_escalations = max_escalations
 
-    def reject_reason(self, prompt: PromptMessage, answer: Answer) -> str | None:
+    def rejection(self, prompt: PromptMessage, answer: Answer) -> Rejection | None:
+        """The first check that refuses the answer, with its reason; None to accept the answer."""
         for check in self.checks:
             reason = check.reject_reason(prompt, answer)
             if reason:
-                return reason
+                return Rejection(check.reason_kind, reason)
         return None
+
+    def reject_reason(self, prompt: PromptMessage, answer: Answer) -> str | None:
+        rejection = self.rejection(prompt, answer)
+        return rejection.reason if rejection else None
 
     def _tried(self, attempts: Sequence[Attempt]) -> set[str]:
         return {a.model for a in attempts}

@@ -141,6 +141,7 @@ class LearnedVerifierCheck(AnswerCheck):
     """Rejects a cheaper tier's answer when paying for the next tier is expected to be worth it."""
 
     name = "verifier"
+    reason_kind = "verifier"
 
     def __init__(self, model: VerifierModel, registry: ModelRegistry, margins: dict[str, float],
                  margins_by_kind: dict[str, dict[str, float]] | None = None) -> None:

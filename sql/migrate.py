@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psycopg
 
+from core.settings import get_settings
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Serialises concurrent migrators (several workers starting at once) on one advisory lock.
 _LOCK_KEY = 0x726F75746572
@@ -48,8 +50,6 @@ def apply_migrations(dsn: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.settings import get_settings
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="Postgres DSN (default: ROUTER_PG_DSN / PG_DSN)")
     args = parser.parse_args(argv)

@@ -36,21 +36,25 @@ UPSERT_REQUEST_SQL = (
 
 DELETE_ATTEMPTS_SQL = "DELETE FROM request_attempts WHERE request_id = %s"
 
+ATTEMPT_COLUMNS: tuple[str, ...] = (
+    "request_id", "attempt_no", "model", "tier", "status", "started_at", "latency_ms", "tokens_in", "tokens_out",
+    "cost_micro_usd", "finish_reason", "retries", "error", "next_model", "next_reason_kind", "next_reason",
+)
+
 INSERT_ATTEMPT_SQL = (
-    "INSERT INTO request_attempts (request_id, attempt_no, model, tier, status, started_at, latency_ms, tokens_in,"
-    " tokens_out, cost_micro_usd, finish_reason, retries, error, next_reason)"
-    " VALUES (%(request_id)s, %(attempt_no)s, %(model)s, %(tier)s, %(status)s, %(started_at)s, %(latency_ms)s,"
-    " %(tokens_in)s, %(tokens_out)s, %(cost_micro_usd)s, %(finish_reason)s, %(retries)s, %(error)s,"
-    " %(next_reason)s)"
+    f"INSERT INTO request_attempts ({', '.join(ATTEMPT_COLUMNS)}) "
+    f"VALUES ({', '.join(f'%({c})s' for c in ATTEMPT_COLUMNS)})"
+)
+
+EVAL_COLUMNS: tuple[str, ...] = (
+    "request_id", "evaluated_at", "model", "difficulty", "source", "item_id", "correct", "cost_micro_usd",
 )
 
 UPSERT_EVAL_SQL = (
-    "INSERT INTO model_eval (request_id, evaluated_at, model, difficulty, source, item_id, correct, cost_micro_usd)"
-    " VALUES (%(request_id)s, %(evaluated_at)s, %(model)s, %(difficulty)s, %(source)s, %(item_id)s, %(correct)s,"
-    " %(cost_micro_usd)s)"
-    " ON CONFLICT (request_id) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at, model = EXCLUDED.model,"
-    " difficulty = EXCLUDED.difficulty, source = EXCLUDED.source, item_id = EXCLUDED.item_id,"
-    " correct = EXCLUDED.correct, cost_micro_usd = EXCLUDED.cost_micro_usd"
+    f"INSERT INTO model_eval ({', '.join(EVAL_COLUMNS)}) "
+    f"VALUES ({', '.join(f'%({c})s' for c in EVAL_COLUMNS)}) "
+    "ON CONFLICT (request_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in EVAL_COLUMNS if c != "request_id")
 )
 
 DELETE_EVAL_SQL = "DELETE FROM model_eval WHERE request_id = %s"
@@ -95,8 +99,9 @@ def request_row(completion: CompletionMessage) -> dict[str, Any]:
         "status": completion.status,
         "attempts": Jsonb([a.model_dump(mode="json") for a in attempts]),
         "attempt_count": len(attempts),
-        "escalated": any(a.status == "rejected" and a.next_reason for a in attempts),
-        "fell_back": any(a.status == "error" and a.next_reason for a in attempts),
+        # A message from before structured reasons carries only ``next_reason``: it counts the same.
+        "escalated": any(a.status == "rejected" and (a.next_model or a.next_reason) for a in attempts),
+        "fell_back": any(a.status == "error" and (a.next_model or a.next_reason) for a in attempts),
         "tokens_in": completion.input_tokens,
         "tokens_out": completion.output_tokens,
         "latency_ms": completion.latency_ms,
@@ -115,7 +120,8 @@ def attempt_rows(completion: CompletionMessage) -> list[dict[str, Any]]:
         {"request_id": completion.request_id, "attempt_no": number, "model": a.model, "tier": a.tier.value,
          "status": a.status, "started_at": a.started_at, "latency_ms": a.latency_ms, "tokens_in": a.input_tokens,
          "tokens_out": a.output_tokens, "cost_micro_usd": a.cost_micro_usd, "finish_reason": a.finish_reason,
-         "retries": a.retries, "error": a.error, "next_reason": a.next_reason}
+         "retries": a.retries, "error": a.error, "next_model": a.next_model,
+         "next_reason_kind": a.next_reason_kind, "next_reason": a.next_reason}
         for number, a in enumerate(completion.attempts, start=1)
     ]
 
@@ -158,15 +164,21 @@ async def upsert_completions(conn: AsyncConnection, completions: Sequence[Comple
     return written
 
 
+# One request, its attempts in chain order and its grading: the API's and the dashboard's detail views.
+REQUEST_BY_ID_SQL = "SELECT * FROM requests WHERE request_id = %(id)s"
+ATTEMPTS_BY_ID_SQL = f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM request_attempts WHERE request_id = %(id)s ORDER BY attempt_no"
+EVAL_BY_ID_SQL = f"SELECT {', '.join(EVAL_COLUMNS)} FROM model_eval WHERE request_id = %(id)s"
+
+
 async def fetch_request(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
     """One request row with its attempt rows under ``attempt_rows``, or None."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute("SELECT * FROM requests WHERE request_id = %s", (request_id,))
+        await cur.execute(REQUEST_BY_ID_SQL, {"id": request_id})
         row = await cur.fetchone()
         if row is None:
             return None
-        await cur.execute("SELECT * FROM request_attempts WHERE request_id = %s ORDER BY attempt_no", (request_id,))
+        await cur.execute(ATTEMPTS_BY_ID_SQL, {"id": request_id})
         row["attempt_rows"] = await cur.fetchall()
-        await cur.execute("SELECT * FROM model_eval WHERE request_id = %s", (request_id,))
+        await cur.execute(EVAL_BY_ID_SQL, {"id": request_id})
         row["evaluation"] = await cur.fetchone()
     return row

@@ -4,6 +4,7 @@ where each went and what it cost, from Postgres."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,9 +14,13 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
 from core.messages import PromptMessage, new_request_id
+from core.outcomes import load_outcomes, outcome_files
 from core.settings import Settings
+from providers.costs import RegistryCostBook
+from stream_processors.runtime import build_cost_book, load_registry
 
 # Embedded defaults: a spread of easy lookups, everyday tasks and hard multi-step work.
 DEMO_PROMPTS: tuple[str, ...] = (
@@ -192,10 +197,6 @@ class ReplaySummary:
 
 def replay_sample(data_dir, registry, sample: int, seed: int = 7):
     """A seeded random sample of outcomes records that every ladder model has an answer for."""
-    import random
-
-    from core.outcomes import load_outcomes, outcome_files
-
     files = [f for f in outcome_files([data_dir / "outcomes"]) if f.name.split(".")[0] in REPLAY_LADDER_SOURCES]
     ids = [m.provider_model_id for m in registry.ladder]
     records = [r for r in load_outcomes(files) if all(i in r.outcomes for i in ids)]
@@ -209,11 +210,6 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
                           seed: int = 7, timeout_s: float = 300) -> ReplaySummary:
     """Stream a sample of outcomes prompts through the running stack (replay providers answer with the real
     recorded responses and token counts), then print spend, accuracy and savings vs always-expensive from Postgres."""
-    from tqdm import tqdm
-
-    from providers.costs import RegistryCostBook
-    from stream_processors.runtime import build_cost_book, load_registry
-
     console = console or Console()
     if settings.data_dir is None:
         raise RuntimeError("the replay demo needs the outcomes data: set ROUTER_DATA_DIR or pass --data-dir")

@@ -70,7 +70,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout_s: float, processes
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001, S110 - not ready yet
+        except Exception:  # noqa: BLE001 - not ready yet
             pass
         time.sleep(interval_s)
     tails = "\n".join(f"--- {m.name} ({m.log_path}):\n{m.log_tail()}" for m in processes)

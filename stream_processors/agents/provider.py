@@ -35,7 +35,7 @@ async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.
         return
     try:
         completion = await context.runtime.executor.run(routed)
-    except Exception as exc:  # noqa: BLE001 - provider failures are attempts; anything else is a bug to keep
+    except Exception as exc:
         log.exception("ladder failed on %s", routed.prompt.request_id)
         await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")
         return

@@ -43,7 +43,7 @@ async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
 
     try:
         return await _retrying(write_all)
-    except Exception:  # noqa: BLE001 - a refused batch: find the message(s) at fault one by one
+    except Exception:
         log.exception("writing a batch of %d failed; writing one by one", len(parsed))
     written = 0
     for event, completion in parsed:

@@ -36,16 +36,17 @@ REQUESTS = [
      "Summarise this contract", None),
 ]
 
-# (request_id, attempt_no, model, tier, status, latency_ms, cost, error, next_reason)
+# (request_id, attempt_no, model, tier, status, latency_ms, cost, error, next_model, next_reason_kind, next_reason)
 ATTEMPTS = [
-    ("r1", 1, PHI, "cheap", "ok", 100.0, 100, None, None),
-    ("r2", 1, PHI, "cheap", "rejected", 200.0, 50, "too_short", f"escalate to {LLAMA}: too_short"),
-    ("r2", 2, LLAMA, "mid", "ok", 400.0, 250, None, None),
-    ("r3", 1, GPT, "expensive", "ok", 1000.0, 3000, None, None),
-    ("r4", 1, PHI, "cheap", "error", 50.0, 0, "Error code: 503", f"fallback to {LLAMA}: Error code: 503"),
-    ("r4", 2, LLAMA, "mid", "ok", 300.0, 200, None, None),
-    ("r5", 1, LLAMA, "mid", "error", 60.0, 0, "timeout", f"fallback to {GPT}: timeout"),
-    ("r5", 2, GPT, "expensive", "error", 70.0, 0, "timeout", None),
+    ("r1", 1, PHI, "cheap", "ok", 100.0, 100, None, None, None, None),
+    ("r2", 1, PHI, "cheap", "rejected", 200.0, 50, "too_short", LLAMA, "short", f"escalate to {LLAMA}: too_short"),
+    ("r2", 2, LLAMA, "mid", "ok", 400.0, 250, None, None, None, None),
+    ("r3", 1, GPT, "expensive", "ok", 1000.0, 3000, None, None, None, None),
+    ("r4", 1, PHI, "cheap", "error", 50.0, 0, "Error code: 503", LLAMA, "error",
+     f"fallback to {LLAMA}: Error code: 503"),
+    ("r4", 2, LLAMA, "mid", "ok", 300.0, 200, None, None, None, None),
+    ("r5", 1, LLAMA, "mid", "error", 60.0, 0, "timeout", GPT, "timeout", f"fallback to {GPT}: timeout"),
+    ("r5", 2, GPT, "expensive", "error", 70.0, 0, "timeout", None, None, None),
 ]
 
 # (request_id, model, difficulty, correct, cost)
@@ -79,14 +80,15 @@ def seed(dsn: str, with_evals: bool = True) -> None:
                  status, len(chain), escalated, fell_back, latency, cost, GPT if cf is not None else None, cf,
                  response, "stop" if response else None, None if response else "timeout"),
             )
-        for rid, number, model, tier, status, latency, cost, error, next_reason in ATTEMPTS:
+        for rid, number, model, tier, status, latency, cost, error, next_model, next_kind, next_reason in ATTEMPTS:
             conn.execute(
                 """
                 INSERT INTO request_attempts (request_id, attempt_no, model, tier, status, started_at, latency_ms,
-                    tokens_in, tokens_out, cost_micro_usd, error, next_reason)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, 20, 10, %s, %s, %s)
+                    tokens_in, tokens_out, cost_micro_usd, error, next_model, next_reason_kind, next_reason)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, 20, 10, %s, %s, %s, %s, %s)
                 """,
-                (rid, number, model, tier, status, by_id[rid][1], latency, cost, error, next_reason),
+                (rid, number, model, tier, status, by_id[rid][1], latency, cost, error, next_model, next_kind,
+                 next_reason),
             )
         if with_evals:
             for rid, model, difficulty, correct, cost in EVALS:

@@ -154,8 +154,8 @@ def test_escalations_and_fallbacks(seeded: str, run_view: RunView) -> None:
     hops = frame_with(at, "to_model")
     rows = {(r.kind, r.from_model, r.to_model, r.reason, r.hops) for r in hops.itertuples()}
     assert rows == {
-        ("escalation", known.PHI, known.LLAMA, "too_short", 1),
-        ("fallback", known.PHI, known.LLAMA, "Error code: 503", 1),
+        ("escalation", known.PHI, known.LLAMA, "short", 1),
+        ("fallback", known.PHI, known.LLAMA, "error", 1),
         ("fallback", known.LLAMA, known.GPT, "timeout", 1),
     }
     assert len(charts(at)) >= 2

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from providers.costs import (
 from providers.executor import LadderExecutor
 from providers.prices import main as prices_main
 from routing.escalation import Escalation
+from stack.services import free_port
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CHANGE = datetime(2026, 6, 1, tzinfo=UTC)
@@ -163,20 +167,25 @@ async def test_counterfactual_uses_the_rate_at_creation_time(clean_db: str, tmp_
     assert before.cost_micro_usd == after.cost_micro_usd == half_up(1000 * 130 + 100 * 520) == 182
 
 
-def test_db_book_rereads_rates_and_falls_back_when_a_model_has_none(clean_db: str) -> None:
+async def test_db_book_rereads_rates_and_falls_back_when_a_model_has_none(clean_db: str) -> None:
     clock = [0.0]
     book = DbCostBook(clean_db, refresh_s=30.0, clock=lambda: clock[0], fallback=RegistryCostBook(REGISTRY))
-    assert book.rate("small", T0).input_micro_usd_per_1k == 130  # table empty: the config's list price
+
+    async def input_rate(at: datetime) -> int:
+        await book.prepare("small", at)
+        return book.rate("small", at).input_micro_usd_per_1k
+
+    assert await input_rate(T0) == 130  # table empty: the config's list price
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("INSERT INTO cost_rates VALUES ('small', %s, 111, 222, 'test')", (T0,))
-    assert book.rate("small", T0).input_micro_usd_per_1k == 130  # misses re-read at most once a second
+    assert await input_rate(T0) == 130  # misses re-read at most once a second
     clock[0] = 1.0
-    assert book.rate("small", T0).input_micro_usd_per_1k == 111  # a miss re-reads at once
+    assert await input_rate(T0) == 111  # a miss re-reads at once
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("INSERT INTO cost_rates VALUES ('small', %s, 150, 600, 'test')", (CHANGE,))
-    assert book.rate("small", CHANGE).input_micro_usd_per_1k == 111  # cached until refresh_s passes
+    assert await input_rate(CHANGE) == 111  # cached until refresh_s passes
     clock[0] = 31.0
-    assert book.rate("small", CHANGE).input_micro_usd_per_1k == 150
+    assert await input_rate(CHANGE) == 150
 
 
 def test_show_prints_the_rates_in_force(clean_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,13 +210,46 @@ def test_bad_effective_from_is_refused(clean_db: str, tmp_path: Path) -> None:
         prices_main(["--dsn", clean_db, "update", "--prices", str(prices), "--effective-from", "2026-06-01T00:00:00"])
 
 
-def test_db_book_keeps_pricing_from_its_cache_when_postgres_is_down(clean_db: str) -> None:
-    from stack.services import free_port
-
+async def test_db_book_keeps_pricing_from_its_cache_when_postgres_is_down(clean_db: str) -> None:
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute("INSERT INTO cost_rates VALUES ('small', %s, 130, 520, 'test')", (T0,))
     clock = [0.0]
     book = DbCostBook(clean_db, refresh_s=30.0, clock=lambda: clock[0])
     book.dsn = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"  # nothing listens there
     clock[0] = 100.0
+    await book.prepare("small", CHANGE)
     assert book.cost_micro_usd("small", 1000, 1000, CHANGE) == 130 + 520
+
+
+async def test_a_worker_keeps_serving_from_cached_prices_while_postgres_does_not_answer(clean_db: str) -> None:
+    """A database that accepts connections but never answers must not stall the event loop: the re-read gives
+    up after its timeout, the attempt is priced from the cache, and other work on the loop keeps running."""
+    book = build_db_cost_book(clean_db, REGISTRY, refresh_s=30.0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshake; nobody ever reads or answers
+    try:
+        book.dsn = f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/none"
+        book.query_timeout_s = 1.0
+        book._loaded_at = float("-inf")  # the cache is due for a re-read
+        providers = {s.name: FixedTokens(s, input_tokens=1234, output_tokens=567) for s in REGISTRY.models}
+        ladder = LadderExecutor(REGISTRY, providers, Escalation(REGISTRY), book, token_counter=lambda spec, text: 0)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        started = time.monotonic()
+        completion = await asyncio.wait_for(ladder.run(_routed(datetime.now(UTC))), timeout=10)
+        elapsed = time.monotonic() - started
+        ticking.cancel()
+    finally:
+        silent.close()
+    assert completion.status == "ok" and completion.cost_micro_usd == 455  # the cached list price
+    assert elapsed < 5
+    # The loop ran other work while the re-read waited: about one tick per 50 ms of the wait.
+    assert ticks >= elapsed / 0.05 * 0.5

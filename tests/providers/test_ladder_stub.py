@@ -95,6 +95,7 @@ async def test_persistent_500s_fall_back_to_the_next_tier(registry, stub_server)
     first, second = completion.attempts
     assert (first.model, first.status, first.retries, first.cost_micro_usd) == ("small", "error", 2, 0)
     assert "HTTP 500" in first.error and first.next_reason.startswith("fallback to medium")
+    assert (first.next_model, first.next_reason_kind) == ("medium", "error")
     assert (second.model, second.status, second.retries) == ("medium", "ok", 0)
     assert (completion.status, completion.final_model, completion.response) == ("ok", "medium", REPLY)
     # medium: 10 in x 590 + 4 out x 790 = 9060 -> 9 micro-USD
@@ -108,6 +109,7 @@ async def test_timeouts_are_retried_then_fall_back(registry, stub_server) -> Non
     first, second = completion.attempts
     assert (first.status, first.retries) == ("error", 2)
     assert "timeout" in first.error
+    assert (first.next_model, first.next_reason_kind) == ("medium", "timeout")
     assert 1500 <= first.latency_ms < 4000  # three tries of 0.5 s plus the SDK's backoff
     assert (second.model, second.status, completion.final_model) == ("medium", "ok", "medium")
 
@@ -118,6 +120,7 @@ async def test_refusal_escalates_once_and_pays_for_both_calls(registry, stub_ser
     first, second = completion.attempts
     assert (first.status, first.error) == ("rejected", "refusal")
     assert first.next_reason == "escalate to medium: refusal"
+    assert (first.next_model, first.next_reason_kind) == ("medium", "refusal")
     # The refusal "I'm sorry, but I can't help with that." is 8 words.
     assert first.cost_micro_usd == half_up(10 * 130 + 8 * 520) == 5
     assert second.cost_micro_usd == half_up(10 * 590 + 4 * 790) == 9
@@ -131,6 +134,7 @@ async def test_length_cutoff_escalates(registry, stub_server) -> None:
     assert [(a.model, a.status, a.finish_reason) for a in completion.attempts] == [
         ("small", "rejected", "length"), ("medium", "ok", "stop")]
     assert completion.attempts[0].error == "finish_reason=length (truncated)"
+    assert (completion.attempts[0].next_model, completion.attempts[0].next_reason_kind) == ("medium", "length")
 
 
 async def test_the_policys_output_budget_is_sent_as_max_tokens(registry, stub_server) -> None:
@@ -199,6 +203,7 @@ async def test_a_model_that_keeps_failing_is_skipped_until_its_cooldown(registry
     skipped = completion.attempts[0]
     assert skipped.status == "error" and "circuit open after 2 consecutive failures" in skipped.error
     assert skipped.latency_ms == 0 and skipped.next_reason == "fallback to medium: circuit open"
+    assert (skipped.next_model, skipped.next_reason_kind) == ("medium", "circuit_open")
     assert completion.final_model == "medium"
     assert [c["model"] for c in stub_calls(stub_server)[calls_before:]] == ["stub-medium"]  # small not called
 

@@ -103,3 +103,43 @@ async def test_out_of_range_value_is_refused_without_writing_anything(conn, clea
         await upsert_completions(conn, [make_completion("req-fine-but-same-batch"), broken])
     await conn.rollback()
     assert counts(clean_db, "req-fine-but-same-batch") == (0, 0, 0)  # the batch is one transaction
+
+
+async def test_structured_escalation_columns_are_written_and_read_back(conn, clean_db):
+    completion = make_completion("req-structured", attempts=2)
+    completion.attempts[0].record_next("llama-3-70b", "short", "too short")
+    assert await upsert_completions(conn, [completion]) == 1
+    row = await fetch_request(conn, "req-structured")
+    first = row["attempt_rows"][0]
+    assert (first["next_model"], first["next_reason_kind"]) == ("llama-3-70b", "short")
+    assert first["next_reason"] == "escalate to llama-3-70b: too short"
+    assert row["escalated"] is True
+
+
+def test_the_migration_reads_old_prose_reasons_into_the_columns(pg_admin_dsn: str) -> None:
+    """Rows written before structured reasons get their next model and reason kind from the prose, once."""
+    import uuid
+
+    from sql.migrate import migration_files
+    from stack.services import create_database, drop_database
+
+    name = f"router_test_mig_{uuid.uuid4().hex[:8]}"
+    dsn = create_database(pg_admin_dsn, name)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as db:
+            db.execute(migration_files()[0].read_text())  # the schema as it was before 0002
+            db.execute("INSERT INTO requests VALUES ('r', now(), now(), 't', NULL, 'standard', 'p', 1, 1, 'simple', 1,"
+                       " '{}', 'why', 'threshold', 'heuristic', 'a', 'b', 'ok', '[]', 3, true, true, 0, 0, 0, 0,"
+                       " NULL, NULL, 'x', 'stop', NULL, '{}')")
+            for number, status, reason in [(1, "rejected", "escalate to b: refusal"),
+                                           (2, "rejected", "escalate to c: p_up-p_this 0.31 >= 0.20"),
+                                           (3, "error", "fallback to d: small: timeout after 30s per try"),
+                                           (4, "error", "fallback to e: circuit open")]:
+                db.execute("INSERT INTO request_attempts (request_id, attempt_no, model, tier, status, started_at,"
+                           " latency_ms, tokens_in, tokens_out, cost_micro_usd, next_reason)"
+                           " VALUES ('r', %s, 'a', 'cheap', %s, now(), 0, 0, 0, 0, %s)", (number, status, reason))
+            db.execute(migration_files()[1].read_text())
+            rows = db.execute("SELECT next_model, next_reason_kind FROM request_attempts ORDER BY attempt_no").fetchall()
+        assert rows == [("b", "refusal"), ("c", "verifier"), ("d", "timeout"), ("e", "circuit_open")]
+    finally:
+        drop_database(pg_admin_dsn, name)

@@ -18,11 +18,11 @@ from training.reader import fit_reader, out_of_fold_reader_logits, served_reader
 
 
 @pytest.fixture(scope="module")
-def data(synthetic_dir: Path):  # noqa: ANN201 - LadderData
+def data(synthetic_dir: Path):
     return load_ladder_data([synthetic_dir], Ladder.parse(LADDER_ARG), load_prices(synthetic_dir / "prices.json"))
 
 
-def test_reader_learns_right_answers_from_their_words(data) -> None:  # noqa: ANN001
+def test_reader_learns_right_answers_from_their_words(data) -> None:
     # The synthetic cheap model hedges ("not sure", "re-evaluate") on medium and hard prompts, and is
     # wrong there; its other wrong answers (hopeless prompts) read like its right ones.
     logits = out_of_fold_reader_logits(data, folds=5, seed=0)
@@ -39,7 +39,7 @@ def test_reader_learns_right_answers_from_their_words(data) -> None:  # noqa: AN
     assert confident > 0 > hedging
 
 
-def test_reader_saves_float16_and_serves_the_same_logits(data, tmp_path: Path) -> None:  # noqa: ANN001
+def test_reader_saves_float16_and_serves_the_same_logits(data, tmp_path: Path) -> None:
     reader = fit_reader(data)
     reader.save(tmp_path)
     again = AnswerReader.load(tmp_path / AnswerReader.FILE)
@@ -53,7 +53,7 @@ def test_reader_saves_float16_and_serves_the_same_logits(data, tmp_path: Path) -
         AnswerReader(np.zeros((N_FEATURES, 3)), np.zeros(3))
 
 
-def test_reader_logits_are_the_last_verifier_feature(data) -> None:  # noqa: ANN001
+def test_reader_logits_are_the_last_verifier_feature(data) -> None:
     probs = np.full((data.n, 3), 1 / 3)
     logits = np.column_stack([np.arange(data.n, dtype=float), -np.arange(data.n, dtype=float)])
     m = answer_matrices(data, probs, logits)
