@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Label = Literal["simple", "medium", "complex"]
 LABELS: tuple[Label, ...] = ("simple", "medium", "complex")
@@ -95,6 +95,15 @@ class RoutingDecision(_Message):
     # Output-token budget per tier ("cheap", "mid", "expensive") set by the policy; a model that runs
     # past it is cut off (finish_reason "length") and the ladder moves on.
     max_output_tokens: dict[str, int] = Field(default_factory=dict)
+    # Online experiments (routing.experiments): the experiment and arm this request was assigned to, if any.
+    experiment_id: str | None = None
+    arm: str | None = None
+    # Which router decided: "artifact:<sha256 prefix>" for a trained artifact, "heuristic:<policy>" otherwise.
+    router_version: str | None = None
+    # The artifact folder of the router that decided (its answer checks apply to the request); None: the default.
+    artifact: str | None = None
+    # False for a control arm: the named model answers alone (fallback on errors only, no escalation).
+    escalate: bool = True
 
     @property
     def reason(self) -> str:
@@ -189,3 +198,24 @@ class DeadLetterMessage(_Message):
     error: str
     stage: str
     failed_at: datetime = Field(default_factory=utcnow)
+
+
+
+class FeedbackMessage(_Message):
+    """A grade for one recorded request: thumbs (``pass_fail``) and/or a 1-5 ``score``, from one ``source``
+    (a user's thumbs, a rubric, an automatic grader). One grade per (request, source): a later one replaces it.
+    Producers on the feedback topic state the request's tenant; a grade for another tenant's request is refused."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+    tenant: str = Field("default", min_length=1, max_length=128)
+    pass_fail: bool | None = None
+    score: int | None = Field(None, ge=1, le=5)
+    notes: str | None = Field(None, max_length=4000)
+    source: str = Field("user", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _has_a_grade(self) -> FeedbackMessage:
+        if self.pass_fail is None and self.score is None:
+            raise ValueError("feedback needs pass_fail and/or score")
+        return self

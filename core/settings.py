@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(512, ge=1)
     generate_timeout_s: float = Field(60.0, gt=0)
 
+    # Online experiments and feedback (issue: prove the savings online).
+    topic_feedback: str = "feedback"
+    feedback_partitions: int = Field(1, ge=1)
+    # Workers re-read the experiments table at most this often: a change (shares, a new or ended experiment)
+    # applies to every prompt classified more than this long (plus one batch) after it is committed.
+    experiments_refresh_s: float = Field(5.0, gt=0)
+    # A feedback score (1-5) at or above this counts as a pass where no pass_fail is given.
+    feedback_pass_score: int = Field(4, ge=1, le=5)
+    # A feedback record on the topic whose request is not recorded yet is retried this long, then dead-lettered.
+    feedback_wait_for_request_s: float = Field(30.0, ge=0)
+
     # Dashboard
     dashboard_port: int = 8501
     # Where the dashboard's offline-evaluation view looks for harness reports (training.evaluate --json).

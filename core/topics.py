@@ -35,6 +35,7 @@ def pipeline_topics(settings: Settings, registry: ModelRegistry) -> list[TopicSp
         TopicSpec(settings.topic_completions, settings.completions_partitions),
         # Dead letters are rare and read by people: one partition keeps them in order.
         TopicSpec(settings.topic_dead_letter, 1),
+        TopicSpec(settings.topic_feedback, settings.feedback_partitions),
     ]
     topics += [TopicSpec(route_topic(settings, spec.name), settings.route_partitions) for spec in registry.models]
     return topics

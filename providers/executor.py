@@ -96,7 +96,8 @@ class LadderExecutor:
                 complete = final
             if rejection is None:
                 break
-            next_spec = self.escalation.next_after_rejection(spec, attempts)
+            # A control arm's model answers alone: its answer is kept even when a check would escalate.
+            next_spec = self.escalation.next_after_rejection(spec, attempts) if routed.decision.escalate else None
             if next_spec is None:
                 break  # nothing left to escalate to: keep the best answer we have
             attempt.record_next(next_spec.name, rejection.kind, rejection.reason)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from classifier.registry import CLASSIFIERS
 from core.registry import ModelRegistry
-from routing.artifact import load_escalation_from_artifact, load_router_from_artifact
+from routing.artifact import artifact_digest, load_escalation_from_artifact, load_router_from_artifact
 from routing.escalation import Escalation
 from routing.policy import TokenCounter, approximate_token_count
 from routing.registry import build_policy
@@ -28,7 +28,10 @@ def build_router(
 ) -> Router:
     """The trained classifier and calibrated policy from ``artifact_dir``, or else the seed heuristic."""
     if _has_artifact(artifact_dir):
-        return load_router_from_artifact(Path(artifact_dir), registry, token_counter=token_counter)
+        router = load_router_from_artifact(Path(artifact_dir), registry, token_counter=token_counter)
+        router.version = artifact_version(Path(artifact_dir))
+        router.artifact = str(artifact_dir)
+        return router
     log.warning(
         "NO CLASSIFIER ARTIFACT%s: routing with the seed's keyword/length heuristic. "
         "Train one with `python -m training.train` and set ROUTER_CLASSIFIER_ARTIFACT.",
@@ -43,3 +46,8 @@ def escalation_for(registry: ModelRegistry, artifact_dir: Path | None = None) ->
     if _has_artifact(artifact_dir):
         return load_escalation_from_artifact(Path(artifact_dir), registry)
     return Escalation(registry)
+
+
+def artifact_version(artifact_dir: Path) -> str:
+    """The version recorded on every request an artifact decides: a prefix of its files' SHA-256."""
+    return f"artifact:{artifact_digest(Path(artifact_dir))[:12]}"

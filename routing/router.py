@@ -27,6 +27,9 @@ class Router:
         self.policy = policy
         self.registry = registry
         self.topic_model = topic_model
+        # Recorded on every decision: which policy / artifact decided (routing.factory sets an artifact's digest).
+        self.version = f"heuristic:{policy.name}"
+        self.artifact: str | None = None
 
     def route(self, prompts: Sequence[PromptMessage]) -> list[RoutingDecision]:
         texts = [p.prompt for p in prompts]
@@ -34,7 +37,10 @@ class Router:
         if self.topic_model is not None:
             predictions = [prediction.model_copy(update={"topic": topic})
                            for prediction, topic in zip(predictions, self.topic_model.predict(texts), strict=True)]
-        return [
+        decisions = [
             self.policy.decide(prompt, prediction, self.registry, self.classifier.name)
             for prompt, prediction in zip(prompts, predictions, strict=True)
         ]
+        for decision in decisions:
+            decision.router_version, decision.artifact = self.version, self.artifact
+        return decisions

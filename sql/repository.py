@@ -11,18 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from core.messages import CompletionMessage
+from core.messages import CompletionMessage, FeedbackMessage
 
 REQUEST_COLUMNS: tuple[str, ...] = (
     "request_id", "created_at", "completed_at", "tenant", "user_id", "customer_tier", "prompt", "prompt_chars",
     "max_tokens", "difficulty", "confidence", "probabilities", "decision_reason", "policy", "classifier",
     "routed_model", "final_model", "status", "attempts", "attempt_count", "escalated", "fell_back", "tokens_in",
     "tokens_out", "latency_ms", "cost_micro_usd", "counterfactual_model", "counterfactual_cost_micro_usd",
-    "response", "finish_reason", "error", "metadata",
+    "response", "finish_reason", "error", "metadata", "experiment_id", "arm", "router_version",
 )
 
 UPSERT_REQUEST_SQL = (
@@ -50,14 +50,21 @@ EVAL_COLUMNS: tuple[str, ...] = (
     "request_id", "evaluated_at", "model", "difficulty", "source", "item_id", "correct", "cost_micro_usd",
 )
 
+# The grade a replayed answer carries (its recorded correctness); feedback has sources of its own.
+REPLAY_FEEDBACK_SOURCE = "replay"
+
+# The sink writes whose grade it is too: the replay's recorded correctness, under its own feedback source.
+SINK_EVAL_COLUMNS: tuple[str, ...] = (*EVAL_COLUMNS, "feedback_source", "tenant")
+
 UPSERT_EVAL_SQL = (
-    f"INSERT INTO model_eval ({', '.join(EVAL_COLUMNS)}) "
-    f"VALUES ({', '.join(f'%({c})s' for c in EVAL_COLUMNS)}) "
-    "ON CONFLICT (request_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in EVAL_COLUMNS if c != "request_id")
+    f"INSERT INTO model_eval ({', '.join(SINK_EVAL_COLUMNS)}) "
+    f"VALUES ({', '.join(f'%({c})s' for c in SINK_EVAL_COLUMNS)}) "
+    "ON CONFLICT (request_id, feedback_source) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in SINK_EVAL_COLUMNS if c not in ("request_id", "feedback_source"))
 )
 
-DELETE_EVAL_SQL = "DELETE FROM model_eval WHERE request_id = %s"
+# Only the replay grade follows the answer; feedback on the request stays.
+DELETE_EVAL_SQL = f"DELETE FROM model_eval WHERE request_id = %s AND feedback_source = '{REPLAY_FEEDBACK_SOURCE}'"
 
 
 def _without_nul(value: Any) -> Any:
@@ -112,6 +119,9 @@ def request_row(completion: CompletionMessage) -> dict[str, Any]:
         "finish_reason": completion.finish_reason,
         "error": completion.error,
         "metadata": Jsonb(prompt.metadata),
+        "experiment_id": decision.experiment_id,
+        "arm": decision.arm,
+        "router_version": decision.router_version,
     }
 
 
@@ -133,7 +143,8 @@ def eval_row(completion: CompletionMessage) -> dict[str, Any] | None:
     return {"request_id": completion.request_id, "evaluated_at": completion.completed_at,
             "model": completion.final_model, "difficulty": completion.decision.label,
             "source": metadata.get("source"), "item_id": metadata.get("item_id"), "correct": completion.correct,
-            "cost_micro_usd": completion.cost_micro_usd}
+            "cost_micro_usd": completion.cost_micro_usd, "feedback_source": REPLAY_FEEDBACK_SOURCE,
+            "tenant": completion.prompt.tenant}
 
 
 async def upsert_completion(conn: AsyncConnection, completion: CompletionMessage) -> bool:
@@ -167,7 +178,9 @@ async def upsert_completions(conn: AsyncConnection, completions: Sequence[Comple
 # One request, its attempts in chain order and its grading: the API's and the dashboard's detail views.
 REQUEST_BY_ID_SQL = "SELECT * FROM requests WHERE request_id = %(id)s"
 ATTEMPTS_BY_ID_SQL = f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM request_attempts WHERE request_id = %(id)s ORDER BY attempt_no"
-EVAL_BY_ID_SQL = f"SELECT {', '.join(EVAL_COLUMNS)} FROM model_eval WHERE request_id = %(id)s"
+# The replay's grade first (a request has one per feedback source).
+EVAL_BY_ID_SQL = (f"SELECT {', '.join(EVAL_COLUMNS)} FROM model_eval WHERE request_id = %(id)s"
+                  f" ORDER BY feedback_source = '{REPLAY_FEEDBACK_SOURCE}' DESC, evaluated_at DESC")
 
 
 async def fetch_request(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
@@ -181,4 +194,107 @@ async def fetch_request(conn: AsyncConnection, request_id: str) -> dict[str, Any
         row["attempt_rows"] = await cur.fetchall()
         await cur.execute(EVAL_BY_ID_SQL, {"id": request_id})
         row["evaluation"] = await cur.fetchone()
+        # Every grade: the replay's and each feedback source's.
+        await cur.execute("SELECT * FROM model_eval WHERE request_id = %s ORDER BY evaluated_at DESC", (request_id,))
+        row["evaluations"] = await cur.fetchall()
     return row
+
+
+# ----------------------------------------------------------------------------- feedback
+
+
+class UnknownRequest(LookupError):
+    """No request with this id is recorded for this tenant (another tenant's request reads the same)."""
+
+
+FEEDBACK_REQUEST_SQL = (
+    "SELECT tenant, coalesce(final_model, routed_model) AS model, difficulty, metadata->>'source' AS source,"
+    " metadata->>'item_id' AS item_id, cost_micro_usd FROM requests WHERE request_id = %s"
+)
+
+UPSERT_FEEDBACK_SQL = (
+    "INSERT INTO model_eval (request_id, evaluated_at, model, difficulty, source, item_id, correct, cost_micro_usd,"
+    " feedback_source, human_score, pass_fail, notes, tenant)"
+    " VALUES (%(request_id)s, %(evaluated_at)s, %(model)s, %(difficulty)s, %(source)s, %(item_id)s, %(correct)s,"
+    " %(cost_micro_usd)s, %(feedback_source)s, %(human_score)s, %(pass_fail)s, %(notes)s, %(tenant)s)"
+    " ON CONFLICT (request_id, feedback_source) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at,"
+    " correct = EXCLUDED.correct, human_score = EXCLUDED.human_score, pass_fail = EXCLUDED.pass_fail,"
+    " notes = EXCLUDED.notes RETURNING (xmax = 0) AS inserted"
+)
+
+
+def feedback_passes(feedback: FeedbackMessage, pass_score: int) -> bool:
+    """Thumbs when given, else the score against the pass mark."""
+    if feedback.pass_fail is not None:
+        return feedback.pass_fail
+    assert feedback.score is not None
+    return feedback.score >= pass_score
+
+
+async def record_feedback(conn: AsyncConnection, feedback: FeedbackMessage, pass_score: int) -> str:
+    """Write one grade to ``model_eval`` (one row per request and feedback source: a repeat replaces it);
+    returns "created" or "updated". Raises UnknownRequest, writing nothing, for a request that is not
+    recorded or belongs to another tenant."""
+    feedback = FeedbackMessage.model_validate(_without_nul(feedback.model_dump()))
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(FEEDBACK_REQUEST_SQL, (feedback.request_id,))
+        request = await cur.fetchone()
+        if request is None or request["tenant"] != feedback.tenant:
+            raise UnknownRequest(f"no request {feedback.request_id!r} is recorded for tenant {feedback.tenant!r}")
+        await cur.execute(UPSERT_FEEDBACK_SQL, {
+            "request_id": feedback.request_id, "evaluated_at": feedback.created_at, "model": request["model"],
+            "difficulty": request["difficulty"], "source": request["source"], "item_id": request["item_id"],
+            "correct": feedback_passes(feedback, pass_score), "cost_micro_usd": request["cost_micro_usd"],
+            "feedback_source": feedback.source, "human_score": feedback.score, "pass_fail": feedback.pass_fail,
+            "notes": feedback.notes, "tenant": feedback.tenant})
+        inserted = (await cur.fetchone())["inserted"]
+    return "created" if inserted else "updated"
+
+
+# ----------------------------------------------------------------------------- experiments
+
+EXPERIMENT_COLUMNS = ("experiment_id", "tenant", "salt", "unit", "arms", "description", "created_at", "updated_at",
+                      "ended_at")
+
+
+def running_experiments(conn: Connection) -> list[dict[str, Any]]:
+    """Every experiment not ended, as rows (``routing.experiments.Experiment`` validates them)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {', '.join(EXPERIMENT_COLUMNS)} FROM experiments WHERE ended_at IS NULL"
+                    " ORDER BY experiment_id")
+        return cur.fetchall()
+
+
+def list_experiments(conn: Connection) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {', '.join(EXPERIMENT_COLUMNS)} FROM experiments ORDER BY created_at, experiment_id")
+        return cur.fetchall()
+
+
+def get_experiment(conn: Connection, experiment_id: str) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {', '.join(EXPERIMENT_COLUMNS)} FROM experiments WHERE experiment_id = %s",
+                    (experiment_id,))
+        return cur.fetchone()
+
+
+def insert_experiment(conn: Connection, experiment: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO experiments (experiment_id, tenant, salt, unit, arms, description)"
+        " VALUES (%(experiment_id)s, %(tenant)s, %(salt)s, %(unit)s, %(arms)s, %(description)s)",
+        {**experiment, "arms": Jsonb(experiment["arms"])})
+
+
+def update_experiment_arms(conn: Connection, experiment_id: str, arms: list[dict[str, Any]],
+                           description: str | None = None) -> bool:
+    """New arms (shares) for a running experiment; False when it is unknown or has ended."""
+    cursor = conn.execute(
+        "UPDATE experiments SET arms = %s, description = coalesce(%s, description), updated_at = now()"
+        " WHERE experiment_id = %s AND ended_at IS NULL", (Jsonb(arms), description, experiment_id))
+    return cursor.rowcount == 1
+
+
+def end_experiment(conn: Connection, experiment_id: str) -> bool:
+    cursor = conn.execute("UPDATE experiments SET ended_at = now(), updated_at = now()"
+                          " WHERE experiment_id = %s AND ended_at IS NULL", (experiment_id,))
+    return cursor.rowcount == 1

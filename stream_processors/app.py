@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from core.settings import Settings, get_settings
-from stream_processors.agents import classify, provider, sink
+from stream_processors.agents import classify, feedback, provider, sink
 from stream_processors.context import PipelineContext
 from stream_processors.runtime import Runtime, build_runtime
 
@@ -62,4 +62,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for spec in runtime.registry.models:
         provider.register(app, context, spec)
     sink.register(app, context)
+    feedback.register(app, context)
     return app

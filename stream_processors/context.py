@@ -53,6 +53,7 @@ class PipelineContext(Service):
         self.prompts_topic = self.raw_topic(settings.topic_prompts, settings.prompts_partitions)
         self.completions_topic = self.raw_topic(settings.topic_completions, settings.completions_partitions)
         self.dead_letter_topic = self.raw_topic(settings.topic_dead_letter, 1)
+        self.feedback_topic = self.raw_topic(settings.topic_feedback, settings.feedback_partitions)
         self.route_topics = {
             spec.name: self.raw_topic(route_topic(settings, spec.name), settings.route_partitions)
             for spec in runtime.registry.models

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from core.messages import RoutingDecision
 from core.registry import ModelRegistry
 from core.settings import Settings
 from providers.base import Provider
@@ -11,8 +14,11 @@ from providers.costs import CostBook, RegistryCostBook, build_db_cost_book
 from providers.executor import LadderExecutor
 from providers.factory import build_providers
 from providers.tokens import count_tokens, warm_up
+from routing.experiments import ArmRouter, Experiment, ExperimentBook
 from routing.factory import build_router, escalation_for
 from routing.router import Router
+
+log = logging.getLogger(__name__)
 
 
 def load_registry(settings: Settings) -> ModelRegistry:
@@ -28,12 +34,51 @@ def build_cost_book(settings: Settings, registry: ModelRegistry) -> CostBook:
     return RegistryCostBook(registry)
 
 
+def build_experiment_book(settings: Settings, registry: ModelRegistry) -> ExperimentBook | None:
+    """The running experiments from Postgres, re-read every ``experiments_refresh_s``; None without a database."""
+    if not settings.pg_dsn:
+        return None
+    dsn = settings.pg_dsn
+
+    def load() -> list[Experiment]:
+        import psycopg  # noqa: PLC0415
+
+        from sql.repository import running_experiments  # noqa: PLC0415
+
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            rows = running_experiments(conn)
+        experiments = []
+        for row in rows:
+            try:
+                experiment = Experiment.model_validate(row)
+                experiment.validate_for(registry)
+            except ValueError as exc:
+                log.error("experiment %s is not usable on this worker and is skipped: %s", row["experiment_id"], exc)
+                continue
+            experiments.append(experiment)
+        return experiments
+
+    return ExperimentBook(load, refresh_s=settings.experiments_refresh_s)
+
+
 @dataclass
 class Runtime:
     registry: ModelRegistry
     router: Router
     providers: dict[str, Provider]
     executor: LadderExecutor
+    arm_router: ArmRouter | None = None
+    _executors: dict[str, LadderExecutor] = field(default_factory=dict)
+
+    def executor_for(self, decision: RoutingDecision) -> LadderExecutor:
+        """The default executor, or one with the answer checks of the candidate artifact that decided."""
+        if decision.artifact is None or decision.artifact == self.router.artifact:
+            return self.executor
+        if decision.artifact not in self._executors:
+            self._executors[decision.artifact] = LadderExecutor(
+                self.registry, self.providers, escalation_for(self.registry, Path(decision.artifact)),
+                self.executor.costs, breaker=self.executor.breaker)
+        return self._executors[decision.artifact]
 
     async def aclose(self) -> None:
         for provider in self.providers.values():
@@ -49,4 +94,7 @@ def build_runtime(settings: Settings, registry: ModelRegistry | None = None) -> 
     warm_up(sorted({m.tokenizer for m in registry.models}))
     executor = LadderExecutor(registry, providers, escalation_for(registry, settings.classifier_artifact),
                               build_cost_book(settings, registry))
-    return Runtime(registry=registry, router=router, providers=providers, executor=executor)
+    arm_router = ArmRouter(
+        router, registry, build_experiment_book(settings, registry),
+        load_candidate=lambda artifact: build_router(registry, Path(artifact), token_counter=count_tokens))
+    return Runtime(registry=registry, router=router, providers=providers, executor=executor, arm_router=arm_router)

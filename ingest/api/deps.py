@@ -28,7 +28,17 @@ def get_pool(request: Request) -> AsyncConnectionPool:
     return pool
 
 
+def get_tenant(request: Request) -> str:
+    """The caller's tenant. The one place it is decided: API keys will map a key to its tenant here. Until
+    then the ``X-Router-Tenant`` header names it, else "default" (the tenant of a prompt sent without one)."""
+    tenant = request.headers.get("x-router-tenant", "default").strip()
+    if not tenant or len(tenant) > 128:
+        raise HTTPException(400, detail="X-Router-Tenant must hold 1 to 128 characters")
+    return tenant
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+TenantDep = Annotated[str, Depends(get_tenant)]
 BridgeDep = Annotated[KafkaBridge, Depends(get_bridge)]
 PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
 

@@ -59,6 +59,10 @@ class GenerateOut(BaseModel):
     attempts: list[Attempt]
     error: str | None
     completed_at: datetime
+    # Online experiments: the experiment and arm the request was assigned to, and the router version that decided.
+    experiment_id: str | None = None
+    arm: str | None = None
+    router_version: str | None = None
 
     @classmethod
     def from_completion(cls, completion: CompletionMessage) -> GenerateOut:
@@ -71,5 +75,27 @@ class GenerateOut(BaseModel):
             cost_micro_usd=completion.cost_micro_usd, counterfactual_model=completion.counterfactual_model,
             counterfactual_cost_micro_usd=completion.counterfactual_cost_micro_usd,
             latency_ms=completion.latency_ms, attempts=completion.attempts, error=completion.error,
-            completed_at=completion.completed_at,
+            completed_at=completion.completed_at, experiment_id=decision.experiment_id, arm=decision.arm,
+            router_version=decision.router_version,
         )
+
+
+class FeedbackIn(BaseModel):
+    """A grade for one of your requests: ``pass_fail`` (thumbs) and/or a 1-5 ``score``; one per (request,
+    source), so sending it again replaces it. The tenant is the caller's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=128)
+    pass_fail: bool | None = None
+    score: int | None = Field(None, ge=1, le=5, description="1 (bad) to 5 (excellent)")
+    notes: str | None = Field(None, max_length=4000)
+    source: str = Field("user", pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+                        description="who graded: user thumbs, a rubric, an automatic grader ...")
+
+
+class FeedbackOut(BaseModel):
+    request_id: str
+    source: str
+    status: Literal["created", "updated"]
+    passed: bool

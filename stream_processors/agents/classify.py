@@ -19,7 +19,8 @@ async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
     parsed = await context.parse_batch(events, PromptMessage, "classify")
     if not parsed:
         return
-    router = context.runtime.router
+    # By experiment arm (routing.experiments) where an experiment runs; the default router otherwise.
+    router = context.runtime.arm_router or context.runtime.router
     prompts = [prompt for _, prompt in parsed]
     try:
         # Off the event loop: a trained classifier is CPU work and must not starve heartbeats.

@@ -34,7 +34,7 @@ async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.
     if routed is None:
         return
     try:
-        completion = await context.runtime.executor.run(routed)
+        completion = await context.runtime.executor_for(routed.decision).run(routed)
     except Exception as exc:
         log.exception("ladder failed on %s", routed.prompt.request_id)
         await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")
