@@ -24,6 +24,7 @@ if _PROJECT_ROOT not in sys.path:
 from core.settings import get_settings  # noqa: E402
 from dashboard import queries as q  # noqa: E402
 from dashboard import views  # noqa: E402
+from dashboard.online import experiments_view  # noqa: E402
 
 DATABASE_VIEWS: dict[str, tuple[str, Callable[[str, q.Filters], None]]] = {
     "overview": ("Overview", views.overview),
@@ -33,6 +34,7 @@ DATABASE_VIEWS: dict[str, tuple[str, Callable[[str, q.Filters], None]]] = {
     "escalations": ("Escalations and fallbacks", views.escalations),
     "explorer": ("Request explorer", views.explorer),
 }
+DATABASE_VIEWS["experiments"] = ("Experiments (A/B)", experiments_view)
 OFFLINE_VIEW = "offline"
 VIEW_TITLES = {slug: title for slug, (title, _) in DATABASE_VIEWS.items()} | {OFFLINE_VIEW: "Offline evaluation"}
 

@@ -110,6 +110,7 @@ def pipeline(tansu_bootstrap: str, pg_admin_dsn: str, stub_server: str,
         "ROUTER_TOPIC_ROUTE_PREFIX": f"route-{suffix}.", "ROUTER_TOPIC_REPLIES_PREFIX": f"replies-{suffix}.",
         "ROUTER_GENERATE_TIMEOUT_S": "30", "ROUTER_PROMPTS_PARTITIONS": "3", "ROUTER_ROUTE_PARTITIONS": "2",
         "ROUTER_COMPLETIONS_PARTITIONS": "2",
+        "ROUTER_TOPIC_FEEDBACK": f"feedback-{suffix}", "ROUTER_FEEDBACK_WAIT_FOR_REQUEST_S": "2",
     }
     env.pop("PG_DSN", None)
     env.pop("ROUTER_CLASSIFIER_ARTIFACT", None)  # the seed heuristic: routing must not depend on local artifacts
@@ -118,7 +119,7 @@ def pipeline(tansu_bootstrap: str, pg_admin_dsn: str, stub_server: str,
         "topic_prompts": env["ROUTER_TOPIC_PROMPTS"], "topic_completions": env["ROUTER_TOPIC_COMPLETIONS"],
         "topic_dead_letter": env["ROUTER_TOPIC_DEAD_LETTER"], "topic_route_prefix": env["ROUTER_TOPIC_ROUTE_PREFIX"],
         "topic_replies_prefix": env["ROUTER_TOPIC_REPLIES_PREFIX"], "prompts_partitions": 3, "route_partitions": 2,
-        "completions_partitions": 2})
+        "completions_partitions": 2, "topic_feedback": env["ROUTER_TOPIC_FEEDBACK"]})
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ROUTER_STUB_URL", stub_server)  # the registry file refers to it
         asyncio.run(ensure_pipeline_topics(settings, load_registry(settings)))
