@@ -23,10 +23,11 @@ async def test_pipeline_topics_created_once_at_final_partition_counts(tansu_boot
         "kafka_bootstrap": tansu_bootstrap, "topic_prompts": f"prompts-{suffix}",
         "topic_completions": f"completions-{suffix}", "topic_dead_letter": f"dead-letter-{suffix}",
         "topic_route_prefix": f"route-{suffix}.", "prompts_partitions": 4, "route_partitions": 3,
-        "completions_partitions": 2})
+        "completions_partitions": 2, "topic_feedback": f"feedback-{suffix}"})
     topics = pipeline_topics(settings, REGISTRY)
     assert {t.name for t in topics} == {f"prompts-{suffix}", f"completions-{suffix}", f"dead-letter-{suffix}",
-                                        f"route-{suffix}.small", f"route-{suffix}.medium", f"route-{suffix}.large"}
+                                        f"route-{suffix}.small", f"route-{suffix}.medium", f"route-{suffix}.large",
+                                        f"feedback-{suffix}"}
     created = await create_topics(tansu_bootstrap, topics)
     assert sorted(created) == sorted(t.name for t in topics)
     assert await create_topics(tansu_bootstrap, topics) == []  # second start: nothing to do, no error
