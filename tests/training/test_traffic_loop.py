@@ -28,7 +28,7 @@ from training import evaluate, export, replay_logs, train
 from training.data import Ladder, load_prices, replay_registry
 from training.logs import load_logged
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # fine-tuning on a shared CPU
 
 FAST = ["--max-train-prompts", "40", "--folds", "2", "--epochs", "1", "--max-length", "48", "--batch-size", "8",
         "--no-procedure-check", "--verifier-folds", "3"]
@@ -76,7 +76,9 @@ def log_traffic(dsn: str, records: list[OutcomeRecord], registry) -> int:
 
 def test_export_train_evaluate_and_shadow_replay_on_logged_traffic(clean_db: str, synthetic_dir: Path,
                                                                    tmp_path: Path, capsys) -> None:
-    records = [OutcomeRecord.model_validate(r) for r in make_records(120, "traffic", seed=5)]
+    # One record per prompt text: a log knows prompts by their text.
+    records = list({r["prompt"]: OutcomeRecord.model_validate(r) for r in reversed(make_records(120, "traffic", seed=5))}
+                   .values())
     prices_file = synthetic_dir / "prices.json"
     registry = replay_registry(Ladder.parse(LADDER_ARG), load_prices(prices_file))
     assert log_traffic(clean_db, records, registry) == 4 * len(records)
