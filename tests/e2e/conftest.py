@@ -128,6 +128,7 @@ def pipeline(tansu_bootstrap: str, pg_admin_dsn: str, stub_server: str,
                    REPO_ROOT)
     api = spawn("api", [sys.executable, "-m", "ingest", "--port", str(api_port), "--log-level", "warning"],
                 log_dir / "api.log", env, REPO_ROOT)
+    pipe = None
     try:
         api_url = f"http://127.0.0.1:{api_port}"
         wait_until(lambda: "Ready" in worker.log_path.read_text(errors="replace"), "Faust worker", 120, [worker])
@@ -140,4 +141,8 @@ def pipeline(tansu_bootstrap: str, pg_admin_dsn: str, stub_server: str,
     finally:
         api.stop()
         worker.stop()
+        if pipe is not None:  # a test may have replaced them (a restarted worker, another API)
+            for managed in {id(pipe.worker): pipe.worker, id(pipe.api): pipe.api}.values():
+                if managed is not worker and managed is not api:
+                    managed.stop()
         drop_database(pg_admin_dsn, db_name)
