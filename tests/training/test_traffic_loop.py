@@ -21,9 +21,11 @@ from providers.executor import LadderExecutor
 from providers.replay import OutcomeIndex, ReplayProvider
 from routing.escalation import Escalation
 from routing.experiments import Arm, ArmRouter, Experiment, ExperimentBook
+from routing.factory import build_router
 from routing.registry import build_policy
 from routing.router import Router
 from sql.repository import upsert_completions
+from stream_processors.runtime import Runtime
 from training import evaluate, export, replay_logs, train
 from training.data import Ladder, load_prices, replay_registry
 from training.logs import load_logged
@@ -145,3 +147,21 @@ def test_export_train_evaluate_and_shadow_replay_on_logged_traffic(clean_db: str
     assert report["logged_spend_usd"] > 0 and report["router_version"].startswith("artifact:")
     text = replay_logs.render(report)
     assert "priced" in text and "pass rate" in text
+
+    # 5. Deploy the candidate as an experiment arm: the classify stage's ArmRouter routes that arm with it, and
+    # the provider agents run its requests with the candidate's answer checks.
+    default = Router(CLASSIFIERS["heuristic"](), build_policy("threshold"), registry)
+    trial = Experiment(experiment_id="candidate-trial", salt="s", arms=[
+        Arm(name="candidate", kind="artifact", share=0.5, artifact=str(artifact)), Arm(name="router", kind="router", share=0.5)])
+    arm_router = ArmRouter(default, registry, ExperimentBook(lambda: [trial]),
+                           load_candidate=lambda path: build_router(registry, Path(path)))
+    decisions = arm_router.route([PromptMessage(prompt=records[0].prompt, user=f"user-{i}") for i in range(40)])
+    by_arm = {d.arm: d for d in decisions}
+    assert set(by_arm) == {"candidate", "router"}
+    assert by_arm["candidate"].router_version == report["router_version"]
+    assert by_arm["candidate"].artifact == str(artifact) and by_arm["router"].artifact is None
+    runtime = Runtime(registry, default, {}, LadderExecutor(registry, {}, Escalation(registry), RegistryCostBook(registry)))
+    assert runtime.executor_for(by_arm["router"]) is runtime.executor
+    candidate_executor = runtime.executor_for(by_arm["candidate"])
+    assert any(check.name == "verifier" for check in candidate_executor.escalation.checks)
+    assert runtime.executor_for(by_arm["candidate"]) is candidate_executor  # built once
