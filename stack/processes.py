@@ -87,6 +87,14 @@ class ProcessGroup:
         self.members.append(managed)
         return managed
 
+    def replace(self, name: str, managed: ManagedProcess) -> None:
+        """A restarted child takes its predecessor's place (and so its place in the stop order)."""
+        for index, member in enumerate(self.members):
+            if member.name == name:
+                self.members[index] = managed
+                return
+        self.members.append(managed)
+
     def dead(self) -> list[ManagedProcess]:
         return [m for m in self.members if not m.alive]
 

@@ -38,6 +38,7 @@ from stack.services import (
     start_tansu,
     stop_embedded_postgres,
 )
+from stack.supervisor import RestartPolicy, Supervisor
 from stream_processors.runtime import load_registry
 
 DATABASE_NAME = "router"
@@ -69,6 +70,9 @@ class LocalStack:
         self.dashboard = dashboard
         self.console = console or Console()
         self.children = ProcessGroup()
+        # Children that die are started again (with backoff, within a restart budget) instead of taking the
+        # stack down: the broker buffers the work while a worker or the API restarts.
+        self.supervisor = Supervisor(RestartPolicy(), report=lambda line: self.console.print(f"[yellow]{line}[/yellow]"))
         self.env: dict[str, str] = {}
         self._postgres = None
         self.api_url = f"http://{settings.api_host}:{settings.api_port}"
@@ -88,7 +92,7 @@ class LocalStack:
             "kafka_bootstrap": self.env["ROUTER_KAFKA_BOOTSTRAP"], "pg_dsn": self.env["ROUTER_PG_DSN"]})
         os.environ["ROUTER_STUB_URL"] = self.env["ROUTER_STUB_URL"]  # the registry file may refer to it
         registry = load_registry(self.settings)
-        created = asyncio.run(ensure_pipeline_topics(self.settings, registry))
+        created = self._create_topics()
         self._ok("topics", f"{len(created)} created ({self.settings.topic_prompts}, "
                            f"{', '.join(self.settings.topic_route_prefix + m.name for m in registry.models)}, "
                            f"{self.settings.topic_completions}, {self.settings.topic_dead_letter})")
@@ -96,14 +100,33 @@ class LocalStack:
         self._start_api()
         self._start_dashboard()
 
+    def _watch(self, managed: ManagedProcess, restart, after_restart=None) -> ManagedProcess:
+        self.children.add(managed)
+
+        def restart_and_track() -> ManagedProcess:
+            new = restart()
+            self.children.replace(managed.name, new)
+            return new
+
+        self.supervisor.watch(managed, restart_and_track, after_restart=after_restart)
+        return managed
+
+    def _create_topics(self) -> list[str]:
+        # The local broker keeps its log in memory: after a restart every topic is created again at its
+        # configured partition count before the clients reconnect and could auto-create it at the default.
+        return asyncio.run(ensure_pipeline_topics(self.settings, load_registry(self.settings)))
+
     def _start_broker(self) -> None:
         host, port = _host_port(self.settings.kafka_bootstrap)
         if _port_in_use(host, port):
             raise StackError(f"port {port} is taken: is another stack running? Set ROUTER_KAFKA_BOOTSTRAP to "
                              f"127.0.0.1:<free port>")
-        log_path = fresh_log(self.log_dir / "tansu.log")
-        process = start_tansu(port, log_path=log_path)
-        self.children.add(ManagedProcess("broker", process, log_path))
+
+        def start() -> ManagedProcess:
+            log_path = fresh_log(self.log_dir / "tansu.log")
+            return ManagedProcess("broker", start_tansu(port, log_path=log_path), log_path)
+
+        self._watch(start(), start, after_restart=self._create_topics)
         self.env["ROUTER_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
         self._ok("broker", f"Tansu (memory engine) on 127.0.0.1:{port}")
 
@@ -128,8 +151,12 @@ class LocalStack:
             self._ok("models", f"stub at {self.env['ROUTER_STUB_URL']} (given)")
             return
         port = free_port()
-        stub = self.children.add(spawn("stub-models", [sys.executable, "-m", "stack.stub_server", "--port",
-                                                       str(port)], self.log_dir / "stub.log", self.env, PROJECT_ROOT))
+
+        def start() -> ManagedProcess:
+            return spawn("stub-models", [sys.executable, "-m", "stack.stub_server", "--port", str(port)],
+                         self.log_dir / "stub.log", self.env, PROJECT_ROOT)
+
+        stub = self._watch(start(), start)
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200,
                    "stub model server", 30, [stub])
         self.env["ROUTER_STUB_URL"] = f"http://127.0.0.1:{port}/v1"
@@ -140,9 +167,12 @@ class LocalStack:
         started = []
         for number in range(1, self.workers + 1):
             env = {**self.env, "ROUTER_FAUST_DATA_DIR": str(self.data_root / "faust" / f"worker-{number}")}
-            started.append(self.children.add(spawn(
-                f"worker-{number}", [sys.executable, "-m", "stream_processors", "worker", "--loglevel", "info"],
-                self.log_dir / f"worker-{number}.log", env, PROJECT_ROOT)))
+
+            def start(number: int = number, env: dict[str, str] = env) -> ManagedProcess:
+                return spawn(f"worker-{number}", [sys.executable, "-m", "stream_processors", "worker", "--loglevel",
+                                                  "info"], self.log_dir / f"worker-{number}.log", env, PROJECT_ROOT)
+
+            started.append(self._watch(start(), start))
         for managed in started:
             # Faust logs "Ready" once its agents run; the consumer group then assigns partitions.
             wait_until(lambda m=managed: "Ready" in m.log_path.read_text(errors="replace"), f"{managed.name}", 120,
@@ -151,10 +181,12 @@ class LocalStack:
                             f", sink (logs {self.log_dir}/worker-*.log)")
 
     def _start_api(self) -> None:
-        api = self.children.add(spawn(
-            "api", [sys.executable, "-m", "ingest", "--host", self.settings.api_host, "--port",
-                    str(self.settings.api_port), "--workers", str(self.api_workers)],
-            self.log_dir / "api.log", self.env, PROJECT_ROOT))
+        def start() -> ManagedProcess:
+            return spawn("api", [sys.executable, "-m", "ingest", "--host", self.settings.api_host, "--port",
+                                 str(self.settings.api_port), "--workers", str(self.api_workers)],
+                         self.log_dir / "api.log", self.env, PROJECT_ROOT)
+
+        api = self._watch(start(), start)
         wait_until(lambda: httpx.get(f"{self.api_url}/healthz", timeout=3).status_code == 200, "API /healthz", 60,
                    [api])
         self._ok("api", f"{self.api_url} ({self.api_workers} process(es); docs at {self.api_url}/docs)")
@@ -164,22 +196,22 @@ class LocalStack:
         if not self.dashboard or not app_file.exists():
             return
         port = self.settings.dashboard_port
-        dash = self.children.add(spawn(
-            "dashboard", [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.headless", "true",
-                          "--server.port", str(port), "--server.address", "127.0.0.1",
-                          "--browser.gatherUsageStats", "false"],
-            self.log_dir / "dashboard.log", self.env, PROJECT_ROOT))
+
+        def start() -> ManagedProcess:
+            return spawn("dashboard", [sys.executable, "-m", "streamlit", "run", str(app_file), "--server.headless",
+                                       "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+                                       "--browser.gatherUsageStats", "false"],
+                         self.log_dir / "dashboard.log", self.env, PROJECT_ROOT)
+
+        dash = self._watch(start(), start)
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=3).status_code == 200,
                    "dashboard", 90, [dash])
         self.dashboard_url = f"http://127.0.0.1:{port}"
         self._ok("dashboard", self.dashboard_url)
 
     def check_children(self) -> None:
-        dead = self.children.dead()
-        if dead:
-            managed = dead[0]
-            raise StackError(f"{managed.name} exited with code {managed.process.returncode}; last log lines "
-                             f"({managed.log_path}):\n{managed.log_tail()}")
+        """Restart children that died (raises ``CrashLoop`` for one that keeps crashing)."""
+        self.supervisor.poll()
 
     def stop(self) -> None:
         self.children.stop_all(lambda line: self.console.print(f"[dim]{line}[/dim]"))

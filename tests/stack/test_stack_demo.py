@@ -11,12 +11,16 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
+import psutil
 import psycopg
 import pytest
 
 from stack.services import create_database, drop_database, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The key every test call to the API sends.
+API_HEADERS = {"Authorization": "Bearer unused"}
 
 
 def _listening(port: int) -> bool:
@@ -58,6 +62,24 @@ def test_demo_stack_runs_prompts_end_to_end_and_stops_on_ctrl_c(pg_admin_dsn, tm
                                 " count(DISTINCT final_model) FROM requests").fetchone()
         assert rows[0] == 8 and rows[1] == 8 and rows[2] > 0
         assert _listening(api_port) and _listening(kafka_port)
+
+        # A worker that dies is restarted, and what the API accepted meanwhile is recorded.
+        worker = next(child for child in psutil.Process(process.pid).children()
+                      if "stream_processors" in " ".join(child.cmdline()))
+        worker.kill()
+        accepted = httpx.post(f"http://127.0.0.1:{api_port}/prompts", json={"prompt": "accepted while down"},
+                              headers=API_HEADERS, timeout=10)
+        assert accepted.status_code == 202, accepted.text
+        request_id = accepted.json()["request_id"]
+        deadline = time.monotonic() + 120
+        while True:
+            with psycopg.connect(dsn) as conn:
+                if conn.execute("SELECT 1 FROM requests WHERE request_id = %s", (request_id,)).fetchone():
+                    break
+            assert time.monotonic() < deadline, output.read_text(errors="replace")
+            time.sleep(0.5)
+        text = output.read_text(errors="replace")
+        assert "worker-1 exited with code -9; restarting in 1s" in text and "worker-1 restarted" in text
 
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert process.wait(timeout=90) == 0, output.read_text(errors="replace")
