@@ -58,6 +58,8 @@ class PromptMessage(_Message):
     # Set by ingest's /generate bridge: the reply topic of the API process that waits for the answer.
     reply_to: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    # Set by the API when it accepts the request: past it, the request is recorded as expired.
+    deadline_at: datetime | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -198,6 +200,9 @@ class DeadLetterMessage(_Message):
     error: str
     stage: str
     failed_at: datetime = Field(default_factory=utcnow)
+    # Length of the original value, and whether ``raw`` keeps only its start (dead letters are capped).
+    raw_chars: int | None = None
+    raw_truncated: bool = False
 
 
 

@@ -87,6 +87,19 @@ class Settings(BaseSettings):
     # Where the dashboard's offline-evaluation view looks for harness reports (training.evaluate --json).
     dashboard_reports_dir: Path = PROJECT_ROOT / "artifacts"
 
+    # Reliability (docs/reliability.md). Every accepted request gets a ledger row; the reconciler republishes
+    # one that has no requests row after ``republish_after_s`` and records it expired at its deadline.
+    request_deadline_s: float = Field(600.0, gt=0)
+    republish_after_s: float = Field(60.0, gt=0)
+    reconcile_interval_s: float = Field(5.0, gt=0)
+    # How long the API waits for the database to write the ledger row before refusing with 503.
+    accept_db_timeout_s: float = Field(5.0, gt=0)
+    # Workers write a heartbeat with the partitions they hold; /readyz counts those seen within fresh_s.
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    heartbeat_fresh_s: float = Field(15.0, gt=0)
+    # Prometheus /metrics of a Faust worker (0: off; the API serves its own on its port).
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

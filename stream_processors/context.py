@@ -18,6 +18,8 @@ from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, wait_e
 from core.messages import DeadLetterMessage, _Message
 from core.settings import Settings
 from core.topics import route_topic
+from stream_processors.metrics import WorkerMetrics
+from stream_processors.reconciler import WorkerDuties
 from stream_processors.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,22 @@ class PipelineContext(Service):
                                              before_sleep=before_sleep_log(log, logging.WARNING), reraise=True)
         self._reply_producer: AIOKafkaProducer | None = None
         self._reply_lock = asyncio.Lock()
+        self.duties = WorkerDuties(self)
+        self.metrics = WorkerMetrics()
+
+    async def on_start(self) -> None:
+        if self.settings.worker_metrics_port:
+            self.metrics.serve(self.settings.worker_metrics_port)
+
+    @Service.task
+    async def _heartbeat(self) -> None:
+        if self.settings.pg_dsn:
+            await self.duties.run_forever("heartbeat", self.duties.heartbeat_once, self.settings.heartbeat_interval_s)
+
+    @Service.task
+    async def _reconcile(self) -> None:
+        if self.settings.pg_dsn:
+            await self.duties.run_forever("reconciler", self.duties.reconcile_once, self.settings.reconcile_interval_s)
 
     async def reply_producer(self) -> AIOKafkaProducer:
         """A producer of its own for the API processes' reply topics. Kept apart from Faust's producer because
@@ -133,8 +151,13 @@ class PipelineContext(Service):
         record = DeadLetterMessage(
             source_topic=message.topic, partition=message.partition, offset=message.offset,
             key=_text(message.key) or None, raw=_text(message.value)[:_MAX_RAW_CHARS],
+            raw_chars=len(_text(message.value)), raw_truncated=len(_text(message.value)) > _MAX_RAW_CHARS,
             error=error[:_MAX_ERROR_CHARS], stage=stage,
         )
+        self.metrics.dead_letters.labels(stage).inc()
+        if len(record.raw) < len(_text(message.value)):
+            log.warning("dead letter of %s[%s]@%s keeps the first %d of %d characters (raw_truncated)", message.topic,
+                        message.partition, message.offset, len(record.raw), len(_text(message.value)))
         log.warning("dead-lettered %s[%s]@%s at %s: %s", message.topic, message.partition, message.offset, stage,
                     error.splitlines()[0][:300] if error else "")
         await self.deliver(self.dead_letter_topic, message.key, record.to_bytes())

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
@@ -27,6 +30,48 @@ from stack.services import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Every process the tests start inherits this marker in its environment, so the session can find the ones
+# left behind (an orphan is re-parented to PID 1 and no longer shows up as our child).
+SESSION_MARKER = "ROUTER_TEST_SESSION"
+
+
+def _marked_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get(SESSION_MARKER) == marker:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Fails the run if any process started by the tests outlives them; kills their process groups first."""
+    marker = uuid.uuid4().hex
+    os.environ[SESSION_MARKER] = marker
+    yield  # torn down last: every other session fixture has stopped its processes by now
+    deadline = time.monotonic() + 10
+    survivors = _marked_processes(marker)
+    while survivors and time.monotonic() < deadline:  # give stopped children a moment to exit
+        time.sleep(0.2)
+        survivors = _marked_processes(marker)
+    described = []
+    for process in survivors:
+        try:
+            described.append(f"{process.pid} {' '.join(process.cmdline())[:160]}")
+            group = os.getpgid(process.pid)
+            if group == os.getpgid(0):  # started in pytest's own group: kill it alone, never the run itself
+                process.kill()
+            else:
+                os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    assert not described, "processes started by the tests were still running (killed now):\n" + "\n".join(described)
 
 
 @pytest.fixture(scope="session")

@@ -37,10 +37,15 @@ def get_tenant(request: Request) -> str:
     return tenant
 
 
+def get_optional_pool(request: Request) -> AsyncConnectionPool | None:
+    return request.app.state.pool
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 BridgeDep = Annotated[KafkaBridge, Depends(get_bridge)]
 PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
+OptionalPoolDep = Annotated[AsyncConnectionPool | None, Depends(get_optional_pool)]
 
 
 def check_prompt_size(body: PromptIn, settings: Settings) -> None:

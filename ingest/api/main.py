@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_fastapi_instrumentator import Instrumentator
 from psycopg_pool import AsyncConnectionPool
 
 from core.settings import Settings, get_settings
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await bridge.start()
         pool = None
         if settings.pg_dsn:
-            # Not waiting for the database: the API starts, and /healthz says when it is down.
+            # Not waiting for the database: the API starts, and /readyz says when it is down.
             pool = AsyncConnectionPool(settings.pg_dsn, min_size=1, max_size=settings.pg_pool_max, open=False,
                                        name="ingest")
             await pool.open(wait=False)
@@ -59,4 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(KafkaError, _broker_error)
     app.include_router(api_router)
+    # Prometheus /metrics: request counts and latency histograms per route, from this process.
+    Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(
+        app, include_in_schema=False)
     return app

@@ -39,6 +39,7 @@ async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.
         log.exception("ladder failed on %s", routed.prompt.request_id)
         await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")
         return
+    context.metrics.observe_completion(completion)
     try:
         await asyncio.gather(
             context.deliver(context.completions_topic, completion.request_id.encode(), completion.to_bytes()),

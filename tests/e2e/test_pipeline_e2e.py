@@ -85,6 +85,9 @@ async def test_generate_returns_routed_models_answer_and_records_one_row(pipelin
         assert body["model"] == body["routed_model"] == "small"  # a short lookup goes to the cheap model
         assert body["response"].startswith("[stub-small] answer:") and prompt in body["response"]
         assert body["decision_reason"] and body["difficulty"] == "simple"
+        # Read-your-writes: the row is there as soon as /generate has answered, not only once the sink writes it.
+        right_after = await client.get(f"{pipeline.api_url}/requests/{body['request_id']}")
+        assert right_after.status_code == 200, right_after.text
 
         row = await pipeline.wait_for_row(body["request_id"], timeout_s=30)
         assert row["final_model"] == "small" and row["routed_model"] == "small" and row["status"] == "ok"
@@ -200,7 +203,7 @@ async def test_generate_on_stalled_provider_returns_504_and_row_lands_later(pipe
         pipeline.stub_faults({})
 
 
-async def test_generate_when_every_model_fails_returns_502_and_records_the_failure(pipeline):
+async def test_generate_when_every_model_fails_returns_503_with_retry_after_and_records_the_failure(pipeline):
     failing = {"fail_status": 503, "fail_times": 100}
     pipeline.stub_faults({"stub-small": failing, "stub-medium": failing, "stub-big": failing})
     try:
@@ -208,11 +211,12 @@ async def test_generate_when_every_model_fails_returns_502_and_records_the_failu
             response = await client.post(f"{pipeline.api_url}/generate", json={"prompt": unique("Say yes.")})
     finally:
         pipeline.stub_faults({})
-    assert response.status_code == 502, response.text
+    assert response.status_code == 503, response.text
+    assert int(response.headers["retry-after"]) > 0
     body = response.json()
     assert body["status"] == "failed" and body["model"] is None and "503" in body["error"]
     assert [a["model"] for a in body["attempts"]] == ["small", "medium", "big"]  # fell back up the ladder
-    row = await pipeline.wait_for_row(body["request_id"])
+    row = pipeline.row(body["request_id"])  # recorded before the answer was sent
     assert row["status"] == "failed" and row["fell_back"] and row["attempt_count"] == 3
     assert attempt_count(pipeline.dsn, body["request_id"]) == 3
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from core.messages import PromptMessage
+from core.messages import PromptMessage, utcnow
 from core.settings import Settings
 from core.topics import TopicSpec, create_topics
 from ingest.api.main import create_app
+from sql.ledger import ledger_entry, write_heartbeat
 
 
 @pytest.fixture()
@@ -78,20 +80,68 @@ async def test_valid_prompt_is_published_keyed_by_request_id(api):
 
 async def test_healthz_and_missing_request(api):
     client, _settings = api
-    health = await client.get("/healthz")
-    assert health.status_code == 200
-    assert health.json()["broker"] == "ok" and health.json()["database"] == "ok"
+    assert (await client.get("/healthz")).status_code == 200  # liveness
+    ready = await client.get("/readyz")
+    # Broker and database answer, but no worker holds the pipeline's partitions: not ready.
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["broker"] == "ok" and ready.json()["database"] == "ok" and ready.json()["workers"] == "missing"
     assert (await client.get(f"/requests/{uuid.uuid4().hex}")).status_code == 404
+    assert (await client.get("/requests/abc%00def")).status_code == 404  # a NUL is no request id, and no 500
 
 
-async def test_healthz_reports_a_database_that_is_down(tansu_bootstrap):
+async def test_readyz_when_heartbeats_hold_every_partition(api):
+    client, settings = api
+    from core.registry import ModelRegistry
+    from core.topics import pipeline_topics
+
+    topics = {t.name: list(range(t.partitions)) for t in pipeline_topics(
+        settings, ModelRegistry.from_yaml(settings.models_config)) if t.name != settings.topic_dead_letter}
+    async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+        await write_heartbeat(conn, worker_id=f"w-{uuid.uuid4().hex[:6]}", app_id=settings.faust_app_id, host="h",
+                              pid=1, started_at=utcnow(), assignment=topics)
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        await conn.execute("UPDATE worker_heartbeats SET beat_at = now() - interval '1 hour'")
+    stale = await client.get("/readyz")
+    assert stale.status_code == 503 and stale.json()["unassigned_partitions"][settings.topic_prompts] == [0, 1, 2, 3, 4, 5]
+
+
+async def test_accepted_prompt_has_a_pending_ledger_row_and_get_says_pending(api):
+    client, settings = api
+    response = await client.post("/prompts", json={"prompt": "Hello ledger"})
+    assert response.status_code == 202
+    request_id = response.json()["request_id"]
+    async with await psycopg.AsyncConnection.connect(settings.pg_dsn) as conn:
+        entry = await ledger_entry(conn, request_id)
+    assert entry["state"] == "pending" and entry["republished"] == 0
+    assert (entry["deadline_at"] - entry["accepted_at"]).total_seconds() == pytest.approx(
+        settings.request_deadline_s, abs=5)
+    pending = await client.get(f"/requests/{request_id}")
+    assert pending.status_code == 202 and pending.json()["status"] == "pending"
+    [message] = [m for m in await published(settings) if m.request_id == request_id]
+    assert message.deadline_at is not None
+
+
+async def test_metrics_endpoint_counts_requests(api):
+    client, _settings = api
+    await client.post("/prompts", json={"prompt": ""})
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'http_requests_total{handler="/prompts",method="POST",status="4xx"}' in metrics.text
+
+
+async def test_readyz_reports_a_database_that_is_down_and_nothing_is_accepted(tansu_bootstrap):
     settings = Settings(_env_file=None).model_copy(update={
         "kafka_bootstrap": tansu_bootstrap, "topic_replies_prefix": f"replies-down-{uuid.uuid4().hex[:6]}.",
         "pg_dsn": "postgresql://router@127.0.0.1:1/router?connect_timeout=1"})
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            health = await client.get("/healthz")
-            assert health.status_code == 503
+            assert (await client.get("/healthz")).status_code == 200  # alive, but ...
+            health = await client.get("/readyz")
+            assert health.status_code == 503  # ... not ready
             assert health.json()["broker"] == "ok" and health.json()["database"].startswith("down")
             assert (await client.get("/requests/anything")).status_code == 503
+            # No ledger row, no acceptance: 503 with Retry-After, not a 202 that nothing records.
+            refused = await client.post("/prompts", json={"prompt": "hello"})
+            assert refused.status_code == 503 and refused.headers["retry-after"]

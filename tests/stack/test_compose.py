@@ -54,3 +54,20 @@ def test_compose_services_are_wired_for_production():
         if name != "stub-models":
             assert env["ROUTER_KAFKA_BOOTSTRAP"] == "kafka:9092" and "@postgres:5432/" in env["ROUTER_PG_DSN"]
     assert (REPO_ROOT / "dashboard" / "app.py").is_file()
+
+
+def test_compose_restarts_services_checks_their_health_and_scrapes_metrics():
+    spec = yaml.safe_load(COMPOSE.read_text())
+    services = spec["services"]
+    for name in ("kafka", "postgres", "api", "worker", "stub-models", "dashboard", "prometheus"):
+        assert services[name]["restart"] == "unless-stopped", name
+    for name in ("migrate", "topics"):
+        assert services[name]["restart"] == "no", name  # one-shot steps
+    for name in ("kafka", "postgres", "api", "worker", "prometheus"):
+        assert services[name]["healthcheck"]["test"], name
+    assert services["worker"]["environment"]["ROUTER_WORKER_METRICS_PORT"] == "9100"
+    scrape = yaml.safe_load((REPO_ROOT / "config" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert jobs["router-api"]["static_configs"][0]["targets"] == ["api:8000"]
+    assert jobs["router-worker"]["dns_sd_configs"][0]["port"] == 9100
+    assert "./config/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]

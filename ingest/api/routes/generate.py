@@ -2,34 +2,65 @@
 
 from __future__ import annotations
 
+import logging
+
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
 
-from ingest.api.deps import BridgeDep, SettingsDep, check_prompt_size
+from core.messages import CompletionMessage
+from ingest.accept import unwind_ledger, with_deadline, write_ledger
+from ingest.api.deps import BridgeDep, OptionalPoolDep, SettingsDep, check_prompt_size
 from ingest.api.schemas import GenerateIn, GenerateOut
 from ingest.bridge import GenerateTimeout
+from sql.repository import upsert_completion
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["generate"])
 
+# When every model failed, how long the client should wait before trying again: the providers' circuit
+# breakers let one call through after their cooldown.
+RETRY_AFTER_FAILED_S = 30
+
+
+async def record_before_answering(pool, completion: CompletionMessage) -> None:
+    """Write the completion (idempotent, the sink writes the same row) so a GET /requests/{id} right after this
+    answer finds it. A database that is down only delays the row: the sink still writes it."""
+    if pool is None:
+        return
+    try:
+        async with pool.connection(timeout=2) as conn, conn.transaction():
+            await upsert_completion(conn, completion)
+    except Exception as exc:  # noqa: BLE001 - the sink is the record; this is only read-your-writes
+        log.warning("could not record %s before answering: %s: %s", completion.request_id, type(exc).__name__, exc)
+
 
 @router.post("/generate", response_model=GenerateOut,
-             responses={502: {"description": "every model failed"},
+             responses={503: {"description": "every model failed (Retry-After says when to try again), or the "
+                                             "broker or database cannot accept the prompt"},
                         504: {"description": "no answer in time; the request is still processed and recorded"}})
-async def generate(body: GenerateIn, settings: SettingsDep, bridge: BridgeDep):
+async def generate(body: GenerateIn, settings: SettingsDep, bridge: BridgeDep, pool: OptionalPoolDep):
     check_prompt_size(body, settings)
-    message = body.to_message(settings.default_max_tokens)
+    message = with_deadline(body.to_message(settings.default_max_tokens), settings)
     if bridge.is_waiting(message.request_id):
         raise HTTPException(409, detail=f"request {message.request_id} is already in flight")
     timeout_s = min(body.timeout_s or settings.generate_timeout_s, settings.generate_timeout_s)
+    await write_ledger(pool, message, settings)
     try:
         completion = await bridge.generate(message, timeout_s)
     except GenerateTimeout as exc:
-        return JSONResponse(status_code=504, content={
+        return JSONResponse(status_code=504, headers={"Retry-After": str(max(1, round(exc.timeout_s)))}, content={
             "request_id": exc.request_id,
             "detail": f"no answer within {exc.timeout_s:g}s; the request is still being processed and will be "
                       f"recorded: GET /requests/{exc.request_id}",
         })
+    except KafkaError:
+        await unwind_ledger(pool, message.request_id)
+        raise
+    await record_before_answering(pool, completion)
     out = GenerateOut.from_completion(completion)
     if completion.status != "ok":
-        return JSONResponse(status_code=502, content=out.model_dump(mode="json"))
+        return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_FAILED_S)},
+                            content=out.model_dump(mode="json"))
     return out

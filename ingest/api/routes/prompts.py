@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter
 
-from ingest.api.deps import BridgeDep, SettingsDep, check_prompt_size
+from ingest.accept import unwind_ledger, with_deadline, write_ledger
+from ingest.api.deps import BridgeDep, OptionalPoolDep, SettingsDep, check_prompt_size
 from ingest.api.schemas import Accepted, PromptIn
 
 router = APIRouter(tags=["prompts"])
 
 
 @router.post("/prompts", status_code=202, response_model=Accepted)
-async def submit_prompt(body: PromptIn, settings: SettingsDep, bridge: BridgeDep) -> Accepted:
+async def submit_prompt(body: PromptIn, settings: SettingsDep, bridge: BridgeDep, pool: OptionalPoolDep) -> Accepted:
     check_prompt_size(body, settings)
-    message = body.to_message(settings.default_max_tokens)
-    await bridge.publish(message)
+    message = with_deadline(body.to_message(settings.default_max_tokens), settings)
+    await write_ledger(pool, message, settings)
+    try:
+        await bridge.publish(message)
+    except KafkaError:
+        await unwind_ledger(pool, message.request_id)
+        raise
     return Accepted(request_id=message.request_id, status_url=f"/requests/{message.request_id}")

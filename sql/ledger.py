@@ -1,0 +1,140 @@
+"""The accepted-requests ledger and the worker heartbeats (migration 0003).
+
+The API inserts a ``pending`` ledger row for every request it accepts, before it answers. The reconciler
+(one worker at a time, under an advisory lock) marks rows whose request has a ``requests`` row as
+``recorded``, republishes pending rows that have waited longer than the republish interval, and
+records rows past their deadline as ``expired`` requests, so every accepted request ends in exactly
+one terminal ``requests`` row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from core.messages import PromptMessage
+
+# One reconciler at a time across all workers.
+RECONCILER_LOCK_KEY = 0x7265636F6E63
+
+INSERT_ACCEPTED_SQL = (
+    "INSERT INTO accepted_requests (request_id, deadline_at, message) VALUES (%s, %s, %s)"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
+
+
+async def record_accepted(conn: AsyncConnection, prompt: PromptMessage, deadline_at: datetime) -> None:
+    """The ledger row of an accepted request. A client's retry with the same request id keeps the first row."""
+    await conn.execute(INSERT_ACCEPTED_SQL, (prompt.request_id, deadline_at, Jsonb(prompt.model_dump(mode="json"))))
+
+
+async def forget_unpublished(conn: AsyncConnection, request_id: str) -> None:
+    """The broker refused the request (the client got a 503): it was not accepted, so nothing republishes it."""
+    await conn.execute("DELETE FROM accepted_requests WHERE request_id = %s AND state = 'pending'"
+                       " AND republished = 0", (request_id,))
+
+
+async def ledger_entry(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
+    cursor = await conn.execute(
+        "SELECT request_id, accepted_at, deadline_at, state, republished FROM accepted_requests"
+        " WHERE request_id = %s", (request_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    return dict(zip(("request_id", "accepted_at", "deadline_at", "state", "republished"), row, strict=True))
+
+
+@dataclass
+class ReconcileResult:
+    recorded: int = 0
+    republish: list[PromptMessage] | None = None
+    expired: int = 0
+
+
+MARK_RECORDED_SQL = (
+    "UPDATE accepted_requests a SET state = 'recorded', resolved_at = now() FROM requests r"
+    " WHERE a.state = 'pending' AND r.request_id = a.request_id"
+)
+
+# Rows past their deadline with no requests row: one expired requests row each. A late completion still
+# replaces it (the sink's upsert keeps the newest completed_at), so the request keeps one terminal row.
+EXPIRE_SQL = """
+WITH due AS (
+    SELECT a.request_id, a.message, a.accepted_at, a.deadline_at, a.republished FROM accepted_requests a
+    WHERE a.state = 'pending' AND a.deadline_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.request_id = a.request_id)
+    ORDER BY a.deadline_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), inserted AS (
+    INSERT INTO requests (request_id, created_at, completed_at, tenant, user_id, customer_tier, prompt, prompt_chars,
+        max_tokens, difficulty, confidence, probabilities, decision_reason, policy, classifier, routed_model,
+        final_model, status, attempts, attempt_count, escalated, fell_back, tokens_in, tokens_out, latency_ms,
+        cost_micro_usd, error, metadata)
+    SELECT request_id, (message->>'created_at')::timestamptz, now(), coalesce(message->>'tenant', 'default'),
+        message->>'user', coalesce(message->>'customer_tier', 'standard'), message->>'prompt',
+        length(message->>'prompt'), (message->>'max_tokens')::int, 'unrouted', 0, '{}'::jsonb,
+        'expired before an answer was recorded', '', '', '', NULL, 'expired', '[]'::jsonb, 0, false, false, 0, 0,
+        0, 0, format('no answer recorded by the deadline %%s (republished %%s times)', deadline_at, republished),
+        coalesce(message->'metadata', '{}'::jsonb)
+    FROM due
+    ON CONFLICT (request_id) DO NOTHING
+)
+UPDATE accepted_requests a SET state = 'expired', resolved_at = now() FROM due WHERE a.request_id = due.request_id
+"""
+
+REPUBLISH_SQL = """
+UPDATE accepted_requests a SET republished = a.republished + 1, last_published_at = now()
+FROM (
+    SELECT request_id FROM accepted_requests
+    WHERE state = 'pending' AND deadline_at > now() AND last_published_at <= now() - make_interval(secs => %(after_s)s)
+      AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.request_id = accepted_requests.request_id)
+    ORDER BY last_published_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+) due
+WHERE a.request_id = due.request_id
+RETURNING a.message
+"""
+
+
+async def reconcile(conn: AsyncConnection, *, republish_after_s: float, limit: int = 1000) -> ReconcileResult | None:
+    """One reconciler pass in the caller's (autocommit) connection; None when another worker holds the lock.
+
+    Returns the prompts to publish again. Their ``last_published_at`` is bumped in the same step, so a
+    publish that fails is retried on a later pass, never lost."""
+    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (RECONCILER_LOCK_KEY,))
+    if not (await cursor.fetchone())[0]:
+        return None
+    try:
+        result = ReconcileResult()
+        async with conn.transaction():
+            result.recorded = (await conn.execute(MARK_RECORDED_SQL)).rowcount
+            result.expired = (await conn.execute(EXPIRE_SQL, {"limit": limit})).rowcount
+            rows = await (await conn.execute(REPUBLISH_SQL, {"after_s": republish_after_s, "limit": limit})).fetchall()
+        result.republish = [PromptMessage.model_validate(row[0]) for row in rows]
+        return result
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (RECONCILER_LOCK_KEY,))
+
+
+async def write_heartbeat(conn: AsyncConnection, *, worker_id: str, app_id: str, host: str, pid: int,
+                          started_at: datetime, assignment: dict[str, Sequence[int]]) -> None:
+    await conn.execute(
+        "INSERT INTO worker_heartbeats (worker_id, app_id, host, pid, started_at, beat_at, assignment)"
+        " VALUES (%s, %s, %s, %s, %s, now(), %s) ON CONFLICT (worker_id) DO UPDATE SET beat_at = now(),"
+        " assignment = EXCLUDED.assignment",
+        (worker_id, app_id, host, pid, started_at, Jsonb({t: sorted(p) for t, p in assignment.items()})))
+
+
+async def live_assignment(conn: AsyncConnection, app_id: str, fresh_s: float) -> dict[str, set[int]]:
+    """The partitions held by workers of ``app_id`` whose last heartbeat is at most ``fresh_s`` old."""
+    cursor = await conn.execute(
+        "SELECT assignment FROM worker_heartbeats WHERE app_id = %s AND beat_at > now() - make_interval(secs => %s)",
+        (app_id, fresh_s))
+    held: dict[str, set[int]] = {}
+    for (assignment,) in await cursor.fetchall():
+        for topic, partitions in assignment.items():
+            held.setdefault(topic, set()).update(partitions)
+    return held

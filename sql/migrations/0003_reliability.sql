@@ -1,0 +1,31 @@
+-- Accepted means recorded: the API writes a ledger row before it answers 202 (or waits in /generate),
+-- a reconciler republishes accepted requests that have no requests row, and marks them expired after
+-- their deadline. Workers write heartbeats with the partitions they hold, for readiness checks.
+
+CREATE TABLE accepted_requests (
+    request_id        text PRIMARY KEY,
+    accepted_at       timestamptz NOT NULL DEFAULT now(),
+    deadline_at       timestamptz NOT NULL,
+    message           jsonb NOT NULL,            -- the PromptMessage as published (republished as is)
+    state             text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'recorded', 'expired')),
+    republished       integer NOT NULL DEFAULT 0,
+    last_published_at timestamptz NOT NULL DEFAULT now(),
+    resolved_at       timestamptz
+);
+
+CREATE INDEX accepted_requests_pending_idx ON accepted_requests (last_published_at) WHERE state = 'pending';
+
+-- A request that reached its deadline unanswered is recorded as expired (its one terminal row).
+ALTER TABLE requests DROP CONSTRAINT requests_status_check;
+ALTER TABLE requests ADD CONSTRAINT requests_status_check CHECK (status IN ('ok', 'failed', 'expired'));
+
+CREATE TABLE worker_heartbeats (
+    worker_id   text PRIMARY KEY,
+    app_id      text NOT NULL,
+    host        text NOT NULL,
+    pid         integer NOT NULL,
+    started_at  timestamptz NOT NULL,
+    beat_at     timestamptz NOT NULL,
+    -- {"topic": [partition, ...]} held by this worker's consumer now.
+    assignment  jsonb NOT NULL DEFAULT '{}'::jsonb
+);

@@ -1,0 +1,53 @@
+"""Prometheus metrics of a Faust worker (prometheus_client), served on ``worker_metrics_port`` when set.
+
+Built per process by ``WorkerMetrics(registry)``, never at import, so tests can build their own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from core.messages import CompletionMessage
+
+log = logging.getLogger(__name__)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.completions = Counter("router_completions_total", "Requests answered or failed, by final status",
+                                   ["status", "model"], registry=self.registry)
+        self.cost = Counter("router_cost_micro_usd_total", "Spend on model calls, micro-USD", ["model"],
+                            registry=self.registry)
+        self.calls = Counter("router_model_calls_total", "Calls to a model, by outcome", ["model", "status"],
+                             registry=self.registry)
+        self.retries = Counter("router_model_retries_total", "HTTP retries inside model calls", ["model"],
+                               registry=self.registry)
+        self.fallbacks = Counter("router_fallbacks_total", "Moves up the ladder after a model error", ["model"],
+                                 registry=self.registry)
+        self.latency = Histogram("router_request_latency_seconds", "Time spent calling models per request",
+                                 registry=self.registry,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.dead_letters = Counter("router_dead_letters_total", "Messages sent to the dead-letter topic", ["stage"],
+                                    registry=self.registry)
+        self.republished = Counter("router_republished_total",
+                                   "Accepted requests republished by the reconciler", registry=self.registry)
+        self.expired = Counter("router_expired_total", "Accepted requests recorded as expired",
+                               registry=self.registry)
+
+    def observe_completion(self, completion: CompletionMessage) -> None:
+        self.completions.labels(completion.status, completion.final_model or "none").inc()
+        for attempt in completion.attempts:
+            self.calls.labels(attempt.model, attempt.status).inc()
+            self.cost.labels(attempt.model).inc(attempt.cost_micro_usd)
+            if attempt.retries:
+                self.retries.labels(attempt.model).inc(attempt.retries)
+            if attempt.status == "error" and attempt.next_reason:
+                self.fallbacks.labels(attempt.model).inc()
+        self.latency.observe(completion.latency_ms / 1000)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104 - scraped by Prometheus
+        log.info("worker metrics on :%d/metrics", port)
