@@ -27,13 +27,14 @@ def with_deadline(prompt: PromptMessage, settings: Settings) -> PromptMessage:
     return prompt.model_copy(update={"deadline_at": prompt.created_at + timedelta(seconds=settings.request_deadline_s)})
 
 
-async def write_ledger(pool: AsyncConnectionPool | None, prompt: PromptMessage, settings: Settings) -> None:
+async def write_ledger(pool: AsyncConnectionPool | None, prompt: PromptMessage, settings: Settings) -> bool:
+    """True when this call accepted the request; False when it was accepted before (a client's retry)."""
     if pool is None:
-        return  # no database configured: nothing can be recorded anyway (the sink needs one too)
+        return True  # no database configured: nothing can be recorded anyway (the sink needs one too)
     try:
         async with asyncio.timeout(settings.accept_db_timeout_s), pool.connection(
                 timeout=settings.accept_db_timeout_s) as conn:
-            await record_accepted(conn, prompt, prompt.deadline_at)
+            return await record_accepted(conn, prompt, prompt.deadline_at)
     except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
         raise HTTPException(503, detail=f"database unavailable, prompt not accepted: {type(exc).__name__}",
                             headers={"Retry-After": "5"}) from exc

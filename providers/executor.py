@@ -10,6 +10,7 @@ own billed tokens when it answered, else the prompt and the returned answer coun
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from core.messages import Attempt, CompletionMessage, RoutedMessage, utcnow
 from core.registry import ModelRegistry, ModelSpec
@@ -21,6 +22,15 @@ from routing.escalation import Escalation
 
 # (spec, text) -> tokens; providers.tokens.count_tokens by default.
 TokenCounter = Callable[[ModelSpec, str], int]
+
+
+class CallLog(Protocol):
+    """Told about every paid call as it starts and ends (the workers write each to Postgres, so a call cut off
+    by a crash is still on record and a redelivery's second call is counted)."""
+
+    async def started(self, attempt_no: int, spec: ModelSpec) -> None: ...
+
+    async def finished(self, attempt_no: int, attempt: Attempt) -> None: ...
 
 
 class LadderExecutor:
@@ -45,7 +55,7 @@ class LadderExecutor:
             token_counter = count_tokens
         self.token_counter = token_counter
 
-    async def run(self, routed: RoutedMessage) -> CompletionMessage:
+    async def run(self, routed: RoutedMessage, calls: CallLog | None = None) -> CompletionMessage:
         prompt = routed.prompt
         attempts: list[Attempt] = list(routed.attempts)
         spec = self.registry.get(routed.target_model)
@@ -64,6 +74,8 @@ class LadderExecutor:
                     attempts.append(skipped)
                     spec = next_spec
                     continue
+            if calls is not None:
+                await calls.started(len(attempts) + 1, spec)
             try:
                 result = await self.providers[spec.name].complete(
                     prompt, routed.decision.max_output_tokens.get(spec.tier.value))
@@ -72,6 +84,8 @@ class LadderExecutor:
                 attempt = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
                                   latency_ms=exc.latency_ms, retries=exc.retries, error=str(exc))
                 attempts.append(attempt)
+                if calls is not None:
+                    await calls.finished(len(attempts), attempt)
                 spec = self.escalation.next_after_error(spec, attempts)
                 if spec is not None:
                     attempt.record_next(spec.name, "timeout" if exc.timed_out else "error", str(exc))
@@ -91,6 +105,8 @@ class LadderExecutor:
                               finish_reason=result.finish_reason, retries=result.retries, error=reason,
                               usage_reported=result.usage_reported)
             attempts.append(attempt)
+            if calls is not None:
+                await calls.finished(len(attempts), attempt)
             final = (spec, result)
             if result.finish_reason != "length":
                 complete = final

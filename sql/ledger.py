@@ -24,13 +24,16 @@ RECONCILER_LOCK_KEY = 0x7265636F6E63
 
 INSERT_ACCEPTED_SQL = (
     "INSERT INTO accepted_requests (request_id, deadline_at, message) VALUES (%s, %s, %s)"
-    " ON CONFLICT (request_id) DO NOTHING"
+    " ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 )
 
 
-async def record_accepted(conn: AsyncConnection, prompt: PromptMessage, deadline_at: datetime) -> None:
-    """The ledger row of an accepted request. A client's retry with the same request id keeps the first row."""
-    await conn.execute(INSERT_ACCEPTED_SQL, (prompt.request_id, deadline_at, Jsonb(prompt.model_dump(mode="json"))))
+async def record_accepted(conn: AsyncConnection, prompt: PromptMessage, deadline_at: datetime) -> bool:
+    """The ledger row of an accepted request; False when it was already there (a client's retry with the same
+    request id keeps the first row: that request is already accepted, and the reconciler answers for it)."""
+    cursor = await conn.execute(INSERT_ACCEPTED_SQL,
+                                (prompt.request_id, deadline_at, Jsonb(prompt.model_dump(mode="json"))))
+    return await cursor.fetchone() is not None
 
 
 async def forget_unpublished(conn: AsyncConnection, request_id: str) -> None:
@@ -138,3 +141,32 @@ async def live_assignment(conn: AsyncConnection, app_id: str, fresh_s: float) ->
         for topic, partitions in assignment.items():
             held.setdefault(topic, set()).update(partitions)
     return held
+
+
+CALL_STARTED_SQL = ("INSERT INTO model_calls (request_id, delivery, attempt_no, model) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING")
+CALL_FINISHED_SQL = (
+    "INSERT INTO model_calls (request_id, delivery, attempt_no, model, finished_at, status, tokens_in, tokens_out,"
+    " cost_micro_usd) VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s) ON CONFLICT (request_id, delivery, attempt_no)"
+    " DO UPDATE SET finished_at = now(), status = EXCLUDED.status, tokens_in = EXCLUDED.tokens_in,"
+    " tokens_out = EXCLUDED.tokens_out, cost_micro_usd = EXCLUDED.cost_micro_usd"
+)
+
+
+async def write_calls(conn: AsyncConnection, records: Sequence[tuple[str, tuple]]) -> None:
+    """Model-call records in order: ("started", (request_id, delivery, attempt_no, model)) or ("finished",
+    (request_id, delivery, attempt_no, model, status, tokens_in, tokens_out, cost_micro_usd))."""
+    started = [row for kind, row in records if kind == "started"]
+    finished = [row for kind, row in records if kind == "finished"]
+    async with conn.cursor() as cur:
+        if started:
+            await cur.executemany(CALL_STARTED_SQL, started)
+        if finished:  # after the starts: a finish upserts over its start
+            await cur.executemany(CALL_FINISHED_SQL, finished)
+
+
+async def answered_among(conn: AsyncConnection, request_ids: Sequence[str]) -> set[str]:
+    """The requests among these whose answer is recorded (``ok`` or ``failed``; ``expired`` is not one)."""
+    cursor = await conn.execute("SELECT request_id FROM requests WHERE request_id = ANY(%s)"
+                                " AND status IN ('ok', 'failed')", (list(request_ids),))
+    return {row[0] for row in await cursor.fetchall()}

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from stream_processors.app import create_app  # noqa: PLC0415
 
     app = create_app(settings)
+    # One INFO line per model call is noise at hundreds of calls a second; failures are logged as attempts.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 

@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception, wait_e
 from core.messages import DeadLetterMessage, _Message
 from core.settings import Settings
 from core.topics import route_topic
+from stream_processors.call_log import CallRecorder
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.reconciler import WorkerDuties
 from stream_processors.runtime import Runtime
@@ -61,6 +62,7 @@ class PipelineContext(Service):
             for spec in runtime.registry.models
         }
         self._pool: AsyncConnectionPool | None = None
+        self._calls_pool: AsyncConnectionPool | None = None
         self._pool_lock = asyncio.Lock()
         self._delivery_retry = AsyncRetrying(retry=retry_if_exception(_broker_unavailable),
                                              wait=wait_exponential(multiplier=0.2, max=10),
@@ -69,6 +71,14 @@ class PipelineContext(Service):
         self._reply_lock = asyncio.Lock()
         self.duties = WorkerDuties(self)
         self.metrics = WorkerMetrics()
+        # Request ids whose ladder this worker is running now (copies of one request share its partition).
+        self.in_flight: set[str] = set()
+        self.calls = CallRecorder(self.calls_pool)
+
+    @Service.task
+    async def _flush_calls(self) -> None:
+        if self.settings.pg_dsn:
+            await self.calls.run()
 
     async def on_start(self) -> None:
         if self.settings.worker_metrics_port:
@@ -119,11 +129,32 @@ class PipelineContext(Service):
                 self._pool = pool
         return self._pool
 
+    async def calls_pool(self) -> AsyncConnectionPool:
+        """A pool of its own for the per-call writes and checks (model_calls, answered-already), so that many
+        concurrent model calls never starve the sink, the heartbeat or the reconciler of connections."""
+        async with self._pool_lock:
+            if self._calls_pool is None:
+                pool = AsyncConnectionPool(self.settings.pg_dsn, min_size=1, max_size=self.settings.pg_pool_max,
+                                           open=False, name="router-calls")
+                await pool.open(wait=True, timeout=60)
+                self._calls_pool = pool
+        return self._calls_pool
+
+    async def already_answered(self, request_id: str) -> bool:
+        """Whether Postgres holds this request's answer (ok or failed). When the database cannot say within a
+        few seconds, the model is called: a possible double call is better than holding a request back."""
+        if not self.settings.pg_dsn:
+            return False
+        return await self.calls.answered(request_id)
+
     async def on_stop(self) -> None:
         if self._reply_producer is not None:
             await self._reply_producer.stop()
-        if self._pool is not None:
-            await self._pool.close()
+        if self.calls.backlog:
+            await self.calls.flush()  # a clean stop leaves no call unrecorded
+        for pool in (self._pool, self._calls_pool):
+            if pool is not None:
+                await pool.close()
         await self.runtime.aclose()
 
     async def parse_or_dead_letter(self, event: faust.EventT, model: type[M], stage: str) -> M | None:

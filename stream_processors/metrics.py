@@ -34,6 +34,9 @@ class WorkerMetrics:
                                     registry=self.registry)
         self.republished = Counter("router_republished_total",
                                    "Accepted requests republished by the reconciler", registry=self.registry)
+        self.reused = Counter("router_redeliveries_not_called_total",
+                              "Redelivered requests answered from Postgres or in flight here, without a model call",
+                              ["where"], registry=self.registry)
         self.expired = Counter("router_expired_total", "Accepted requests recorded as expired",
                                registry=self.registry)
 

@@ -29,3 +29,22 @@ CREATE TABLE worker_heartbeats (
     -- {"topic": [partition, ...]} held by this worker's consumer now.
     assignment  jsonb NOT NULL DEFAULT '{}'::jsonb
 );
+
+-- Every paid call, written as it starts and updated when it ends, keyed by (request, delivery, attempt number):
+-- a request redelivered after a crash shows its second call here, with its cost, and a call cut off by the
+-- crash stays 'started'. request_attempts holds the attempts of the answer that was recorded.
+CREATE TABLE model_calls (
+    request_id     text NOT NULL,
+    delivery       text NOT NULL,                 -- one handling of one routed message by one worker
+    attempt_no     integer NOT NULL,
+    model          text NOT NULL,
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    finished_at    timestamptz,
+    status         text NOT NULL DEFAULT 'started' CHECK (status IN ('started', 'ok', 'error', 'rejected')),
+    tokens_in      integer,
+    tokens_out     integer,
+    cost_micro_usd bigint,
+    PRIMARY KEY (request_id, delivery, attempt_no)
+);
+
+CREATE INDEX model_calls_started_idx ON model_calls (started_at);

@@ -33,8 +33,30 @@ async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.
     routed = await context.parse_or_dead_letter(event, RoutedMessage, f"provider:{spec.name}")
     if routed is None:
         return
+    request_id = routed.prompt.request_id
+    # A redelivered or republished request whose answer is already recorded is not paid for again, and a
+    # second copy of a request this worker is answering right now waits for nothing: the first records it.
+    if request_id in context.in_flight:
+        context.metrics.reused.labels("in_flight").inc()
+        return
+    if await context.already_answered(request_id):
+        context.metrics.reused.labels("recorded").inc()
+        return
+    context.in_flight.add(request_id)
     try:
-        completion = await context.runtime.executor_for(routed.decision).run(routed)
+        await answer(context, spec, event, routed)
+    finally:
+        context.in_flight.discard(request_id)
+
+
+async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT, routed: RoutedMessage) -> None:
+    message = event.message
+    calls = None
+    if context.settings.pg_dsn:
+        delivery = f"{message.topic}/{message.partition}/{message.offset}/{context.duties.worker_id}"
+        calls = context.calls.for_delivery(routed.prompt.request_id, delivery)
+    try:
+        completion = await context.runtime.executor_for(routed.decision).run(routed, calls)
     except Exception as exc:
         log.exception("ladder failed on %s", routed.prompt.request_id)
         await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")

@@ -16,7 +16,10 @@ router = APIRouter(tags=["prompts"])
 async def submit_prompt(body: PromptIn, settings: SettingsDep, bridge: BridgeDep, pool: OptionalPoolDep) -> Accepted:
     check_prompt_size(body, settings)
     message = with_deadline(body.to_message(settings.default_max_tokens), settings)
-    await write_ledger(pool, message, settings)
+    if not await write_ledger(pool, message, settings):
+        # A retry of a request already accepted (its first 202 may have been lost): publishing it again would
+        # call a model twice. The ledger row guarantees it is recorded (the reconciler republishes it if needed).
+        return Accepted(request_id=message.request_id, status_url=f"/requests/{message.request_id}")
     try:
         await bridge.publish(message)
     except KafkaError:

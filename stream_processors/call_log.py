@@ -1,0 +1,109 @@
+"""Per-call bookkeeping in Postgres, batched: every paid model call is written to ``model_calls`` as it starts
+and as it ends, and a routed request is checked for an answer already recorded before a model is called.
+
+Hundreds of concurrent calls must not each hold a database connection: requests queue up and one flush
+(every ``interval_s``) writes all waiting call records in one transaction and answers all waiting checks
+with one query. A call's start record is written before the call (the caller waits for its flush, at most
+``wait_s``), so a worker killed mid-call leaves the call on record as ``started``. When the database is
+down, records wait in memory and the calls go ahead; the window in which a call can go unrecorded is a
+worker killed while its records wait (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from core.logs import RateLimitedLog
+from core.messages import Attempt
+from core.registry import ModelSpec
+from sql.ledger import answered_among, write_calls
+
+log = logging.getLogger(__name__)
+
+
+class CallRecorder:
+    def __init__(self, pool_factory: Callable[[], Awaitable[Any]], interval_s: float = 0.02,
+                 wait_s: float = 2.0) -> None:
+        self.pool_factory = pool_factory
+        self.interval_s = interval_s
+        self.wait_s = wait_s
+        self.backlog: list[tuple[str, tuple]] = []  # ("started" | "finished", row)
+        self._flushed: list[asyncio.Future] = []
+        self._checks: dict[str, list[asyncio.Future]] = {}
+        self.errors = RateLimitedLog(log)
+
+    async def _settle(self, future: asyncio.Future, default: Any) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=self.wait_s)
+        except TimeoutError:
+            return default
+
+    async def record_started(self, row: tuple) -> None:
+        self.backlog.append(("started", row))
+        future = asyncio.get_running_loop().create_future()
+        self._flushed.append(future)
+        await self._settle(future, None)
+
+    def record_finished(self, row: tuple) -> None:
+        self.backlog.append(("finished", row))
+
+    async def answered(self, request_id: str) -> bool:
+        """Whether the request's answer is recorded; False when the database cannot say in time."""
+        future = asyncio.get_running_loop().create_future()
+        self._checks.setdefault(request_id, []).append(future)
+        return await self._settle(future, False)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self.backlog or self._checks:
+                await self.flush()
+
+    async def flush(self) -> int:
+        """Write waiting records and answer waiting checks. Returns how many records still wait."""
+        rows, flushed, checks = list(self.backlog), self._flushed, self._checks
+        self._flushed, self._checks = [], {}
+        found: set[str] = set()
+        try:
+            pool = await self.pool_factory()
+            async with asyncio.timeout(30), pool.connection(timeout=5) as conn:
+                if checks:
+                    found = await answered_among(conn, list(checks))
+                if rows:
+                    async with conn.transaction():
+                        await write_calls(conn, rows)
+            del self.backlog[:len(rows)]
+            self.errors.clear("model-calls")
+        except Exception as exc:  # noqa: BLE001 - kept for the next flush; the calls go ahead
+            self.errors.warning("model-calls", "%d model call record(s) wait for the database: %s: %s",
+                                len(self.backlog), type(exc).__name__, exc)
+        for future in flushed:
+            if not future.done():
+                future.set_result(None)
+        for request_id, futures in checks.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(request_id in found)
+        return len(self.backlog)
+
+    def for_delivery(self, request_id: str, delivery: str) -> DeliveryCalls:
+        return DeliveryCalls(self, request_id, delivery)
+
+
+class DeliveryCalls:
+    """The ``providers.executor.CallLog`` of one delivery of one routed message."""
+
+    def __init__(self, recorder: CallRecorder, request_id: str, delivery: str) -> None:
+        self.recorder = recorder
+        self.request_id = request_id
+        self.delivery = delivery
+
+    async def started(self, attempt_no: int, spec: ModelSpec) -> None:
+        await self.recorder.record_started((self.request_id, self.delivery, attempt_no, spec.name))
+
+    async def finished(self, attempt_no: int, attempt: Attempt) -> None:
+        self.recorder.record_finished((self.request_id, self.delivery, attempt_no, attempt.model, attempt.status,
+                                       attempt.input_tokens, attempt.output_tokens, attempt.cost_micro_usd))
