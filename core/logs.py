@@ -36,3 +36,40 @@ class RateLimitedLog:
         if self._last.pop(key, None) is not None:
             self.logger.info("%s: recovered", key)
         self._held_back.pop(key, None)
+
+
+class RepeatFilter(logging.Filter):
+    """A logging filter that lets one record per message template through every ``every_s`` and notes how many
+    it held back. Installed on the Kafka client's loggers: a broker that is down makes aiokafka log the same
+    connection error many times a second."""
+
+    def __init__(self, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held_back: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._held_back[key] = self._held_back.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held_back = self._held_back.pop(key, 0)
+        if held_back:
+            record.msg = f"{record.msg} ({held_back} more like it in the last {self.every_s:g}s)"
+        return True
+
+
+def quiet_repeated_kafka_errors(every_s: float = 30.0) -> RepeatFilter:
+    """Rate-limit the Kafka client's repeated warnings and errors in this process."""
+    repeat = RepeatFilter(every_s)
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.client", "aiokafka.consumer.fetcher",
+                 "aiokafka.consumer.group_coordinator", "aiokafka.producer.sender", "faust.transport.drivers.aiokafka"):
+        logging.getLogger(name).addFilter(repeat)
+    return repeat

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings)
     # One INFO line per model call is noise at hundreds of calls a second; failures are logged as attempts.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from core.logs import quiet_repeated_kafka_errors  # noqa: PLC0415
+
+    quiet_repeated_kafka_errors()
     faust.Worker(app, loglevel=args.loglevel).execute_from_commandline()
     return 0
 

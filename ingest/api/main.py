@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from psycopg_pool import AsyncConnectionPool
 
+from core.logs import quiet_repeated_kafka_errors
 from core.settings import Settings, get_settings
 from ingest.api.routes import api_router
 from ingest.bridge import KafkaBridge
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        quiet_repeated_kafka_errors()
         bridge = KafkaBridge(settings)
         await bridge.start()
         pool = None
