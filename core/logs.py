@@ -67,9 +67,10 @@ class RepeatFilter(logging.Filter):
 
 
 def quiet_repeated_kafka_errors(every_s: float = 30.0) -> RepeatFilter:
-    """Rate-limit the Kafka client's repeated warnings and errors in this process."""
+    """Rate-limit the Kafka client's (and the Postgres pool's) repeated warnings and errors in this process."""
     repeat = RepeatFilter(every_s)
     for name in ("aiokafka", "aiokafka.conn", "aiokafka.client", "aiokafka.consumer.fetcher",
-                 "aiokafka.consumer.group_coordinator", "aiokafka.producer.sender", "faust.transport.drivers.aiokafka"):
+                 "aiokafka.consumer.group_coordinator", "aiokafka.producer.sender", "faust.transport.drivers.aiokafka",
+                 "psycopg.pool"):
         logging.getLogger(name).addFilter(repeat)
     return repeat
