@@ -25,8 +25,8 @@ class WorkerMetrics:
                              registry=self.registry)
         self.retries = Counter("router_model_retries_total", "HTTP retries inside model calls", ["model"],
                                registry=self.registry)
-        self.fallbacks = Counter("router_fallbacks_total", "Moves up the ladder after a model error", ["model"],
-                                 registry=self.registry)
+        self.fallbacks = Counter("router_fallbacks_total", "Moves up the ladder after a model error, by the kind of "
+                                 "reason (error, timeout, circuit_open)", ["model", "kind"], registry=self.registry)
         self.latency = Histogram("router_request_latency_seconds", "Time spent calling models per request",
                                  registry=self.registry,
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
@@ -47,10 +47,10 @@ class WorkerMetrics:
             self.cost.labels(attempt.model).inc(attempt.cost_micro_usd)
             if attempt.retries:
                 self.retries.labels(attempt.model).inc(attempt.retries)
-            if attempt.status == "error" and attempt.next_reason:
-                self.fallbacks.labels(attempt.model).inc()
+            if attempt.status == "error" and attempt.next_model:
+                self.fallbacks.labels(attempt.model, attempt.next_reason_kind or "error").inc()
         self.latency.observe(completion.latency_ms / 1000)
 
     def serve(self, port: int) -> None:
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104 - scraped by Prometheus
+        start_http_server(port, addr="0.0.0.0", registry=self.registry)
         log.info("worker metrics on :%d/metrics", port)
