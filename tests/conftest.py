@@ -137,7 +137,9 @@ def stub_server() -> Iterator[str]:
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "stack.stub_server", "--port", str(port)], cwd=REPO_ROOT)
-    wait_for_port("127.0.0.1", port)
-    yield f"http://127.0.0.1:{port}/v1"
-    process.terminate()
-    process.wait(timeout=10)
+    try:  # a stub that is slow to start is stopped too, not left behind
+        wait_for_port("127.0.0.1", port, timeout_s=60)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -253,3 +253,23 @@ async def test_rate_change_mid_stream_through_the_sdk(registry, stub_server, cle
     after = await ladder.run(late)
     assert queued_before.cost_micro_usd == 3
     assert after.cost_micro_usd == half_up(10 * 1300 + 4 * 5200) == 34
+
+
+class RecordingCallLog:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    async def started(self, attempt_no: int, spec) -> None:
+        self.events.append(("started", attempt_no, spec.name))
+
+    async def finished(self, attempt_no: int, attempt) -> None:
+        self.events.append(("finished", attempt_no, attempt.model, attempt.status, attempt.cost_micro_usd))
+
+
+async def test_every_call_is_reported_before_it_is_made_and_when_it_ends(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 500, "fail_times": 99},
+                               "stub-medium": {"reply": REPLY}})
+    calls = RecordingCallLog()
+    completion = await executor(registry).run(routed_to("small", Tier.cheap), calls)
+    assert calls.events == [("started", 1, "small"), ("finished", 1, "small", "error", 0),
+                            ("started", 2, "medium"), ("finished", 2, "medium", "ok", completion.cost_micro_usd)]
