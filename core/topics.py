@@ -68,6 +68,21 @@ async def create_topics(bootstrap: str, topics: list[TopicSpec]) -> list[str]:
     return created
 
 
+async def partition_mismatches(bootstrap: str, topics: list[TopicSpec]) -> dict[str, tuple[int, int]]:
+    """Existing topics whose partition count differs from the configured one: {name: (configured, actual)}.
+    A topic auto-created by a broker at its default count, or created by an older configuration, spreads keys
+    differently and caps how many workers can share it; this is reported at start-up, never fixed silently."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="router-topic-admin")
+    await admin.start()
+    try:
+        described = await admin.describe_topics([t.name for t in topics])
+    finally:
+        await admin.close()
+    actual = {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+    return {t.name: (t.partitions, actual[t.name]) for t in topics
+            if t.name in actual and actual[t.name] != t.partitions}
+
+
 async def delete_topics(bootstrap: str, names: list[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="router-topic-admin")
     await admin.start()
@@ -78,4 +93,11 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
 
 
 async def ensure_pipeline_topics(settings: Settings, registry: ModelRegistry) -> list[str]:
-    return await create_topics(settings.kafka_bootstrap, pipeline_topics(settings, registry))
+    """Create missing topics, then report (log an error for) every topic at a partition count other than its
+    configured one."""
+    topics = pipeline_topics(settings, registry)
+    created = await create_topics(settings.kafka_bootstrap, topics)
+    for name, (configured, actual) in (await partition_mismatches(settings.kafka_bootstrap, topics)).items():
+        log.error("topic %s has %d partitions but is configured for %d: recreate it (or fix ROUTER_*_PARTITIONS)",
+                  name, actual, configured)
+    return created

@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer
 
 from core.registry import ModelRegistry
 from core.settings import Settings
-from core.topics import create_topics, delete_topics, pipeline_topics
+from core.topics import TopicSpec, create_topics, delete_topics, partition_mismatches, pipeline_topics
 
 REGISTRY = ModelRegistry.model_validate({"models": [
     {"name": "small", "tier": "cheap", "base_url": "http://127.0.0.1:1/v1", "prices": {"input": 1, "output": 1}},
@@ -41,3 +41,11 @@ async def test_pipeline_topics_created_once_at_final_partition_counts(tansu_boot
     finally:
         await consumer.stop()
     await delete_topics(tansu_bootstrap, [t.name for t in topics])
+
+
+async def test_a_topic_at_the_wrong_partition_count_is_reported(tansu_bootstrap):
+    name = f"wrong-count-{uuid.uuid4().hex[:6]}"
+    await create_topics(tansu_bootstrap, [TopicSpec(name, 1)])  # e.g. auto-created at a broker default
+    assert await partition_mismatches(tansu_bootstrap, [TopicSpec(name, 1)]) == {}
+    assert await partition_mismatches(tansu_bootstrap, [TopicSpec(name, 6)]) == {name: (6, 1)}
+    assert await create_topics(tansu_bootstrap, [TopicSpec(name, 6)]) == []  # reported, left alone, not "fixed"
