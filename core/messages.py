@@ -118,7 +118,10 @@ AttemptStatus = Literal["ok", "error", "rejected"]
 # After a failed call (a fallback): the kind of failure.
 EscalationReasonKind = Literal["refusal", "short", "length", "verifier"]
 FallbackReasonKind = Literal["error", "timeout", "circuit_open"]
-NextReasonKind = EscalationReasonKind | FallbackReasonKind
+# On a failed attempt with no ``next_model``: a fallback was refused because the next model costs more than the
+# configured multiple of the routed model's price (settings.fallback_cost_cap).
+CostCapKind = Literal["cost_cap"]
+NextReasonKind = EscalationReasonKind | FallbackReasonKind | CostCapKind
 
 
 class Attempt(_Message):

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # Workers write a heartbeat with the partitions they hold; /readyz counts those seen within fresh_s.
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_fresh_s: float = Field(15.0, gt=0)
+    # Fallback after a model error or an open circuit goes at most to a model whose list price (input + output
+    # per 1M tokens) is this many times the routed model's; beyond it the request fails instead (0: no cap).
+    fallback_cost_cap: float = Field(3.0, ge=0)
     # Prometheus /metrics of a Faust worker (0: off; the API serves its own on its port).
     worker_metrics_port: int = Field(0, ge=0, le=65535)
 

@@ -43,12 +43,14 @@ class LadderExecutor:
         *,
         breaker: CircuitBreaker | None = None,
         token_counter: TokenCounter | None = None,
+        fallback_cost_cap: float | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
         self.escalation = escalation
         self.costs = costs
         self.breaker = breaker or CircuitBreaker()
+        self.fallback_cost_cap = fallback_cost_cap
         if token_counter is None:
             from providers.tokens import count_tokens  # noqa: PLC0415 - tokenizers load lazily on first count
 
@@ -69,6 +71,8 @@ class LadderExecutor:
                                   error=f"{spec.name}: circuit open after "
                                         f"{self.breaker.consecutive_failures(spec.name)} consecutive failures")
                 next_spec = self.escalation.next_after_error(spec, [*attempts, skipped])
+                if next_spec is not None and self._over_cost_cap(routed, next_spec, skipped):
+                    next_spec = None  # the fallback would cost too much: try this model after all (half-open)
                 if next_spec is not None:  # skip it only while another model is left to try
                     skipped.record_next(next_spec.name, "circuit_open", "circuit open")
                     attempts.append(skipped)
@@ -87,6 +91,8 @@ class LadderExecutor:
                 if calls is not None:
                     await calls.finished(len(attempts), attempt)
                 spec = self.escalation.next_after_error(spec, attempts)
+                if spec is not None and self._over_cost_cap(routed, spec, attempt):
+                    spec = None  # beyond the cap the request fails (and can be retried) rather than overspend
                 if spec is not None:
                     attempt.record_next(spec.name, "timeout" if exc.timed_out else "error", str(exc))
                 continue
@@ -141,6 +147,24 @@ class LadderExecutor:
                                                                           result, priced_at),
             correct=result.correct,
         )
+
+    def _over_cost_cap(self, routed: RoutedMessage, candidate: ModelSpec, attempt: Attempt) -> bool:
+        """Whether falling back to ``candidate`` would break the cost cap; if so, say so on ``attempt``
+        (``next_reason_kind`` "cost_cap", no ``next_model``: nothing is called next)."""
+        if not self.fallback_cost_cap:
+            return False
+        routed_spec = self.registry.get(routed.target_model)
+        if routed_spec is None:
+            return False
+        base = routed_spec.prices.input + routed_spec.prices.output
+        price = candidate.prices.input + candidate.prices.output
+        if base <= 0 or price <= self.fallback_cost_cap * base:
+            return False
+        attempt.next_reason_kind = "cost_cap"
+        attempt.error = (f"{attempt.error}; " if attempt.error else "") + (
+            f"no fallback to {candidate.name}: {price / base:.1f}x the price of the routed model "
+            f"{routed_spec.name}, over the cap of {self.fallback_cost_cap:g}x")
+        return True
 
     async def _counterfactual_cost(self, counterfactual: ModelSpec, final_spec: ModelSpec, prompt: str,
                                    result: ProviderResult, priced_at) -> int:

@@ -77,7 +77,7 @@ class Runtime:
         if decision.artifact not in self._executors:
             self._executors[decision.artifact] = LadderExecutor(
                 self.registry, self.providers, escalation_for(self.registry, Path(decision.artifact)),
-                self.executor.costs, breaker=self.executor.breaker)
+                self.executor.costs, breaker=self.executor.breaker, fallback_cost_cap=self.executor.fallback_cost_cap)
         return self._executors[decision.artifact]
 
     async def aclose(self) -> None:
@@ -93,7 +93,7 @@ def build_runtime(settings: Settings, registry: ModelRegistry | None = None) -> 
     # Load the ladder's tokenizers now (o200k takes ~1 s) rather than on the first request.
     warm_up(sorted({m.tokenizer for m in registry.models}))
     executor = LadderExecutor(registry, providers, escalation_for(registry, settings.classifier_artifact),
-                              build_cost_book(settings, registry))
+                              build_cost_book(settings, registry), fallback_cost_cap=settings.fallback_cost_cap or None)
     arm_router = ArmRouter(
         router, registry, build_experiment_book(settings, registry),
         load_candidate=lambda artifact: build_router(registry, Path(artifact), token_counter=count_tokens))

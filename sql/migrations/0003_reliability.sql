@@ -48,3 +48,8 @@ CREATE TABLE model_calls (
 );
 
 CREATE INDEX model_calls_started_idx ON model_calls (started_at);
+
+-- A fallback refused by the cost cap is recorded on the failed attempt as next_reason_kind 'cost_cap'.
+ALTER TABLE request_attempts DROP CONSTRAINT IF EXISTS request_attempts_next_reason_kind_check;
+ALTER TABLE request_attempts ADD CONSTRAINT request_attempts_next_reason_kind_check CHECK (next_reason_kind IN
+    ('refusal', 'short', 'length', 'verifier', 'error', 'timeout', 'circuit_open', 'cost_cap'));

@@ -215,10 +215,12 @@ async def test_generate_when_every_model_fails_returns_503_with_retry_after_and_
     assert int(response.headers["retry-after"]) > 0
     body = response.json()
     assert body["status"] == "failed" and body["model"] is None and "503" in body["error"]
-    assert [a["model"] for a in body["attempts"]] == ["small", "medium", "big"]  # fell back up the ladder
+    # Fell back up the ladder as far as the cost cap allows (3x the routed model's price: medium, not big).
+    assert [a["model"] for a in body["attempts"]] == ["small", "medium"]
+    assert body["attempts"][-1]["next_reason_kind"] == "cost_cap" and body["attempts"][-1]["next_model"] is None
     row = pipeline.row(body["request_id"])  # recorded before the answer was sent
-    assert row["status"] == "failed" and row["fell_back"] and row["attempt_count"] == 3
-    assert attempt_count(pipeline.dsn, body["request_id"]) == 3
+    assert row["status"] == "failed" and row["fell_back"] and row["attempt_count"] == 2
+    assert attempt_count(pipeline.dsn, body["request_id"]) == 2
 
 
 async def test_several_api_processes_each_get_their_own_replies(pipeline):

@@ -273,3 +273,21 @@ async def test_every_call_is_reported_before_it_is_made_and_when_it_ends(registr
     completion = await executor(registry).run(routed_to("small", Tier.cheap), calls)
     assert calls.events == [("started", 1, "small"), ("finished", 1, "small", "error", 0),
                             ("started", 2, "medium"), ("finished", 2, "medium", "ok", completion.cost_micro_usd)]
+
+
+async def test_fallback_beyond_the_cost_cap_is_refused_and_recorded(registry, stub_server) -> None:
+    failing = {"fail_status": 503, "fail_times": 99}
+    set_faults(stub_server, **{"stub-small": failing, "stub-medium": failing, "stub-big": {"reply": REPLY}})
+    completion = await executor(registry, fallback_cost_cap=3.0).run(routed_to("small", Tier.cheap))
+    # medium lists at about 2x small's price (allowed), big at about 19x (refused): nothing goes to big.
+    assert [a.model for a in completion.attempts] == ["small", "medium"]
+    first, second = completion.attempts
+    assert (first.next_model, first.next_reason_kind) == ("medium", "error")
+    assert (second.next_model, second.next_reason_kind) == (None, "cost_cap")
+    assert "no fallback to big" in second.error and "over the cap of 3x" in second.error
+    assert completion.status == "failed"
+    assert "stub-big" not in [c["model"] for c in stub_calls(stub_server)]
+    # Without a cap the same outage falls back all the way.
+    set_faults(stub_server, **{"stub-small": failing, "stub-medium": failing, "stub-big": {"reply": REPLY}})
+    uncapped = await executor(registry).run(routed_to("small", Tier.cheap))
+    assert [a.model for a in uncapped.attempts] == ["small", "medium", "big"] and uncapped.status == "ok"
