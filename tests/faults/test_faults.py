@@ -95,6 +95,8 @@ async def test_outage_of_one_models_endpoint_for_15_seconds(fault_stack: FaultSt
     stream = await fault_stack.stream(PROMPTS, at=100, fault=outage)
     figures = check(fault_stack, "endpoint_outage_15s", stream)
     assert figures["stub_calls"] > PROMPTS  # failed calls to the cheap model, then fallbacks
+    # Fallback spend stays within the cap (3x the routed model's price): the mid model, never the expensive one.
+    assert not [c for c in fault_stack.stub_calls() if c["model"] == "stub-big"]
 
 
 async def test_slow_endpoint_10_seconds_per_call(fault_stack: FaultStack):
