@@ -208,7 +208,6 @@ class DeadLetterMessage(_Message):
     raw_truncated: bool = False
 
 
-
 class FeedbackMessage(_Message):
     """A grade for one recorded request: thumbs (``pass_fail``) and/or a 1-5 ``score``, from one ``source``
     (a user's thumbs, a rubric, an automatic grader). One grade per (request, source): a later one replaces it.
