@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 
 from core.settings import Settings, get_settings
+from ingest.api.openai_schemas import OpenAIError, openai_error_handler
 from ingest.api.routes import api_router
 from ingest.bridge import KafkaBridge
 
@@ -58,5 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(KafkaError, _broker_error)
+    app.add_exception_handler(OpenAIError, openai_error_handler)
     app.include_router(api_router)
     return app
