@@ -8,6 +8,10 @@ event hook counts them so every attempt records how many retries it took.
 
 When the endpoint reports no ``usage``, tokens are counted with the model family's tokenizer
 (``providers.tokens``): the prompt as the chat endpoint frames it, and the answer.
+
+The model receives the request's conversation as sent (``PromptMessage.conversation``) and its pass-through
+parameters (``PASS_THROUGH_PARAMS``). With ``on_delta`` the call streams (``stream_options.include_usage`` for
+billed tokens) and hands each text delta on as it arrives; tool-call fragments are merged into whole calls.
 """
 
 from __future__ import annotations
