@@ -8,7 +8,8 @@ these calls one after the other, so every kind sees the same machine load:
 
 1. *direct*: the openai SDK calling the stub's cheap model (non-streaming);
 2. *generate*: POST /generate through the pipeline (API -> Kafka -> classify -> provider agent -> stub -> reply);
-3. *gateway*: the openai SDK calling POST /v1/chat/completions with ``model="router"`` (the same pipeline);
+3. *gateway*: POST /v1/chat/completions with ``model="router"`` (the same pipeline), from the same HTTP client as
+   /generate;
 4. *direct stream*: the SDK streaming from the stub's cheap model: time to its first content token;
 5. *gateway stream*: the SDK streaming from the gateway with the cheap model requested directly (tokens stream
    live through the reply topic): time to its first content token.
@@ -72,6 +73,7 @@ async def latency_phase(api_url: str, stub_url: str, cheap_name: str, cheap_id: 
     gateway = AsyncOpenAI(base_url=f"{api_url}/v1", api_key=os.environ.get("ROUTER_API_KEY", "unused"),
                           max_retries=0, timeout=60, http_client=httpx.AsyncClient(limits=limits))
     http = httpx.AsyncClient(timeout=60, limits=limits)
+    auth = {"Authorization": f"Bearer {os.environ.get('ROUTER_API_KEY', 'unused')}"}
     samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
     failures = 0
 
@@ -90,12 +92,19 @@ async def latency_phase(api_url: str, stub_url: str, cheap_name: str, cheap_id: 
         if response.status_code != 200:
             raise RuntimeError(response.text)
 
+    async def chat(messages: list[dict]) -> None:
+        # The same HTTP client as /generate, so the difference is the server's.
+        response = await http.post(f"{api_url}/v1/chat/completions", headers=auth,
+                                   json={"model": "router", "messages": messages, "max_tokens": 64})
+        if response.status_code != 200:
+            raise RuntimeError(response.text)
+
     async def one_round(i: int) -> None:
         prompt = f"{PROMPTS[i % len(PROMPTS)]} (#{i})"
         messages = [{"role": "user", "content": prompt}]
         await timed("direct", direct.chat.completions.create(model=cheap_id, messages=messages, max_tokens=64))
         await timed("generate", generate(prompt))
-        await timed("gateway", gateway.chat.completions.create(model="router", messages=messages, max_tokens=64))
+        await timed("gateway", chat(messages))
         await timed("direct_stream_ttft", first_token_ms(direct, cheap_id, prompt))
         await timed("gateway_stream_ttft", first_token_ms(gateway, cheap_name, prompt))
 
