@@ -101,7 +101,8 @@ async def to_prompt(request: Request, body: ChatCompletionRequest, settings: Set
     try:
         prompt = PromptMessage(
             messages=turns, max_tokens=body.max_completion_tokens or body.max_tokens or settings.default_max_tokens,
-            user=body.user, tenant=tenant, metadata=metadata, params=body.params(), requested_model=requested, stream=body.stream)
+            user=body.user, tenant=tenant, metadata=metadata, params=body.params(), requested_model=requested,
+            stream=body.stream)
     except ValidationError as exc:
         raise invalid_request(exc) from None
     if len(prompt.conversation_text) > settings.max_prompt_chars:
