@@ -32,6 +32,13 @@ def registry(stub_server: str, tmp_path: Path) -> ModelRegistry:
     return ModelRegistry.from_yaml(path)
 
 
+@pytest.fixture(autouse=True)
+def no_faults_left(stub_server: str):
+    """The stub is shared by the whole session: leave no injected fault behind for the next test module."""
+    yield
+    set_faults(stub_server, {})
+
+
 def set_faults(stub_server: str, faults: dict) -> None:
     httpx.post(f"{stub_server.removesuffix('/v1')}/_stub/faults", json={"faults": faults}).raise_for_status()
 
