@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -45,6 +45,30 @@ class _Message(BaseModel):
         return cls.model_validate_json(raw)
 
 
+ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class ChatTurn(_Message):
+    """One turn of a conversation as the OpenAI chat API carries it. ``content`` is text or a list of parts
+    (``{"type": "text", "text": ...}``; other part types are passed to the provider as sent)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: ChatRole
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        if not self.content:
+            return ""
+        return "\n".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+
+
 class PromptMessage(_Message):
     """A prompt to route. Key it by ``request_id`` on the prompts topic so its events stay ordered."""
 
@@ -60,6 +84,25 @@ class PromptMessage(_Message):
     created_at: datetime = Field(default_factory=utcnow)
     # Set by the API when it accepts the request: past it, the request is recorded as expired.
     deadline_at: datetime | None = None
+    # The conversation as the caller sent it (OpenAI chat form). When absent, the conversation is one user
+    # turn holding ``prompt``; when present, ``prompt`` is its last user turn's text (what the classifier reads).
+    messages: list[ChatTurn] | None = None
+    # Sampling and tool parameters passed as sent to the model that answers (temperature, top_p, stop, seed,
+    # response_format, tools, tool_choice, ...).
+    params: dict[str, Any] = Field(default_factory=dict)
+    # A configured model's name: call that model directly (no routing, no escalation), priced the same way.
+    requested_model: str | None = None
+    # The cheapest tier this request may go to (a conversation kept on the model an earlier turn used).
+    min_tier: Tier | None = None
+    # The caller reads the answer as a stream: tokens go to ``reply_to`` as ChunkMessages while generated.
+    stream: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_from_messages(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("prompt") and data.get("messages"):
+            data = {**data, "prompt": last_user_text(data["messages"])}
+        return data
 
     @field_validator("prompt")
     @classmethod
@@ -67,6 +110,31 @@ class PromptMessage(_Message):
         if not value.strip():
             raise ValueError("prompt must not be empty or whitespace")
         return value
+
+    @property
+    def conversation(self) -> list[ChatTurn]:
+        return self.messages if self.messages else [ChatTurn(role="user", content=self.prompt)]
+
+    @property
+    def conversation_text(self) -> str:
+        """Every turn's text, for the context-window check: the whole conversation goes to the model."""
+        return "\n".join(turn.text for turn in self.conversation)
+
+    @property
+    def has_tools(self) -> bool:
+        return bool(self.params.get("tools"))
+
+
+def last_user_text(messages: list[Any]) -> str:
+    """The text of the last user turn (else of the last turn with text)."""
+    turns = [m if isinstance(m, ChatTurn) else ChatTurn.model_validate(m) for m in messages]
+    for turn in reversed(turns):
+        if turn.role == "user" and turn.text.strip():
+            return turn.text
+    for turn in reversed(turns):
+        if turn.text.strip():
+            return turn.text
+    return ""
 
 
 class Prediction(_Message):
@@ -186,6 +254,13 @@ class CompletionMessage(_Message):
     correct: bool | None = None
     error: str | None = None
     completed_at: datetime = Field(default_factory=utcnow)
+    # Tool calls of the final answer, in the OpenAI chat shape.
+    tool_calls: list[dict[str, Any]] | None = None
+    # Streamed requests: how many ChunkMessages went to the reply topic before this completion, and the
+    # time from the prompt's creation to the first token published (the first chunk, or this completion
+    # when the answer was held back for its answer checks).
+    streamed_chunks: int = 0
+    ttft_ms: float | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -226,3 +301,15 @@ class FeedbackMessage(_Message):
         if self.pass_fail is None and self.score is None:
             raise ValueError("feedback needs pass_fail and/or score")
         return self
+
+
+class ChunkMessage(_Message):
+    """Part of an answer streamed to the waiting API process on its reply topic, keyed by request id.
+
+    ``seq`` counts from 0 per request; the request's CompletionMessage follows its last chunk."""
+
+    request_id: str
+    seq: int = Field(ge=0)
+    model: str
+    text: str = ""
+    tool_calls: list[dict[str, Any]] | None = None

@@ -48,6 +48,8 @@ class ModelSpec(BaseModel):
     default_query: dict[str, str] = Field(default_factory=dict)
     # Replay provider only: simulated latency.
     replay_latency_ms: float = Field(0.0, ge=0)
+    # Whether the model accepts ``tools``/``tool_choice``: a routed request with tools only goes to such models.
+    supports_tools: bool = False
 
     @property
     def provider_model_id(self) -> str:

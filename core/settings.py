@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(32_000, ge=1)
     default_max_tokens: int = Field(512, ge=1)
     generate_timeout_s: float = Field(60.0, gt=0)
+    # OpenAI-compatible gateway (/v1): a request body larger than this is refused (413) before it is parsed.
+    gateway_max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Keep a conversation (an id from x-conversation-id or metadata.conversation_id, with the caller's ``user``) on
+    # the tier of the most expensive model an earlier turn used: a cheaper model would answer follow-ups without
+    # the capability the conversation needed so far, and models change style mid-conversation.
+    conversation_pinning: bool = True
 
     # Online experiments and feedback (issue: prove the savings online).
     topic_feedback: str = "feedback"

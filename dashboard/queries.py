@@ -334,7 +334,11 @@ def end_to_end_latency(dsn: str, filters: Filters) -> dict[str, Any]:
         SELECT count(*)::bigint AS requests,
                percentile_cont(0.50) WITHIN GROUP (ORDER BY r.latency_ms) AS p50_ms,
                percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms) AS p95_ms,
-               percentile_cont(0.99) WITHIN GROUP (ORDER BY r.latency_ms) AS p99_ms
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY r.latency_ms) AS p99_ms,
+               -- Streamed requests only (ttft_ms is NULL otherwise; percentiles skip NULLs).
+               count(r.ttft_ms)::bigint AS streamed,
+               percentile_cont(0.50) WITHIN GROUP (ORDER BY r.ttft_ms) AS ttft_p50_ms,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY r.ttft_ms) AS ttft_p95_ms
         FROM requests r WHERE {where}
         """,
         params,

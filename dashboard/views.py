@@ -144,6 +144,13 @@ def latency(dsn: str, filters: q.Filters) -> None:
     cols[0].metric("End-to-end p50", milliseconds(end_to_end["p50_ms"]))
     cols[1].metric("End-to-end p95", milliseconds(end_to_end["p95_ms"]))
     cols[2].metric("End-to-end p99", milliseconds(end_to_end["p99_ms"]))
+    if end_to_end.get("streamed"):
+        cols = st.columns(3)
+        cols[0].metric("Time to first token p50", milliseconds(end_to_end["ttft_p50_ms"]))
+        cols[1].metric("Time to first token p95", milliseconds(end_to_end["ttft_p95_ms"]))
+        cols[2].metric("Streamed requests", f"{int(end_to_end['streamed']):,}")
+        st.caption("Time to first token: streamed requests, from the request's creation to its first token "
+                   "published (live), or to its checked answer when it was held for the answer checks.")
     st.caption("Per model: calls that returned an answer (accepted or rejected by the answer checks); failed calls "
                "are counted under *errors*. End to end: every attempt of a request, as its caller waited.")
     st.altair_chart(charts.latency_percentiles(per_model), width="stretch")

@@ -14,12 +14,15 @@ import logging
 import os
 import re
 import socket
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from core.messages import CompletionMessage, PromptMessage
+from core.messages import ChunkMessage, CompletionMessage, PromptMessage
 from core.settings import Settings
 from core.topics import TopicSpec, create_topics, delete_topics
 
@@ -38,12 +41,24 @@ class GenerateTimeout(Exception):
         self.timeout_s = timeout_s
 
 
+# Conversations whose models this process remembers (the latest ones), for keeping a conversation on its model
+# even before the previous turn's row is in Postgres.
+_CONVERSATIONS_KEPT = 10_000
+
+
+def conversation_key(metadata: dict[str, str], user: str | None) -> tuple[str, str | None] | None:
+    conversation_id = metadata.get("conversation_id")
+    return (conversation_id, user) if conversation_id else None
+
+
 class KafkaBridge:
     def __init__(self, settings: Settings, instance_id: str | None = None) -> None:
         self.settings = settings
         self.instance_id = instance_id or new_instance_id()
         self.reply_topic = f"{settings.topic_replies_prefix}{self.instance_id}"
         self._waiters: dict[str, asyncio.Future[CompletionMessage]] = {}
+        self._streams: dict[str, asyncio.Queue[ChunkMessage | CompletionMessage]] = {}
+        self._conversation_models: OrderedDict[tuple[str, str | None], set[str]] = OrderedDict()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._listener: asyncio.Task | None = None
@@ -94,20 +109,74 @@ class KafkaBridge:
                 continue
             for records in batches.values():
                 for record in records:
-                    self._deliver(record.value)
+                    self._deliver(record.value, record.headers)
 
-    def _deliver(self, raw: bytes | None) -> None:
+    def _deliver(self, raw: bytes | None, headers=()) -> None:
+        is_chunk = dict(headers or ()).get("type") == b"chunk"
         try:
-            completion = CompletionMessage.from_bytes(raw or b"")
+            message = (ChunkMessage if is_chunk else CompletionMessage).from_bytes(raw or b"")
         except (ValidationError, ValueError) as exc:
             log.warning("ignoring unreadable reply on %s: %s", self.reply_topic, exc)
             return
-        waiter = self._waiters.get(completion.request_id)
+        stream = self._streams.get(message.request_id)
+        if stream is not None:
+            stream.put_nowait(message)
+        if isinstance(message, ChunkMessage):
+            return
+        self._remember_conversation(message)
+        waiter = self._waiters.get(message.request_id)
         if waiter is not None and not waiter.done():
-            waiter.set_result(completion)
+            waiter.set_result(message)
+
+    def _remember_conversation(self, completion: CompletionMessage) -> None:
+        key = conversation_key(completion.prompt.metadata, completion.prompt.user)
+        if key is None or completion.status != "ok" or completion.final_model is None:
+            return
+        self._conversation_models.setdefault(key, set()).add(completion.final_model)
+        self._conversation_models.move_to_end(key)
+        while len(self._conversation_models) > _CONVERSATIONS_KEPT:
+            self._conversation_models.popitem(last=False)
+
+    def conversation_models(self, conversation_id: str, user: str | None) -> set[str]:
+        """Models that answered this conversation's earlier turns through this process."""
+        return set(self._conversation_models.get((conversation_id, user), ()))
 
     def is_waiting(self, request_id: str) -> bool:
-        return request_id in self._waiters
+        return request_id in self._waiters or request_id in self._streams
+
+    async def stream(self, prompt: PromptMessage, timeout_s: float) -> AsyncIterator[ChunkMessage | CompletionMessage]:
+        """Publish a streamed request and yield its chunks in ``seq`` order, then its completion. Raises
+        GenerateTimeout when the completion has not come within ``timeout_s``. Closing the iterator (a client
+        that went away) only stops listening: the request is still answered and recorded."""
+        prompt = prompt.model_copy(update={"reply_to": self.reply_topic, "stream": True})
+        queue: asyncio.Queue[ChunkMessage | CompletionMessage] = asyncio.Queue()
+        self._streams[prompt.request_id] = queue  # registered before publishing, so no reply can slip by
+        deadline = time.monotonic() + timeout_s
+        try:
+            await self.publish(prompt)
+            expected, held = 0, {}
+            while True:
+                try:
+                    message = await asyncio.wait_for(queue.get(), timeout=max(deadline - time.monotonic(), 0))
+                except TimeoutError:
+                    raise GenerateTimeout(prompt.request_id, timeout_s) from None
+                if isinstance(message, CompletionMessage):
+                    if held:  # chunks lost on the way: what arrived still goes out in order
+                        log.warning("stream %s: %d chunk(s) missing", prompt.request_id,
+                                    message.streamed_chunks - expected - len(held))
+                        for seq in sorted(held):
+                            yield held[seq]
+                    yield message
+                    return
+                if message.seq < expected:
+                    continue  # a redelivered chunk
+                held[message.seq] = message
+                while expected in held:
+                    yield held.pop(expected)
+                    expected += 1
+        finally:
+            if self._streams.get(prompt.request_id) is queue:
+                del self._streams[prompt.request_id]
 
     async def publish(self, prompt: PromptMessage) -> None:
         """Publish to the prompts topic, keyed by request id, and wait for the broker's ack."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from core.messages import PromptMessage
 from core.registry import ModelSpec
@@ -21,6 +23,12 @@ class ProviderResult:
     retries: int = 0
     # Recorded correctness of this answer, known only to the replay provider.
     correct: bool | None = None
+    # Tool calls of the answer, in the OpenAI chat shape.
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+# Called with each piece of text as the model generates it (streamed calls only).
+DeltaCallback = Callable[[str], Awaitable[None]]
 
 
 class ProviderError(Exception):
@@ -40,9 +48,11 @@ class Provider(ABC):
         self.spec = spec
 
     @abstractmethod
-    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None) -> ProviderResult:
+    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None,
+                       on_delta: DeltaCallback | None = None) -> ProviderResult:
         """Answer the prompt, or raise ProviderError. ``max_output_tokens``: the routing policy's output
-        budget for this call, on top of the prompt's own ``max_tokens`` and the model's limit."""
+        budget for this call, on top of the prompt's own ``max_tokens`` and the model's limit. With
+        ``on_delta`` the answer's text is also passed on piece by piece while it is generated."""
 
     def output_limit(self, prompt: PromptMessage, max_output_tokens: int | None) -> int:
         limit = min(prompt.max_tokens, self.spec.max_output_tokens)

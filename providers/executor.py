@@ -9,7 +9,7 @@ own billed tokens when it answered, else the prompt and the returned answer coun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from core.messages import Attempt, CompletionMessage, RoutedMessage, utcnow
@@ -22,6 +22,9 @@ from routing.escalation import Escalation
 
 # (spec, text) -> tokens; providers.tokens.count_tokens by default.
 TokenCounter = Callable[[ModelSpec, str], int]
+
+# (model name, text) -> None: passes a live answer's text on to the caller while it is generated.
+StreamSink = Callable[[str, str], Awaitable[None]]
 
 
 class CallLog(Protocol):
@@ -57,8 +60,22 @@ class LadderExecutor:
             token_counter = count_tokens
         self.token_counter = token_counter
 
-    async def run(self, routed: RoutedMessage, calls: CallLog | None = None) -> CompletionMessage:
+    def streams_live(self, prompt, spec: ModelSpec, attempts: list[Attempt]) -> bool:
+        """Streaming rule: an attempt's tokens go to the caller as they are generated only when no answer
+        check could send the request on to another model after it (a requested model, no checks, or no
+        escalation left from this tier); otherwise the answer is held until its checks have passed."""
+        if prompt.requested_model or not self.escalation.checks:
+            return True
+        rejected = Attempt(model=spec.name, tier=spec.tier, status="rejected")
+        return self.escalation.next_after_rejection(spec, [*attempts, rejected]) is None
+
+    async def run(self, routed: RoutedMessage, calls: CallLog | None = None,
+                  stream: StreamSink | None = None) -> CompletionMessage:
+        """Run the ladder. ``calls`` hears of every paid call; with ``stream``, an attempt that ``streams_live``
+        passes its text to it as generated."""
         prompt = routed.prompt
+        direct = prompt.requested_model is not None
+        streamed = False
         attempts: list[Attempt] = list(routed.attempts)
         spec = self.registry.get(routed.target_model)
         priced_at = prompt.created_at
@@ -70,7 +87,7 @@ class LadderExecutor:
                 skipped = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
                                   error=f"{spec.name}: circuit open after "
                                         f"{self.breaker.consecutive_failures(spec.name)} consecutive failures")
-                next_spec = self.escalation.next_after_error(spec, [*attempts, skipped])
+                next_spec = None if direct else self.escalation.next_after_error(spec, [*attempts, skipped])
                 if next_spec is not None and self._over_cost_cap(routed, next_spec, skipped):
                     next_spec = None  # the fallback would cost too much: try this model after all (half-open)
                 if next_spec is not None:  # skip it only while another model is left to try
@@ -80,9 +97,17 @@ class LadderExecutor:
                     continue
             if calls is not None:
                 await calls.started(len(attempts) + 1, spec)
+            on_delta = None
+            if stream is not None and self.streams_live(prompt, spec, attempts):
+                async def on_delta(text: str, model: str = spec.name) -> None:
+                    nonlocal streamed
+                    streamed = True
+                    await stream(model, text)
             try:
+                # on_delta only when streaming, so providers written before streaming keep working.
+                live = {"on_delta": on_delta} if on_delta is not None else {}
                 result = await self.providers[spec.name].complete(
-                    prompt, routed.decision.max_output_tokens.get(spec.tier.value))
+                    prompt, routed.decision.max_output_tokens.get(spec.tier.value), **live)
             except ProviderError as exc:
                 self.breaker.record_failure(spec.name, exc.status)
                 attempt = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
@@ -90,7 +115,8 @@ class LadderExecutor:
                 attempts.append(attempt)
                 if calls is not None:
                     await calls.finished(len(attempts), attempt)
-                spec = self.escalation.next_after_error(spec, attempts)
+                # A requested model is that model or nothing; text already streamed cannot be taken back.
+                spec = None if direct or streamed else self.escalation.next_after_error(spec, attempts)
                 if spec is not None and self._over_cost_cap(routed, spec, attempt):
                     spec = None  # beyond the cap the request fails (and can be retried) rather than overspend
                 if spec is not None:
@@ -103,7 +129,8 @@ class LadderExecutor:
                             input_tokens=result.input_tokens, previous=tuple(answers),
                             label_probabilities=routed.decision.probabilities, kind=routed.decision.prompt_kind)
             answers.append(answer)
-            rejection = self.escalation.rejection(prompt, answer)
+            # The answer checks read text: a tool call is an answer they cannot judge, so it stands.
+            rejection = None if direct or result.tool_calls else self.escalation.rejection(prompt, answer)
             reason = rejection.reason if rejection else None
             attempt = Attempt(model=spec.name, tier=spec.tier, status="rejected" if rejection else "ok",
                               started_at=started, latency_ms=result.latency_ms, input_tokens=result.input_tokens,
@@ -143,9 +170,9 @@ class LadderExecutor:
             status="ok", final_model=final_spec.name, response=result.text, finish_reason=result.finish_reason,
             input_tokens=in_tokens, output_tokens=out_tokens, cost_micro_usd=total_cost,
             counterfactual_model=counterfactual.name,
-            counterfactual_cost_micro_usd=await self._counterfactual_cost(counterfactual, final_spec, prompt.prompt,
-                                                                          result, priced_at),
-            correct=result.correct,
+            counterfactual_cost_micro_usd=await self._counterfactual_cost(
+                counterfactual, final_spec, prompt.conversation_text, result, priced_at),
+            correct=result.correct, tool_calls=result.tool_calls,
         )
 
     def _over_cost_cap(self, routed: RoutedMessage, candidate: ModelSpec, attempt: Attempt) -> bool:

@@ -8,6 +8,10 @@ event hook counts them so every attempt records how many retries it took.
 
 When the endpoint reports no ``usage``, tokens are counted with the model family's tokenizer
 (``providers.tokens``): the prompt as the chat endpoint frames it, and the answer.
+
+The model receives the request's conversation as sent (``PromptMessage.conversation``) and its pass-through
+parameters (``PASS_THROUGH_PARAMS``). With ``on_delta`` the call streams (``stream_options.include_usage`` for
+billed tokens) and hands each text delta on as it arrives; tool-call fragments are merged into whole calls.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from openai import AsyncOpenAI
 
 from core.messages import PromptMessage
 from core.registry import ModelSpec
-from providers.base import Provider, ProviderError, ProviderResult
+from providers.base import DeltaCallback, Provider, ProviderError, ProviderResult
 from providers.tokens import count_chat_prompt_tokens, count_tokens
 
 # HTTP requests sent for the call running in this task (a one-item list, so the hook can add to it).
@@ -32,6 +36,24 @@ async def _count_request(_request) -> None:
     counter = _requests_sent.get()
     if counter is not None:
         counter[0] += 1
+
+
+# Request fields a caller may set that go to the model as sent; the provider sets model, messages and max_tokens.
+PASS_THROUGH_PARAMS = frozenset({
+    "temperature", "top_p", "stop", "seed", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user",
+})
+
+
+def merge_tool_call_delta(calls: dict[int, dict], delta: dict) -> None:
+    """Add one streamed tool-call fragment to the calls so far (arguments arrive in pieces)."""
+    index = delta.pop("index", 0)
+    call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    if delta.get("id"):
+        call["id"] = delta["id"]
+    function = delta.get("function") or {}
+    call["function"]["name"] += function.get("name") or ""
+    call["function"]["arguments"] += function.get("arguments") or ""
 
 
 class MissingApiKeyError(ValueError):
@@ -69,16 +91,23 @@ class OpenAICompatibleProvider(Provider):
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_count_request]}),
         )
 
-    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None) -> ProviderResult:
+    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None,
+                       on_delta: DeltaCallback | None = None) -> ProviderResult:
         counter = [0]
         token = _requests_sent.set(counter)
         started = time.perf_counter()
+        request = {
+            **{key: value for key, value in prompt.params.items() if key in PASS_THROUGH_PARAMS},
+            "model": self.spec.provider_model_id,
+            "messages": [turn.model_dump(exclude_none=True) for turn in prompt.conversation],
+            "max_tokens": self.output_limit(prompt, max_output_tokens),
+        }
         try:
-            response = await self.client.chat.completions.create(
-                model=self.spec.provider_model_id,
-                messages=[{"role": "user", "content": prompt.prompt}],
-                max_tokens=self.output_limit(prompt, max_output_tokens),
-            )
+            if on_delta is None:
+                response = await self.client.chat.completions.create(**request)
+                text, finish_reason, tool_calls, usage = self._read_response(response, counter, started)
+            else:
+                text, finish_reason, tool_calls, usage = await self._read_stream(request, on_delta)
         except openai.APIStatusError as exc:
             raise ProviderError(f"{self.spec.name}: HTTP {exc.status_code}: {exc.message}", status=exc.status_code,
                                 retries=max(counter[0] - 1, 0),
@@ -94,27 +123,58 @@ class OpenAICompatibleProvider(Provider):
         finally:
             _requests_sent.reset(token)
         latency_ms = (time.perf_counter() - started) * 1000
-        if not response.choices:
-            raise ProviderError(f"{self.spec.name}: response has no choices", retries=max(counter[0] - 1, 0),
-                                latency_ms=latency_ms)
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        usage = response.usage
         if usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
             input_tokens, output_tokens, reported = usage.prompt_tokens, usage.completion_tokens, True
         else:
-            input_tokens = count_chat_prompt_tokens(self.spec, prompt.prompt)
+            input_tokens = count_chat_prompt_tokens(self.spec, prompt.conversation_text)
             output_tokens = count_tokens(self.spec, text)
             reported = False
         return ProviderResult(
             text=text,
-            finish_reason=choice.finish_reason,
+            finish_reason=finish_reason,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             latency_ms=latency_ms,
             usage_reported=reported,
             retries=max(counter[0] - 1, 0),
+            tool_calls=tool_calls,
         )
+
+    def _read_response(self, response, counter: list[int], started: float):
+        if not response.choices:
+            raise ProviderError(f"{self.spec.name}: response has no choices", retries=max(counter[0] - 1, 0),
+                                latency_ms=(time.perf_counter() - started) * 1000)
+        choice = response.choices[0]
+        tool_calls = ([call.model_dump(exclude_none=True) for call in choice.message.tool_calls]
+                      if choice.message.tool_calls else None)
+        return choice.message.content or "", choice.finish_reason, tool_calls, response.usage
+
+    async def _read_stream(self, request: dict, on_delta: DeltaCallback):
+        """Stream the answer (usage in the last chunk), passing each text delta on as it arrives."""
+        stream = await self.client.chat.completions.create(**request, stream=True,
+                                                           stream_options={"include_usage": True})
+        parts: list[str] = []
+        calls: dict[int, dict] = {}
+        finish_reason = usage = None
+        async with stream:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                delta = choice.delta
+                if delta is not None and delta.content:
+                    parts.append(delta.content)
+                    await on_delta(delta.content)
+                for call in (delta.tool_calls or []) if delta is not None else []:
+                    merge_tool_call_delta(calls, call.model_dump(exclude_none=True))
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+        if not parts and not calls and finish_reason is None:
+            raise ProviderError(f"{self.spec.name}: stream ended without an answer")
+        tool_calls = [calls[index] for index in sorted(calls)] or None
+        return "".join(parts), finish_reason, tool_calls, usage
 
     async def aclose(self) -> None:
         await self.client.close()

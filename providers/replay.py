@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from core.messages import PromptMessage
 from core.outcomes import ModelOutcome, OutcomeRecord
 from core.registry import ModelSpec
-from providers.base import Provider, ProviderError, ProviderResult
+from providers.base import DeltaCallback, Provider, ProviderError, ProviderResult
 
 # Metadata key naming the outcomes record a replayed prompt came from: the same prompt text can occur
 # in several records (with different recorded answers), so the offline harness names the one it means.
@@ -44,7 +44,14 @@ class ReplayProvider(Provider):
         super().__init__(spec)
         self.index = index
 
-    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None) -> ProviderResult:
+    async def complete(self, prompt: PromptMessage, max_output_tokens: int | None = None,
+                       on_delta: DeltaCallback | None = None) -> ProviderResult:
+        result = await self._replay(prompt, max_output_tokens)
+        if on_delta is not None and result.text:
+            await on_delta(result.text)  # a recorded answer arrives whole
+        return result
+
+    async def _replay(self, prompt: PromptMessage, max_output_tokens: int | None) -> ProviderResult:
         started = time.perf_counter()
         if self.spec.replay_latency_ms:
             await asyncio.sleep(self.spec.replay_latency_ms / 1000)

@@ -78,10 +78,23 @@ class RoutingPolicy(ABC):
             reasons.append(f"premium customer: {tier.value} -> {new_tier.value}")
             tier = new_tier
 
-        # Escalate while the prompt plus the requested output does not fit the model's context window.
+        # A conversation kept on its model: never cheaper than an earlier turn's model.
+        if prompt.min_tier is not None and TIER_ORDER.index(prompt.min_tier) > TIER_ORDER.index(tier):
+            reasons.append(f"conversation kept on {prompt.min_tier.value}: {tier.value} -> {prompt.min_tier.value}")
+            tier = prompt.min_tier
+
+        # Tools only go to a model that declares tool support (the top tier when none does).
+        if prompt.has_tools:
+            while tier != Tier.expensive and not registry.by_tier(tier).supports_tools:
+                new_tier = _bump(tier)
+                reasons.append(f"tools: {registry.by_tier(tier).name} does not support tools: "
+                               f"{tier.value} -> {new_tier.value}")
+                tier = new_tier
+
+        # Escalate while the conversation plus the requested output does not fit the model's context window.
         while tier != Tier.expensive:
             spec = registry.by_tier(tier)
-            needed = self.token_counter(spec, prompt.prompt) + prompt.max_tokens
+            needed = self.token_counter(spec, prompt.conversation_text) + prompt.max_tokens
             if needed <= spec.context_window:
                 break
             new_tier = _bump(tier)

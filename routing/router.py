@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from classifier.base import Classifier
 from classifier.topic import TopicModel
-from core.messages import PromptMessage, RoutingDecision
+from core.messages import Prediction, PromptMessage, RoutingDecision
 from core.registry import ModelRegistry
 from routing.policy import RoutingPolicy
 
@@ -38,9 +38,18 @@ class Router:
             predictions = [prediction.model_copy(update={"topic": topic})
                            for prediction, topic in zip(predictions, self.topic_model.predict(texts), strict=True)]
         decisions = [
-            self.policy.decide(prompt, prediction, self.registry, self.classifier.name)
+            self.requested(prompt, prediction) if prompt.requested_model
+            else self.policy.decide(prompt, prediction, self.registry, self.classifier.name)
             for prompt, prediction in zip(prompts, predictions, strict=True)
         ]
         for decision in decisions:
             decision.router_version, decision.artifact = self.version, self.artifact
         return decisions
+
+    def requested(self, prompt: PromptMessage, prediction: Prediction) -> RoutingDecision:
+        """A request that names a configured model goes to it; the prediction is still recorded (for A/B)."""
+        spec = self.registry.get(prompt.requested_model)
+        return RoutingDecision(label=prediction.label, confidence=prediction.confidence,
+                               probabilities=prediction.probabilities, model=spec.name, tier=spec.tier,
+                               reasons=[f"requested model {spec.name}"], policy="direct",
+                               classifier=self.classifier.name, topic=prediction.topic)

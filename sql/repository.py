@@ -23,6 +23,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "routed_model", "final_model", "status", "attempts", "attempt_count", "escalated", "fell_back", "tokens_in",
     "tokens_out", "latency_ms", "cost_micro_usd", "counterfactual_model", "counterfactual_cost_micro_usd",
     "response", "finish_reason", "error", "metadata", "experiment_id", "arm", "router_version",
+    "ttft_ms",
 )
 
 UPSERT_REQUEST_SQL = (
@@ -122,6 +123,7 @@ def request_row(completion: CompletionMessage) -> dict[str, Any]:
         "experiment_id": decision.experiment_id,
         "arm": decision.arm,
         "router_version": decision.router_version,
+        "ttft_ms": completion.ttft_ms,
     }
 
 
@@ -298,3 +300,17 @@ def end_experiment(conn: Connection, experiment_id: str) -> bool:
     cursor = conn.execute("UPDATE experiments SET ended_at = now(), updated_at = now()"
                           " WHERE experiment_id = %s AND ended_at IS NULL", (experiment_id,))
     return cursor.rowcount == 1
+
+
+# ----------------------------------------------------------------------------- conversations
+
+CONVERSATION_MODELS_SQL = (
+    "SELECT DISTINCT final_model FROM requests WHERE metadata->>'conversation_id' = %s"
+    " AND user_id IS NOT DISTINCT FROM %s AND status = 'ok' AND final_model IS NOT NULL"
+)
+
+
+async def conversation_models(conn: AsyncConnection, conversation_id: str, user: str | None) -> list[str]:
+    """The models that answered the earlier turns of a conversation (one caller's conversation id)."""
+    cursor = await conn.execute(CONVERSATION_MODELS_SQL, (conversation_id, user))
+    return [row[0] for row in await cursor.fetchall()]

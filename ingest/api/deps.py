@@ -8,6 +8,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from psycopg_pool import AsyncConnectionPool
 
+from core.registry import ModelRegistry
 from core.settings import Settings
 from ingest.api.schemas import PromptIn
 from ingest.bridge import KafkaBridge
@@ -28,6 +29,15 @@ def get_pool(request: Request) -> AsyncConnectionPool:
     return pool
 
 
+def get_registry(request: Request) -> ModelRegistry:
+    """The configured models (for /v1's model names), read once per API process."""
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        registry = request.app.state.registry = ModelRegistry.from_yaml(request.app.state.settings.models_config)
+    return registry
+
+
+
 def get_tenant(request: Request) -> str:
     """The caller's tenant. The one place it is decided: API keys will map a key to its tenant here. Until
     then the ``X-Router-Tenant`` header names it, else "default" (the tenant of a prompt sent without one)."""
@@ -42,6 +52,7 @@ def get_optional_pool(request: Request) -> AsyncConnectionPool | None:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 BridgeDep = Annotated[KafkaBridge, Depends(get_bridge)]
 PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]

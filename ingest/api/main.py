@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core.logs import quiet_repeated_kafka_errors
 from core.settings import Settings, get_settings
+from ingest.api.openai_schemas import OpenAIError, openai_error_handler
 from ingest.api.routes import api_router
 from ingest.bridge import KafkaBridge
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(KafkaError, _broker_error)
+    app.add_exception_handler(OpenAIError, openai_error_handler)
     app.include_router(api_router)
     # Prometheus /metrics: request counts and latency histograms per route, from this process.
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(

@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from core.messages import CompletionMessage, RoutedMessage
+from core.messages import ChunkMessage, CompletionMessage, RoutedMessage, utcnow
 from core.registry import ModelSpec
 from stream_processors.context import PipelineContext
 
@@ -22,11 +22,57 @@ async def publish_reply(context: PipelineContext, completion: CompletionMessage)
     try:
         producer = await context.reply_producer()
         await asyncio.wait_for(producer.send_and_wait(reply_to, completion.to_bytes(), completion.request_id.encode(),
-                                                      partition=0),
+                                                      partition=0, headers=COMPLETION_HEADERS),
                                timeout=context.settings.reply_publish_timeout_s)
     except Exception as exc:  # noqa: BLE001 - a lost reply only means /generate answers 504
         log.warning("reply for %s to %s not delivered: %s: %s", completion.request_id, reply_to,
                     type(exc).__name__, exc)
+
+
+# Record headers telling the API process which message type a reply is.
+CHUNK_HEADERS = [("type", b"chunk")]
+COMPLETION_HEADERS = [("type", b"completion")]
+
+
+class ReplyStream:
+    """Publishes a streamed answer's text to the waiting API process as ChunkMessages, in order: every chunk goes
+    to partition 0 of its reply topic from one producer, numbered by ``seq``, and the completion is published only
+    after every chunk is acknowledged. Best effort like the reply itself: Postgres is the record."""
+
+    def __init__(self, context: PipelineContext, request_id: str, reply_to: str) -> None:
+        self.context = context
+        self.request_id = request_id
+        self.reply_to = reply_to
+        self.sent = 0
+        self.first_at = None
+        self.failed = False
+        self._pending: list[asyncio.Future] = []
+
+    async def __call__(self, model: str, text: str) -> None:
+        if self.failed:
+            return
+        chunk = ChunkMessage(request_id=self.request_id, seq=self.sent, model=model, text=text)
+        try:
+            producer = await self.context.reply_producer()
+            # send() queues in order without waiting for the ack, so a slow ack never holds the model's stream.
+            self._pending.append(await producer.send(self.reply_to, chunk.to_bytes(), self.request_id.encode(),
+                                                     partition=0, headers=CHUNK_HEADERS))
+        except Exception as exc:  # noqa: BLE001 - the caller is gone or the broker refused: stop streaming
+            self.failed = True
+            log.warning("stream for %s to %s stopped: %s: %s", self.request_id, self.reply_to,
+                        type(exc).__name__, exc)
+            return
+        if self.first_at is None:
+            self.first_at = utcnow()
+        self.sent += 1
+
+    async def flush(self) -> None:
+        if self._pending:
+            try:
+                await asyncio.wait_for(asyncio.gather(*self._pending),
+                                       timeout=self.context.settings.reply_publish_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - see __call__
+                log.warning("stream for %s not fully delivered: %s: %s", self.request_id, type(exc).__name__, exc)
 
 
 async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.EventT) -> None:
@@ -55,8 +101,16 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
     if context.settings.pg_dsn:
         delivery = f"{message.topic}/{message.partition}/{message.offset}/{context.duties.worker_id}"
         calls = context.calls.for_delivery(routed.prompt.request_id, delivery)
+    prompt = routed.prompt
+    stream = ReplyStream(context, prompt.request_id, prompt.reply_to) if prompt.stream and prompt.reply_to else None
     try:
-        completion = await context.runtime.executor_for(routed.decision).run(routed, calls)
+        completion = await context.runtime.executor_for(routed.decision).run(routed, calls, stream=stream)
+        if stream is not None:
+            await stream.flush()
+            first_token_at = stream.first_at or utcnow()  # held back for its checks: the completion is the first
+            completion = completion.model_copy(update={
+                "streamed_chunks": stream.sent,
+                "ttft_ms": max((first_token_at - prompt.created_at).total_seconds() * 1000, 0.0)})
     except Exception as exc:
         log.exception("ladder failed on %s", routed.prompt.request_id)
         await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")

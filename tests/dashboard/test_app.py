@@ -314,3 +314,17 @@ def test_unreachable_database_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
         assert "Cannot reach the router's database" in at.error[0].value
     finally:
         get_settings.cache_clear()
+
+
+def test_latency_shows_time_to_first_token_of_streamed_requests(seeded: str, run_view: RunView) -> None:
+    import psycopg
+
+    at = run_view("latency")
+    assert "Time to first token p50" not in metrics(at)  # nothing streamed yet
+    with psycopg.connect(seeded, autocommit=True) as conn:
+        ids = [row[0] for row in conn.execute("SELECT request_id FROM requests ORDER BY request_id LIMIT 3")]
+        for request_id, ttft in zip(ids, (40.0, 80.0, 120.0), strict=True):
+            conn.execute("UPDATE requests SET ttft_ms = %s WHERE request_id = %s", (ttft, request_id))
+    st.cache_data.clear()
+    shown = metrics(run_view("latency"))
+    assert shown["Time to first token p50"] == "80 ms" and shown["Streamed requests"] == "3"

@@ -31,9 +31,9 @@ models:
   - {name: small, tier: cheap, base_url: "${ROUTER_STUB_URL}", model_id: stub-small, context_window: 4096,
      prices: {input: 0.13, output: 0.52}, timeout_s: 30, max_retries: 0}
   - {name: medium, tier: mid, base_url: "${ROUTER_STUB_URL}", model_id: stub-medium, context_window: 8192,
-     prices: {input: 0.59, output: 0.79}, timeout_s: 30, max_retries: 0}
+     prices: {input: 0.59, output: 0.79}, timeout_s: 30, max_retries: 0, supports_tools: true}
   - {name: big, tier: expensive, base_url: "${ROUTER_STUB_URL}", model_id: stub-big, context_window: 128000,
-     prices: {input: 2.5, output: 10.0}, timeout_s: 30, max_retries: 0}
+     prices: {input: 2.5, output: 10.0}, timeout_s: 30, max_retries: 0, supports_tools: true}
 """
 
 
