@@ -58,6 +58,12 @@ class PromptMessage(_Message):
     # Set by ingest's /generate bridge: the reply topic of the API process that waits for the answer.
     reply_to: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    # Set by ingest from the caller's API key (None: produced straight to the broker).
+    key_id: str | None = None
+    # How the sink stores the prompt and the answer: as sent, PII-redacted, or not at all (counts and costs only).
+    storage: Literal["full", "redacted", "none"] = "full"
+    # Routing goes no higher than this tier (set when a budget is near and the operator asked for cheaper tiers).
+    max_tier: Tier | None = None
 
     @field_validator("prompt")
     @classmethod

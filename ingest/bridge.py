@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
@@ -116,13 +117,20 @@ class KafkaBridge:
         await self._producer.send_and_wait(self.settings.topic_prompts, key=prompt.request_id.encode(),
                                            value=prompt.to_bytes())
 
-    async def generate(self, prompt: PromptMessage, timeout_s: float) -> CompletionMessage:
-        """Publish with this process's reply topic and wait for that request's completion."""
+    async def generate(self, prompt: PromptMessage, timeout_s: float,
+                       on_publish_error: Callable[[str], Awaitable[None]] | None = None) -> CompletionMessage:
+        """Publish with this process's reply topic and wait for that request's completion. ``on_publish_error``
+        runs (with the request id) when the broker does not take the prompt, before the error propagates."""
         prompt = prompt.model_copy(update={"reply_to": self.reply_topic})
         waiter: asyncio.Future[CompletionMessage] = asyncio.get_running_loop().create_future()
         self._waiters[prompt.request_id] = waiter  # registered before publishing, so no reply can slip by
         try:
-            await self.publish(prompt)
+            try:
+                await self.publish(prompt)
+            except BaseException:
+                if on_publish_error is not None:
+                    await on_publish_error(prompt.request_id)
+                raise
             try:
                 return await asyncio.wait_for(waiter, timeout=timeout_s)
             except TimeoutError:

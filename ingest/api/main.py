@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,8 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
+from starlette.exceptions import HTTPException
 
+from core.registry import ModelRegistry
 from core.settings import Settings, get_settings
+from ingest.admission import Gatekeeper
+from ingest.api.body_limit import BodyLimit
+from ingest.api.errors import error_response, http_error
 from ingest.api.routes import api_router
 from ingest.bridge import KafkaBridge
 
@@ -27,10 +34,10 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     return JSONResponse(status_code=422, content={"detail": errors, "message": f"invalid request: {message}"})
 
 
-async def _broker_error(_request: Request, exc: KafkaError) -> JSONResponse:
+async def _broker_error(request: Request, exc: KafkaError) -> JSONResponse:
     # Nothing was accepted: the client may retry (with the same request_id to stay idempotent).
-    return JSONResponse(status_code=503, content={"detail": f"broker unavailable, prompt not accepted: "
-                                                            f"{type(exc).__name__}: {exc}"})
+    return error_response(request, 503, f"broker unavailable, prompt not accepted: {type(exc).__name__}: {exc}",
+                          "broker_unavailable")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,10 +53,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool = AsyncConnectionPool(settings.pg_dsn, min_size=1, max_size=settings.pg_pool_max, open=False,
                                        name="ingest")
             await pool.open(wait=False)
-        app.state.bridge, app.state.pool = bridge, pool
+        gatekeeper = Gatekeeper(settings, ModelRegistry.from_yaml(settings.models_config), pool)
+        app.state.bridge, app.state.pool, app.state.gatekeeper = bridge, pool, gatekeeper
+        sweeper = asyncio.create_task(gatekeeper.sweep_forever(), name="budget-sweep")
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await bridge.stop()
             if pool is not None:
                 await pool.close()
@@ -58,5 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(KafkaError, _broker_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(api_router)
     return app

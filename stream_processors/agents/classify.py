@@ -9,14 +9,29 @@ from collections.abc import Sequence
 import faust
 
 from core.messages import PromptMessage, RoutedMessage
+from guardrails.limits import prompt_breaches
 from stream_processors.agents.batching import register_batch_agent
 from stream_processors.context import PipelineContext
 
 log = logging.getLogger(__name__)
 
 
+async def admissible(context: PipelineContext, parsed: list[tuple[faust.EventT, PromptMessage]]
+                     ) -> list[tuple[faust.EventT, PromptMessage]]:
+    """Producers writing straight to the prompts topic get the API's limits too (and a reply_to must name one of
+    this router's reply topics): a message that breaks them is dead-lettered with the reason."""
+    kept = []
+    for event, prompt in parsed:
+        breaches = prompt_breaches(prompt, context.settings)
+        if breaches:
+            await context.dead_letter(event, "classify", "refused: " + "; ".join(b.reason for b in breaches))
+        else:
+            kept.append((event, prompt))
+    return kept
+
+
 async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) -> None:
-    parsed = await context.parse_batch(events, PromptMessage, "classify")
+    parsed = await admissible(context, await context.parse_batch(events, PromptMessage, "classify"))
     if not parsed:
         return
     # By experiment arm (routing.experiments) where an experiment runs; the default router otherwise.
