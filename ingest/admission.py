@@ -23,7 +23,7 @@ from core.settings import Settings
 from guardrails.limits import deny_list_hit, prompt_breaches
 from guardrails.pii import get_scanner
 from ingest.api.errors import ApiError
-from providers.tokens import count_chat_prompt_tokens
+from providers.tokens import count_chat_prompt_tokens, warm_up
 from sql.keys import (
     Admission,
     ApiKey,
@@ -79,6 +79,15 @@ class Gatekeeper:
         self.settings = settings
         self.registry = registry
         self.pool = pool
+
+    def warm_up_tokenizers(self) -> None:
+        warm_up(sorted({spec.tokenizer for spec in self.registry.ladder}))
+
+    def warm_up_pii(self) -> None:
+        try:
+            get_scanner(tuple(self.settings.pii_entities), self.settings.pii_spacy_model)
+        except Exception as exc:  # noqa: BLE001 - a tenant using PII modes will see the error on its requests
+            log.warning("PII scanner not loaded: %s: %s", type(exc).__name__, exc)
 
     # ------------------------------------------------------------ costs
 

@@ -139,7 +139,7 @@ async def run(args: argparse.Namespace, dsn: str, pepper: str, out=sys.stdout) -
                   f"{policy.budget_period}", file=out)
         elif args.command == "usage":
             for row in await budget_report(conn):
-                print(f"{row['scope']:<6} {row['scope_id']:<14} tenant={row['tenant']:<12} {row['period']} from "
+                print(f"{row['scope']:<6} {row['scope_id']:<14} tenant={row['tenant']:<12} {row['budget_period']} from "
                       f"{row['period_start']}: spent {_usd(row['spent_micro_usd'])}, held "
                       f"{_usd(row['reserved_micro_usd'])}, soft {_usd(row['soft_micro_usd'])}, hard "
                       f"{_usd(row['hard_micro_usd'])}, {row['requests']} requests", file=out)

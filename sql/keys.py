@@ -416,26 +416,33 @@ async def request_owner(conn: AsyncConnection, request_id: str) -> str | None:
     return row[0] if row else None
 
 
-async def budget_report(conn: AsyncConnection, at: datetime | None = None) -> list[dict[str, Any]]:
-    """Spend against budget in the current period, per key and per tenant (the dashboard's table)."""
+BUDGET_REPORT_SQL = (
+    "WITH scopes AS ("
+    "  SELECT 'tenant' AS scope, tenant AS scope_id, tenant, budget_period AS period,"
+    "         budget_soft_micro_usd AS soft, budget_hard_micro_usd AS hard, NULL::text AS name FROM tenants"
+    "  UNION ALL"
+    "  SELECT 'key', key_id, tenant, budget_period, budget_soft_micro_usd, budget_hard_micro_usd, name"
+    "  FROM api_keys WHERE revoked_at IS NULL)"
+    " SELECT s.scope, s.scope_id, s.tenant, s.name, s.period AS budget_period,"
+    "        CASE s.period WHEN 'day' THEN %(day)s ELSE %(month)s END AS period_start,"
+    "        s.soft AS soft_micro_usd, s.hard AS hard_micro_usd,"
+    "        coalesce(u.spent_micro_usd, 0) AS spent_micro_usd,"
+    "        coalesce(u.reserved_micro_usd, 0) AS reserved_micro_usd, coalesce(u.requests, 0) AS requests"
+    " FROM scopes s LEFT JOIN budget_usage u ON u.scope = s.scope AND u.scope_id = s.scope_id"
+    "  AND u.period = s.period AND u.period_start = CASE s.period WHEN 'day' THEN %(day)s ELSE %(month)s END"
+    " ORDER BY s.tenant, s.scope DESC, s.scope_id"
+)
+
+
+def budget_report_params(at: datetime | None = None) -> dict[str, date]:
     at = at or datetime.now(UTC)
+    return {"day": period_start("day", at), "month": period_start("month", at)}
+
+
+async def budget_report(conn: AsyncConnection, at: datetime | None = None) -> list[dict[str, Any]]:
+    """Spend against budget in the current period, per tenant and per active key (the dashboard's table)."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "WITH scopes AS ("
-            "  SELECT 'tenant' AS scope, tenant AS scope_id, tenant, budget_period AS period,"
-            "         budget_soft_micro_usd AS soft, budget_hard_micro_usd AS hard, NULL::text AS name FROM tenants"
-            "  UNION ALL"
-            "  SELECT 'key', key_id, tenant, budget_period, budget_soft_micro_usd, budget_hard_micro_usd, name"
-            "  FROM api_keys WHERE revoked_at IS NULL)"
-            " SELECT s.scope, s.scope_id, s.tenant, s.name, s.period,"
-            "        CASE s.period WHEN 'day' THEN %(day)s ELSE %(month)s END AS period_start,"
-            "        s.soft AS soft_micro_usd, s.hard AS hard_micro_usd,"
-            "        coalesce(u.spent_micro_usd, 0) AS spent_micro_usd,"
-            "        coalesce(u.reserved_micro_usd, 0) AS reserved_micro_usd, coalesce(u.requests, 0) AS requests"
-            " FROM scopes s LEFT JOIN budget_usage u ON u.scope = s.scope AND u.scope_id = s.scope_id"
-            "  AND u.period = s.period AND u.period_start = CASE s.period WHEN 'day' THEN %(day)s ELSE %(month)s END"
-            " ORDER BY s.tenant, s.scope DESC, s.scope_id",
-            {"day": period_start("day", at), "month": period_start("month", at)})
+        await cur.execute(BUDGET_REPORT_SQL, budget_report_params(at))
         return await cur.fetchall()
 
 

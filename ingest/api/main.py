@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -54,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        name="ingest")
             await pool.open(wait=False)
         gatekeeper = Gatekeeper(settings, ModelRegistry.from_yaml(settings.models_config), pool)
+        # Tokenizers price each request's hold: loaded before serving. The PII scanner loads in the background.
+        await asyncio.to_thread(gatekeeper.warm_up_tokenizers)
+        threading.Thread(target=gatekeeper.warm_up_pii, name="pii-warm-up", daemon=True).start()
         app.state.bridge, app.state.pool, app.state.gatekeeper = bridge, pool, gatekeeper
         sweeper = asyncio.create_task(gatekeeper.sweep_forever(), name="budget-sweep")
         try:
