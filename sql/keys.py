@@ -401,13 +401,30 @@ async def _tenant_period(conn: AsyncConnection, tenant: str) -> Period:
 
 
 async def release_stale_holds(conn: AsyncConnection, older_than_s: float) -> int:
-    """Release the holds of requests that never completed (dead-lettered, lost): they must not block a budget
-    forever. Their ledger rows stay, settled at cost 0, so the id stays claimed."""
-    cursor = await conn.execute(
-        "SELECT request_id, tenant, created_at FROM request_ledger WHERE settled_at IS NULL"
-        " AND created_at < now() - make_interval(secs => %s) ORDER BY request_id LIMIT 1000", (older_than_s,))
-    stale = [Settlement(request_id, tenant, 0, created_at) for request_id, tenant, created_at in await cursor.fetchall()]
-    return await settle_requests(conn, stale)
+    """Give back the holds of requests that have not completed after ``older_than_s`` (dead-lettered, lost):
+    they must not block a budget forever. The ledger row stays unsettled with a zero hold, so a late completion
+    still adds its real cost."""
+    released = 0
+    async with conn.transaction():
+        cursor = await conn.execute(
+            "UPDATE request_ledger l SET reserved_micro_usd = 0 FROM ("
+            "  SELECT request_id, reserved_micro_usd FROM request_ledger WHERE settled_at IS NULL"
+            "  AND reserved_micro_usd > 0 AND created_at < now() - make_interval(secs => %s)"
+            "  ORDER BY request_id LIMIT 1000 FOR UPDATE SKIP LOCKED) old"
+            " WHERE l.request_id = old.request_id"
+            " RETURNING l.key_id, l.key_period, l.key_period_start, l.tenant, l.tenant_period, l.tenant_period_start,"
+            " old.reserved_micro_usd", (older_than_s,))
+        deltas: dict[tuple[str, str, str, date], int] = {}
+        for key_id, key_period, key_start, tenant, tenant_period, tenant_start, hold in await cursor.fetchall():
+            released += 1
+            for counter in (("key", key_id, key_period, key_start), ("tenant", tenant, tenant_period, tenant_start)):
+                if counter[1] is not None:
+                    deltas[counter] = deltas.get(counter, 0) + hold
+        for (scope, scope_id, period, start), hold in sorted(deltas.items()):
+            await conn.execute("UPDATE budget_usage SET reserved_micro_usd = reserved_micro_usd - %s WHERE scope = %s"
+                               " AND scope_id = %s AND period = %s AND period_start = %s",
+                               (hold, scope, scope_id, period, start))
+    return released
 
 
 async def request_owner(conn: AsyncConnection, request_id: str) -> str | None:

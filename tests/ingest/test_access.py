@@ -16,7 +16,7 @@ from core.messages import PromptMessage
 from core.settings import Settings
 from core.topics import TopicSpec, create_topics
 from ingest.api.main import create_app
-from sql.keys import revoke_key
+from sql.keys import admit_request_or_refuse, revoke_key
 from sql.repository import upsert_completion
 from tests.ingest.test_ingest_api import published
 from tests.keys import new_key, set_tenant
@@ -226,3 +226,37 @@ def test_producer_messages_get_the_same_limits(app_settings):
     big = PromptMessage(prompt="x" * 5_001, request_id="has space", metadata={"k": "v" * 600})
     assert [b.code for b in prompt_breaches(big, app_settings)] == ["prompt_too_long", "invalid_request_id",
                                                                     "metadata_too_large"]
+
+
+async def test_holds_settle_to_real_cost_and_stale_holds_are_released(pg_dsn):
+    from sql.keys import Settlement, TenantPolicy, admit_request, release_stale_holds, settle_requests  # noqa: PLC0415
+
+    tenant = tenant_name()
+    await set_tenant(pg_dsn, tenant, budget_hard_micro_usd=1_000)
+    _, key = await new_key(pg_dsn, tenant, PEPPER)
+    policy = TenantPolicy(tenant, budget_hard_micro_usd=1_000)
+    async with await AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+
+        async def counter() -> tuple[int, int]:
+            cursor = await conn.execute("SELECT spent_micro_usd, reserved_micro_usd FROM budget_usage"
+                                        " WHERE scope = 'tenant' AND scope_id = %s", (tenant,))
+            return await cursor.fetchone()
+
+        assert (await admit_request(conn, request_id=f"{tenant}-1", key=key, tenant=policy,
+                                    hold_micro_usd=600)).outcome == "accepted"
+        refused = await admit_request_or_refuse(conn, request_id=f"{tenant}-2", key=key, tenant=policy,
+                                                hold_micro_usd=600)
+        assert refused.outcome == "over_budget" and refused.refused_by.scope == "tenant"
+        assert await counter() == (0, 600)
+        now = datetime.now(UTC)
+        await settle_requests(conn, [Settlement(f"{tenant}-1", tenant, 50, now)])
+        await settle_requests(conn, [Settlement(f"{tenant}-1", tenant, 50, now)])  # redelivered: counted once
+        assert await counter() == (50, 0)
+        assert (await admit_request(conn, request_id=f"{tenant}-2", key=key, tenant=policy,
+                                    hold_micro_usd=600)).outcome == "accepted"
+        await conn.execute("UPDATE request_ledger SET created_at = now() - interval '1 hour' WHERE request_id = %s",
+                           (f"{tenant}-2",))
+        assert await release_stale_holds(conn, 900) >= 1
+        assert await counter() == (50, 0)
+        await settle_requests(conn, [Settlement(f"{tenant}-2", tenant, 70, now)])  # a late completion still counts
+        assert await counter() == (120, 0)

@@ -22,7 +22,7 @@ async def _database_ok(request: Request) -> str:
         return f"down: {type(exc).__name__}"
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={503: {"description": "the broker or the database is down"}})
 async def healthz(request: Request) -> JSONResponse:
     bridge = request.app.state.bridge
     broker = "ok" if await bridge.broker_ok() else "down"
