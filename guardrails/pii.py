@@ -45,7 +45,7 @@ class PiiScanner:
         if spacy_model:
             nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}])
         else:
-            nlp_engine = _BlankSpacyEngine(SpacyNlpEngine)
+            nlp_engine = _blank_spacy_engine(SpacyNlpEngine)
         registry = RecognizerRegistry(supported_languages=["en"])
         for recognizer in (EmailRecognizer(), PhoneRecognizer(), CreditCardRecognizer(), IbanRecognizer()):
             registry.add_recognizer(recognizer)
@@ -87,7 +87,7 @@ def _offline_public_suffixes() -> None:
         tld.TLD_EXTRACTOR = tld.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
 
-def _BlankSpacyEngine(base: type):  # noqa: N802 - builds an instance, reads like a class
+def _blank_spacy_engine(base: type):
     """Presidio's spaCy engine on ``spacy.blank("en")``: tokens for the pattern recognizers' context words, no
     download (Presidio would otherwise try to fetch a model)."""
     import spacy  # noqa: PLC0415

@@ -89,8 +89,8 @@ async def test_tenant_comes_from_the_key(client, app_settings, pg_dsn):
 
 
 def completion_for(request_id: str, tenant: str):
-    from core.messages import CompletionMessage  # noqa: PLC0415
-    from tests.e2e.test_pipeline_e2e import completion_payload  # noqa: PLC0415
+    from core.messages import CompletionMessage
+    from tests.e2e.test_pipeline_e2e import completion_payload
 
     completion = CompletionMessage.from_bytes(completion_payload(request_id))
     return completion.model_copy(update={"prompt": completion.prompt.model_copy(update={"tenant": tenant})})
@@ -217,7 +217,7 @@ async def test_store_prompts_false_and_deny_list(client, app_settings, pg_dsn):
 
 
 def test_producer_messages_get_the_same_limits(app_settings):
-    from guardrails.limits import prompt_breaches  # noqa: PLC0415
+    from guardrails.limits import prompt_breaches
 
     ok = PromptMessage(prompt="hi", reply_to=f"{app_settings.topic_replies_prefix}host-12-abcdef12")
     assert prompt_breaches(ok, app_settings) == []
@@ -229,7 +229,7 @@ def test_producer_messages_get_the_same_limits(app_settings):
 
 
 async def test_holds_settle_to_real_cost_and_stale_holds_are_released(pg_dsn):
-    from sql.keys import Settlement, TenantPolicy, admit_request, release_stale_holds, settle_requests  # noqa: PLC0415
+    from sql.keys import Settlement, TenantPolicy, admit_request, release_stale_holds, settle_requests
 
     tenant = tenant_name()
     await set_tenant(pg_dsn, tenant, budget_hard_micro_usd=1_000)
