@@ -99,7 +99,16 @@ def _blank_spacy_engine(base: type):
     return BlankSpacyNlpEngine(models=[{"lang_code": "en", "model_name": "blank:en"}])
 
 
-@lru_cache(maxsize=4)
+_BUILD_LOCK = threading.Lock()
+
+
 def get_scanner(entities: tuple[str, ...] = DEFAULT_ENTITIES, spacy_model: str | None = None) -> PiiScanner:
-    """One scanner per configuration and process, built on first use."""
+    """One scanner per configuration and process, built on first use. One thread builds at a time: importing
+    Presidio from two threads at once can fail on its partly initialised modules."""
+    with _BUILD_LOCK:
+        return _build_scanner(entities, spacy_model)
+
+
+@lru_cache(maxsize=4)
+def _build_scanner(entities: tuple[str, ...], spacy_model: str | None) -> PiiScanner:
     return PiiScanner(entities, spacy_model)

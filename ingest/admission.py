@@ -117,7 +117,7 @@ class Gatekeeper:
 
     async def _admit(self, message: PromptMessage, key: ApiKey) -> Admitted:
         assert self.pool is not None
-        async with self.pool.connection(timeout=5) as conn:
+        async with self.pool.connection(timeout=15) as conn:
             policy = await tenant_policy(conn, message.tenant) or TenantPolicy(message.tenant)
         message = message.model_copy(update={"key_id": key.key_id})
         for breach in prompt_breaches(message, self.settings, max_prompt_chars=policy.max_prompt_chars):
@@ -125,7 +125,7 @@ class Gatekeeper:
         message = await self._guard(message, policy)
         tokens_in = await asyncio.to_thread(self.input_tokens, message.prompt)
         headers: dict[str, str] = {}
-        async with self.pool.connection(timeout=5) as conn:
+        async with self.pool.connection(timeout=15) as conn:
             rate = await take_rate(conn, key, max(tokens_in.values()) + message.max_tokens)
             headers |= rate_headers(rate)
             if not rate.allowed:
@@ -194,7 +194,7 @@ class Gatekeeper:
         if self.pool is None:
             return
         try:
-            async with self.pool.connection(timeout=5) as conn:
+            async with self.pool.connection(timeout=15) as conn:
                 await release_request(conn, request_id)
         except Exception as exc:  # noqa: BLE001 - the stale-hold sweep releases it later
             log.warning("could not release the hold of %s now: %s", request_id, type(exc).__name__)
@@ -207,7 +207,7 @@ class Gatekeeper:
             if self.pool is None:
                 continue
             try:
-                async with self.pool.connection(timeout=5) as conn:
+                async with self.pool.connection(timeout=15) as conn:
                     released = await release_stale_holds(conn, self.settings.budget_hold_ttl_s)
                     await forget_old_windows(conn)
                 if released:

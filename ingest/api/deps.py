@@ -61,7 +61,7 @@ async def require_key(request: Request, settings: SettingsDep, pool: PoolDep,
     if not presented:
         raise _unauthorized("missing API key: send Authorization: Bearer <key> or x-api-key: <key>")
     try:
-        async with pool.connection(timeout=5) as conn:
+        async with pool.connection(timeout=15) as conn:
             key = await authenticate(conn, settings.api_key_pepper.get_secret_value(), presented.strip())
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise ApiError(503, f"database unavailable: {type(exc).__name__}", "database_unavailable") from exc
