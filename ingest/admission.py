@@ -39,6 +39,8 @@ from sql.keys import (
 
 log = logging.getLogger(__name__)
 
+PERIOD_WORDS = {"day": "daily", "month": "monthly"}
+
 
 @dataclass
 class Admitted:
@@ -179,7 +181,7 @@ class Gatekeeper:
             assert usage is not None
             now = datetime.now(UTC)
             retry_after = max(1, math.ceil((_period_end(usage.period, now) - now).total_seconds()))
-            detail = (f"the {usage.scope} {usage.period}ly budget is spent: {usd(usage.committed_micro_usd)} committed "
+            detail = (f"the {usage.scope} {PERIOD_WORDS[usage.period]} budget is spent: {usd(usage.committed_micro_usd)} committed "
                       f"of a hard budget of {usd(usage.hard_micro_usd)}, and this request may cost up to {usd(hold)}")
             raise ApiError(429, detail, "budget_exceeded", headers={**headers, "Retry-After": str(retry_after)})
         warnings = [f"{u.scope} {u.scope_id}: {usd(u.committed_micro_usd)} committed of a soft budget of "
