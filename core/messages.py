@@ -62,6 +62,9 @@ class PromptMessage(_Message):
     key_id: str | None = None
     # How the sink stores the prompt and the answer: as sent, PII-redacted, or not at all (counts and costs only).
     storage: Literal["full", "redacted", "none"] = "full"
+    # Routing picks no tier above this one (set by ingest when the caller's budget is near and the operator
+    # asked for cheaper tiers then); escalation after a refused answer may still go higher.
+    max_tier: Tier | None = None
     # Routing goes no higher than this tier (set when a budget is near and the operator asked for cheaper tiers).
     max_tier: Tier | None = None
 

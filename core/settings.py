@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     reply_topic_pattern: str | None = None
     # Holds of requests that never completed (dead-lettered, lost) are released after this long.
     budget_hold_ttl_s: float = Field(900.0, gt=0)
+    # When a key's or tenant's committed spend reaches this fraction of its hard budget (its soft budget when it
+    # has no hard one), its requests are routed no higher than the cheap tier. None: off.
+    budget_prefer_cheap_at: float | None = Field(None, gt=0, le=1)
     # When a key's or tenant's committed spend reaches this fraction of its hard budget, its requests are routed
     # no higher than the cheap tier (none: off).
     budget_prefer_cheap_at: float | None = Field(None, gt=0, le=1)

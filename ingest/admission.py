@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from core.messages import PromptMessage
+from core.messages import PromptMessage, Tier
 from core.registry import ModelRegistry
 from core.settings import Settings
 from guardrails.limits import deny_list_hit, prompt_breaches
@@ -189,6 +189,10 @@ class Gatekeeper:
         if warnings:
             headers["x-budget-warning"] = "; ".join(warnings)
         headers["x-request-hold-usd"] = usd(hold)
+        near = self.settings.budget_prefer_cheap_at
+        if near is not None and any(u.near(near) for u in admission.usage):
+            message = message.model_copy(update={"max_tier": Tier.cheap})
+            headers["x-budget-routing"] = "cheap tier preferred: the budget is near"
         return Admitted(message, headers)
 
     async def release(self, request_id: str) -> None:

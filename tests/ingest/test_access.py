@@ -263,3 +263,40 @@ async def test_holds_settle_to_real_cost_and_stale_holds_are_released(pg_dsn):
         assert await counter() == (50, 0)
         await settle_requests(conn, [Settlement(f"{tenant}-2", tenant, 70, now)])  # a late completion still counts
         assert await counter() == (120, 0)
+
+
+async def test_near_budget_asks_for_the_cheap_tier(tansu_bootstrap, app_settings, pg_dsn):
+    settings = app_settings.model_copy(update={"budget_prefer_cheap_at": 0.5})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        gatekeeper = app.state.gatekeeper
+        worst = gatekeeper.worst_case_micro_usd(gatekeeper.input_tokens("hi"), 16)
+        tenant = tenant_name()
+        await set_tenant(pg_dsn, tenant, budget_hard_micro_usd=worst * 3)
+        key, _ = await new_key(pg_dsn, tenant, PEPPER)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
+            answers = [await http.post("/prompts", headers=bearer(key), json={"prompt": "hi", "max_tokens": 16})
+                       for _ in range(2)]
+    assert [a.status_code for a in answers] == [202, 202]
+    assert "x-budget-routing" not in answers[0].headers and "x-budget-routing" in answers[1].headers
+    assert [m.max_tier for m in await published(settings)] == [None, "cheap"]
+
+
+def test_capped_decision_moves_down_to_the_cheap_tier():
+    from types import SimpleNamespace
+
+    import yaml
+
+    from core.messages import RoutingDecision, Tier
+    from core.registry import ModelRegistry
+    from stream_processors.agents.classify import capped
+    from tests.e2e.conftest import MODELS_YAML
+
+    registry = ModelRegistry.model_validate(yaml.safe_load(MODELS_YAML))
+    context = SimpleNamespace(runtime=SimpleNamespace(registry=registry))
+    decision = RoutingDecision(label="complex", confidence=0.9, probabilities={}, model="big", tier=Tier.expensive,
+                               reasons=["hard"], policy="threshold", classifier="heuristic")
+    assert capped(context, PromptMessage(prompt="x"), decision) is decision
+    cheap = capped(context, PromptMessage(prompt="x", max_tier="cheap"), decision)
+    assert (cheap.model, cheap.tier, cheap.reasons[-1]) == ("small", Tier.cheap,
+                                                             "budget near: capped at the cheap tier (small)")
