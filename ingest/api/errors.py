@@ -1,8 +1,8 @@
 """The API's error answers.
 
 Routes answer ``{"detail": "...", "code": "..."}`` (validation errors add ``message`` and field errors); routes
-under ``/v1/`` answer in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, so that OpenAI
-clients read them.
+under ``/v1/`` answer in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}`` (plus ``detail``),
+so that OpenAI clients read them.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def error_response(request: Request, status_code: int, detail: str, code: str | 
                    param: str | None = None, headers: dict[str, str] | None = None,
                    extra: dict[str, Any] | None = None) -> JSONResponse:
     if request.url.path.startswith(OPENAI_PREFIX):
-        content: dict[str, Any] = openai_error_body(detail, status_code, code, param)
+        # OpenAI clients read ``error``; ``detail`` stays for clients of this API's own shape.
+        content: dict[str, Any] = {**openai_error_body(detail, status_code, code, param), "detail": detail}
     else:
         content = {"detail": detail, "code": code, **(extra or {})}
     return JSONResponse(status_code=status_code, content=content, headers=headers)

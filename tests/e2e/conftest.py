@@ -148,7 +148,7 @@ def pipeline(tansu_bootstrap: str, pg_admin_dsn: str, stub_server: str,
         wait_until(lambda: "Ready" in worker.log_path.read_text(errors="replace"), "Faust worker", 120, [worker])
         wait_until(lambda: httpx.get(f"{api_url}/healthz", timeout=3).status_code == 200, "API /healthz", 120, [api])
         pipe = Pipeline(settings, env, api_url, stub_server, dsn, worker, api, log_dir)
-        pipe.api_key = pipe.create_key("--tenant", "e2e")
+        pipe.api_key = pipe.create_key("--tenant", "default")
         # Warm up: the first prompt through proves the consumer group has its partitions.
         accepted = httpx.post(f"{api_url}/prompts", json={"prompt": "warm-up: what is 1 + 1?"}, timeout=30,
                               headers=pipe.auth_headers).json()
