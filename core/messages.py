@@ -103,6 +103,13 @@ class PromptMessage(_Message):
         if isinstance(data, dict) and not data.get("prompt") and data.get("messages"):
             data = {**data, "prompt": last_user_text(data["messages"])}
         return data
+    # Set by ingest from the caller's API key (None: produced straight to the broker).
+    key_id: str | None = None
+    # How the sink stores the prompt and the answer: as sent, PII-redacted, or not at all (counts and costs only).
+    storage: Literal["full", "redacted", "none"] = "full"
+    # Routing picks no tier above this one (set by ingest when the caller's budget is near and the operator
+    # asked for cheaper tiers then); escalation after a refused answer may still go higher.
+    max_tier: Tier | None = None
 
     @field_validator("prompt")
     @classmethod

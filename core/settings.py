@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +110,32 @@ class Settings(BaseSettings):
     fallback_cost_cap: float = Field(3.0, ge=0)
     # Prometheus /metrics of a Faust worker (0: off; the API serves its own on its port).
     worker_metrics_port: int = Field(0, ge=0, le=65535)
+    # Access, budgets and limits on what comes in (docs/security.md)
+    # Keys are stored as HMAC-SHA256(pepper, key): set a long random pepper in production and keep it secret;
+    # changing it invalidates every key.
+    api_key_pepper: SecretStr = SecretStr("")
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_metadata_items: int = Field(32, ge=0)
+    max_metadata_key_chars: int = Field(64, ge=1)
+    max_metadata_value_chars: int = Field(1024, ge=1)
+    max_metadata_chars: int = Field(8192, ge=1)
+    # A prompt's reply_to must match this; default: the reply-topic prefix followed by an API instance id.
+    reply_topic_pattern: str | None = None
+    # Holds of requests that never completed (dead-lettered, lost) are released after this long.
+    budget_hold_ttl_s: float = Field(900.0, gt=0)
+    # When a key's or tenant's committed spend reaches this fraction of its hard budget (its soft budget when it
+    # has no hard one), its requests are routed no higher than the cheap tier. None: off.
+    budget_prefer_cheap_at: float | None = Field(None, gt=0, le=1)
+    # PII guardrail: Presidio entities to look for, and a spaCy NER model for names (none offline: patterns only).
+    pii_entities: list[str] = Field(default_factory=lambda: ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD",
+                                                             "IBAN_CODE"])
+    pii_spacy_model: str | None = None
+    # Dashboard: "none" (bound to loopback) or "oidc" (Streamlit's st.login, configured in .streamlit/secrets.toml).
+    dashboard_auth: Literal["none", "oidc"] = "none"
+    dashboard_allowed_emails: list[str] = Field(default_factory=list)
+
+    def reply_topic_regex(self) -> re.Pattern[str]:
+        return re.compile(self.reply_topic_pattern or rf"^{re.escape(self.topic_replies_prefix)}[A-Za-z0-9_.-]{{1,200}}$")
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_ROOT not in sys.path:
     sys.path.insert(0, _PROJECT_ROOT)
 
-from core.settings import get_settings  # noqa: E402
+from core.settings import Settings, get_settings  # noqa: E402
 from dashboard import queries as q  # noqa: E402
 from dashboard import views  # noqa: E402
 from dashboard.online import experiments_view  # noqa: E402
@@ -36,7 +36,9 @@ DATABASE_VIEWS: dict[str, tuple[str, Callable[[str, q.Filters], None]]] = {
 }
 DATABASE_VIEWS["experiments"] = ("Experiments (A/B)", experiments_view)
 OFFLINE_VIEW = "offline"
-VIEW_TITLES = {slug: title for slug, (title, _) in DATABASE_VIEWS.items()} | {OFFLINE_VIEW: "Offline evaluation"}
+BUDGETS_VIEW = "budgets"
+VIEW_TITLES = {slug: title for slug, (title, _) in DATABASE_VIEWS.items()} | {OFFLINE_VIEW: "Offline evaluation",
+                                                                                BUDGETS_VIEW: "Spend vs budget"}
 
 
 def choose_view() -> str:
@@ -99,9 +101,31 @@ def _date_range(picked: object, first: date, last: date) -> tuple[date, date]:
     return first, last
 
 
+def signed_in(settings: Settings) -> bool:
+    """``dashboard_auth = "oidc"``: Streamlit's own sign-in (``st.login``, an OpenID Connect provider configured
+    in ``.streamlit/secrets.toml``), optionally limited to ``dashboard_allowed_emails``. ``"none"``: open, which
+    is why the dashboard binds to loopback by default."""
+    if settings.dashboard_auth == "none":
+        return True
+    if not st.user.get("is_logged_in", False):
+        st.header("Router analytics")
+        st.info("Sign in to see the router's spend and requests.", icon="🔒")
+        st.button("Sign in", on_click=st.login, key="sign_in")
+        return False
+    allowed = {email.lower() for email in settings.dashboard_allowed_emails}
+    if allowed and str(st.user.get("email", "")).lower() not in allowed:
+        st.error("This account may not open the router's dashboard.")
+        st.button("Sign out", on_click=st.logout, key="sign_out")
+        return False
+    st.sidebar.button("Sign out", on_click=st.logout, key="sign_out")
+    return True
+
+
 def main() -> None:
     st.set_page_config(page_title="Router analytics", page_icon="💸", layout="wide")
     settings = get_settings()
+    if not signed_in(settings):
+        return
     slug = choose_view()
     st.sidebar.caption(f"Figures cached for {q.CACHE_TTL_S} s · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
 
@@ -111,6 +135,12 @@ def main() -> None:
     dsn = settings.pg_dsn
     if not dsn:
         st.error("No database configured: set `ROUTER_PG_DSN` (or `PG_DSN`) to the router's Postgres DSN.")
+        return
+    if slug == BUDGETS_VIEW:
+        try:
+            views.budgets(dsn)
+        except psycopg.errors.UndefinedTable:
+            st.error("The database has no budget tables yet: run `python -m sql.migrate`.")
         return
     try:
         filters = choose_filters(dsn)

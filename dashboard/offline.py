@@ -120,6 +120,19 @@ def load_report(path: Path) -> OfflineReport:
     return parse_report(raw)
 
 
+def report_path_in(root: Path, text: str) -> Path:
+    """The report file named by ``text`` (absolute, or relative to ``root``), refused unless it lies inside the
+    reports folder: the dashboard must not read arbitrary files of the server."""
+    root = Path(root).resolve()
+    path = Path(text.strip())
+    path = (path if path.is_absolute() else root / path).resolve()
+    if not path.is_relative_to(root):
+        raise ReportError(f"only reports under {root} can be opened here; upload the file instead")
+    if path.suffix.lower() != ".json":
+        raise ReportError("a harness report is a .json file")
+    return path
+
+
 def find_reports(root: Path) -> list[Path]:
     """Harness reports under ``root`` (newest first): JSON files with a top-level ``router`` entry."""
     if not root.is_dir():

@@ -492,3 +492,11 @@ def request_detail(dsn: str, request_id: str) -> dict[str, Any] | None:
 def clear_caches() -> None:
     """Forget every cached query result (the pool stays)."""
     st.cache_data.clear()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def budget_report(dsn: str) -> pd.DataFrame:
+    """Spend against budget this period, per tenant and per active key (sql.keys' report query)."""
+    from sql.keys import BUDGET_REPORT_SQL, budget_report_params  # noqa: PLC0415
+
+    return _fetch(dsn, BUDGET_REPORT_SQL, budget_report_params())

@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard import queries as q
-from dashboard.offline import OfflineReport, ReportError, find_reports, load_report, parse_report
+from dashboard.offline import OfflineReport, ReportError, find_reports, load_report, parse_report, report_path_in
 
 DIFFICULTY_ORDER = ["simple", "medium", "complex"]
 RESPONSE_PREVIEW_CHARS = 2_000
@@ -324,7 +324,7 @@ def offline(reports_dir: Path) -> None:
             default = str(found[0]) if found else ""
             path_text = st.text_input("Report path", value=default, key="offline_path")
             if path_text.strip():
-                path = Path(path_text.strip())
+                path = report_path_in(reports_dir, path_text)
                 report = load_report(path)
                 sibling = path.with_suffix(".png")
                 plot = sibling if sibling.exists() else None
@@ -365,3 +365,46 @@ def show_report(report: OfflineReport, plot: bytes | Path | None) -> None:
             st.dataframe(report.sweep, hide_index=True)
     if plot is not None:
         st.image(plot if isinstance(plot, bytes) else str(plot), caption="Harness plot")
+
+
+def budgets(dsn: str) -> None:
+    """Spend against budget this period, per tenant and per active key, with soft and hard budgets flagged."""
+    st.header("Spend vs budget")
+    st.caption("This UTC day or month, per the budget's period. Held: the worst-case cost of requests in flight, "
+               "settled to the real cost when they complete. Budgets and keys: `python -m ingest.keys`.")
+    frame = q.budget_report(dsn)
+    if frame.empty:
+        st.info("No tenants or keys yet: create one with `python -m ingest.keys create --tenant NAME`.", icon="ℹ️")
+        return
+    committed = frame["spent_micro_usd"] + frame["reserved_micro_usd"]
+
+    def flag(row_committed: float, soft: float | None, hard: float | None) -> str:
+        if hard is not None and not pd.isna(hard) and row_committed >= hard:
+            return "over hard budget"
+        if soft is not None and not pd.isna(soft) and row_committed > soft:
+            return "over soft budget"
+        return ""
+
+    shown = pd.DataFrame({
+        "scope": frame["scope"], "id": frame["scope_id"], "tenant": frame["tenant"], "name": frame["name"],
+        "period": frame["budget_period"], "since": frame["period_start"], "requests": frame["requests"],
+        "spent_usd": frame["spent_micro_usd"] / 1e6, "held_usd": frame["reserved_micro_usd"] / 1e6,
+        "soft_usd": frame["soft_micro_usd"] / 1e6, "hard_usd": frame["hard_micro_usd"] / 1e6,
+        "of_hard": committed / frame["hard_micro_usd"],
+        "flag": [flag(c, s, h) for c, s, h in zip(committed, frame["soft_micro_usd"], frame["hard_micro_usd"],
+                                                 strict=True)],
+    })
+    flagged = shown[shown["flag"] != ""]
+    cols = st.columns(3)
+    cols[0].metric("Tenants", int((shown["scope"] == "tenant").sum()))
+    cols[1].metric("Keys", int((shown["scope"] == "key").sum()))
+    cols[2].metric("Over a budget", len(flagged))
+    if not flagged.empty:
+        st.warning("Over budget: " + ", ".join(f"{r.scope} {r.id} ({r.flag})" for r in flagged.itertuples()))
+    st.dataframe(shown, hide_index=True, width="stretch",
+                 column_config={"spent_usd": st.column_config.NumberColumn("spent", format="$%.4f"),
+                                "held_usd": st.column_config.NumberColumn("held", format="$%.4f"),
+                                "soft_usd": st.column_config.NumberColumn("soft budget", format="$%.4f"),
+                                "hard_usd": st.column_config.NumberColumn("hard budget", format="$%.4f"),
+                                "of_hard": st.column_config.ProgressColumn("of hard budget", min_value=0,
+                                                                           max_value=1, format="percent")})

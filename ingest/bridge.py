@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
@@ -144,16 +144,24 @@ class KafkaBridge:
     def is_waiting(self, request_id: str) -> bool:
         return request_id in self._waiters or request_id in self._streams
 
-    async def stream(self, prompt: PromptMessage, timeout_s: float) -> AsyncIterator[ChunkMessage | CompletionMessage]:
+    async def stream(self, prompt: PromptMessage, timeout_s: float,
+                     on_publish_error: Callable[[str], Awaitable[None]] | None = None,
+                     ) -> AsyncIterator[ChunkMessage | CompletionMessage]:
         """Publish a streamed request and yield its chunks in ``seq`` order, then its completion. Raises
         GenerateTimeout when the completion has not come within ``timeout_s``. Closing the iterator (a client
-        that went away) only stops listening: the request is still answered and recorded."""
+        that went away) only stops listening: the request is still answered and recorded. ``on_publish_error``
+        as for ``generate``."""
         prompt = prompt.model_copy(update={"reply_to": self.reply_topic, "stream": True})
         queue: asyncio.Queue[ChunkMessage | CompletionMessage] = asyncio.Queue()
         self._streams[prompt.request_id] = queue  # registered before publishing, so no reply can slip by
         deadline = time.monotonic() + timeout_s
         try:
-            await self.publish(prompt)
+            try:
+                await self.publish(prompt)
+            except BaseException:
+                if on_publish_error is not None:
+                    await on_publish_error(prompt.request_id)
+                raise
             expected, held = 0, {}
             while True:
                 try:
@@ -185,13 +193,20 @@ class KafkaBridge:
         await self._producer.send_and_wait(self.settings.topic_prompts, key=prompt.request_id.encode(),
                                            value=prompt.to_bytes())
 
-    async def generate(self, prompt: PromptMessage, timeout_s: float) -> CompletionMessage:
-        """Publish with this process's reply topic and wait for that request's completion."""
+    async def generate(self, prompt: PromptMessage, timeout_s: float,
+                       on_publish_error: Callable[[str], Awaitable[None]] | None = None) -> CompletionMessage:
+        """Publish with this process's reply topic and wait for that request's completion. ``on_publish_error``
+        runs (with the request id) when the broker does not take the prompt, before the error propagates."""
         prompt = prompt.model_copy(update={"reply_to": self.reply_topic})
         waiter: asyncio.Future[CompletionMessage] = asyncio.get_running_loop().create_future()
         self._waiters[prompt.request_id] = waiter  # registered before publishing, so no reply can slip by
         try:
-            await self.publish(prompt)
+            try:
+                await self.publish(prompt)
+            except BaseException:
+                if on_publish_error is not None:
+                    await on_publish_error(prompt.request_id)
+                raise
             try:
                 return await asyncio.wait_for(waiter, timeout=timeout_s)
             except TimeoutError:

@@ -44,12 +44,12 @@ async def forget_unpublished(conn: AsyncConnection, request_id: str) -> None:
 
 async def ledger_entry(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
     cursor = await conn.execute(
-        "SELECT request_id, accepted_at, deadline_at, state, republished FROM accepted_requests"
+        "SELECT request_id, accepted_at, deadline_at, state, republished, message->>'tenant' FROM accepted_requests"
         " WHERE request_id = %s", (request_id,))
     row = await cursor.fetchone()
     if row is None:
         return None
-    return dict(zip(("request_id", "accepted_at", "deadline_at", "state", "republished"), row, strict=True))
+    return dict(zip(("request_id", "accepted_at", "deadline_at", "state", "republished", "tenant"), row, strict=True))
 
 
 @dataclass

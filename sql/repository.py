@@ -23,7 +23,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "routed_model", "final_model", "status", "attempts", "attempt_count", "escalated", "fell_back", "tokens_in",
     "tokens_out", "latency_ms", "cost_micro_usd", "counterfactual_model", "counterfactual_cost_micro_usd",
     "response", "finish_reason", "error", "metadata", "experiment_id", "arm", "router_version",
-    "ttft_ms",
+    "ttft_ms", "key_id",
 )
 
 UPSERT_REQUEST_SQL = (
@@ -31,8 +31,9 @@ UPSERT_REQUEST_SQL = (
     f"VALUES ({', '.join(f'%({c})s' for c in REQUEST_COLUMNS)}) "
     "ON CONFLICT (request_id) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in REQUEST_COLUMNS if c != "request_id")
-    # An older duplicate never overwrites a newer answer.
-    + " WHERE requests.completed_at <= EXCLUDED.completed_at RETURNING request_id"
+    # An older duplicate never overwrites a newer answer, and one tenant's message never another tenant's row.
+    + " WHERE requests.completed_at <= EXCLUDED.completed_at AND requests.tenant = EXCLUDED.tenant"
+    " RETURNING request_id"
 )
 
 DELETE_ATTEMPTS_SQL = "DELETE FROM request_attempts WHERE request_id = %s"
@@ -86,6 +87,8 @@ def storable(completion: CompletionMessage) -> CompletionMessage:
 def request_row(completion: CompletionMessage) -> dict[str, Any]:
     prompt, decision = completion.prompt, completion.decision
     attempts = completion.attempts
+    # storage "none": the tenant keeps no text in the database, only counts and costs.
+    keep_text = prompt.storage != "none"
     return {
         "request_id": completion.request_id,
         "created_at": prompt.created_at,
@@ -93,7 +96,7 @@ def request_row(completion: CompletionMessage) -> dict[str, Any]:
         "tenant": prompt.tenant,
         "user_id": prompt.user,
         "customer_tier": prompt.customer_tier,
-        "prompt": prompt.prompt,
+        "prompt": prompt.prompt if keep_text else "",
         "prompt_chars": len(prompt.prompt),
         "max_tokens": prompt.max_tokens,
         "difficulty": decision.label,
@@ -116,14 +119,15 @@ def request_row(completion: CompletionMessage) -> dict[str, Any]:
         "cost_micro_usd": completion.cost_micro_usd,
         "counterfactual_model": completion.counterfactual_model,
         "counterfactual_cost_micro_usd": completion.counterfactual_cost_micro_usd,
-        "response": completion.response,
+        "response": completion.response if keep_text else None,
         "finish_reason": completion.finish_reason,
         "error": completion.error,
-        "metadata": Jsonb(prompt.metadata),
+        "metadata": Jsonb(prompt.metadata if keep_text else {}),
         "experiment_id": decision.experiment_id,
         "arm": decision.arm,
         "router_version": decision.router_version,
         "ttft_ms": completion.ttft_ms,
+        "key_id": prompt.key_id,
     }
 
 

@@ -20,6 +20,7 @@ from core.messages import PromptMessage, new_request_id
 from core.outcomes import load_outcomes, outcome_files
 from core.settings import Settings
 from providers.costs import RegistryCostBook
+from sql.keys import create_key
 from stream_processors.runtime import build_cost_book, load_registry
 
 # Embedded defaults: a spread of easy lookups, everyday tasks and hard multi-step work.
@@ -99,11 +100,22 @@ async def _wait_for_rows(dsn: str, request_ids: list[str], timeout_s: float) -> 
             await asyncio.sleep(0.25)
 
 
-async def push_prompts(settings: Settings, api_url: str, prompts: list[str], console: Console) -> DemoSummary:
+async def demo_key(settings: Settings, tenant: str = "demo") -> str:
+    """A fresh API key for the demo's tenant, made the way ``python -m ingest.keys create`` makes one."""
+    assert settings.pg_dsn
+    async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+        key, _ = await create_key(conn, settings.api_key_pepper.get_secret_value(), tenant, name="local demo")
+    return key
+
+
+async def push_prompts(settings: Settings, api_url: str, prompts: list[str], console: Console,
+                       api_key: str | None = None) -> DemoSummary:
     """Half the prompts through POST /generate (concurrently), half straight to the prompts topic."""
     summary = DemoSummary()
     via_http, via_kafka = prompts[0::2], prompts[1::2]  # both paths get easy and hard prompts
-    async with httpx.AsyncClient(timeout=settings.generate_timeout_s + 10) as client:
+    api_key = api_key or await demo_key(settings)
+    async with httpx.AsyncClient(timeout=settings.generate_timeout_s + 10,
+                                 headers={"Authorization": f"Bearer {api_key}"}) as client:
         ids = await asyncio.gather(*(_generate(client, api_url, p, console) for p in via_http))
     summary.request_ids += [i for i in ids if i]
     summary.sent_http = len(via_http)
@@ -150,13 +162,13 @@ async def summarize(settings: Settings, summary: DemoSummary, console: Console, 
 
 
 async def run_demo(settings: Settings, api_url: str, *, console: Console | None = None,
-                   limit: int | None = None) -> DemoSummary:
+                   limit: int | None = None, api_key: str | None = None) -> DemoSummary:
     """Push the demo prompts through the running stack and print a summary read back from Postgres."""
     console = console or Console()
     prompts = list(DEMO_PROMPTS)
     if limit is not None:
         prompts = [prompts[i % len(prompts)] for i in range(limit)]
-    summary = await push_prompts(settings, api_url, prompts, console)
+    summary = await push_prompts(settings, api_url, prompts, console, api_key)
     await summarize(settings, summary, console)
     if summary.recorded < len(summary.request_ids):
         raise RuntimeError(f"only {summary.recorded} of {len(summary.request_ids)} demo requests reached Postgres")

@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             console.rule("[bold]demo")
             asyncio.run(run_demo(stack.settings, stack.api_url, console=console, limit=args.demo_prompts))
         console.rule("[bold]running")
-        console.print(f"API        {stack.api_url}   (docs {stack.api_url}/docs)")
+        console.print(f"API        {stack.api_url}   (docs {stack.api_url}/docs; every route but /healthz needs a "
+                      f"key: python -m ingest.keys create --tenant you)")
         if stack.dashboard_url:
             console.print(f"Dashboard  {stack.dashboard_url}")
         console.print(f"Logs       {stack.log_dir}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,9 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from psycopg_pool import AsyncConnectionPool
+from starlette.exceptions import HTTPException
 
 from core.logs import quiet_repeated_kafka_errors
+from core.registry import ModelRegistry
 from core.settings import Settings, get_settings
+from ingest.admission import Gatekeeper
+from ingest.api.body_limit import BodyLimit
+from ingest.api.errors import error_response, http_error
 from ingest.api.openai_schemas import OpenAIError, openai_error_handler
 from ingest.api.routes import api_router
 from ingest.bridge import KafkaBridge
@@ -30,10 +38,10 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     return JSONResponse(status_code=422, content={"detail": errors, "message": f"invalid request: {message}"})
 
 
-async def _broker_error(_request: Request, exc: KafkaError) -> JSONResponse:
+async def _broker_error(request: Request, exc: KafkaError) -> JSONResponse:
     # Nothing was accepted: the client may retry (with the same request_id to stay idempotent).
-    return JSONResponse(status_code=503, content={"detail": f"broker unavailable, prompt not accepted: "
-                                                            f"{type(exc).__name__}: {exc}"})
+    return error_response(request, 503, f"broker unavailable, prompt not accepted: {type(exc).__name__}: {exc}",
+                          "broker_unavailable")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,10 +58,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool = AsyncConnectionPool(settings.pg_dsn, min_size=1, max_size=settings.pg_pool_max, open=False,
                                        name="ingest")
             await pool.open(wait=False)
-        app.state.bridge, app.state.pool = bridge, pool
+        gatekeeper = Gatekeeper(settings, ModelRegistry.from_yaml(settings.models_config), pool)
+        # Tokenizers price each request's hold: loaded before serving. The PII scanner loads in the background.
+        await asyncio.to_thread(gatekeeper.warm_up_tokenizers)
+        threading.Thread(target=gatekeeper.warm_up_pii, name="pii-warm-up", daemon=True).start()
+        app.state.bridge, app.state.pool, app.state.gatekeeper = bridge, pool, gatekeeper
+        sweeper = asyncio.create_task(gatekeeper.sweep_forever(), name="budget-sweep")
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await bridge.stop()
             if pool is not None:
                 await pool.close()
@@ -63,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(KafkaError, _broker_error)
     app.add_exception_handler(OpenAIError, openai_error_handler)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(api_router)
     # Prometheus /metrics: request counts and latency histograms per route, from this process.
     Instrumentator(excluded_handlers=["/metrics", "/healthz", "/readyz"]).instrument(app).expose(

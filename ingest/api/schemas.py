@@ -18,14 +18,17 @@ class PromptIn(BaseModel):
     prompt: str = Field(min_length=1, description="The prompt text; not empty, at most settings.max_prompt_chars.")
     max_tokens: int | None = Field(None, ge=1, le=128_000)
     request_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
-    tenant: str = Field("default", min_length=1, max_length=128)
+    tenant: str | None = Field(None, min_length=1, max_length=128,
+                               description="The tenant comes from the API key: leave this out, or send the key's own "
+                                           "tenant (an admin key may name any tenant).")
     user: str | None = Field(None, max_length=128)
     customer_tier: Literal["standard", "premium"] = "standard"
     metadata: dict[str, str] = Field(default_factory=dict)
 
-    def to_message(self, default_max_tokens: int) -> PromptMessage:
+    def to_message(self, default_max_tokens: int, tenant: str = "default") -> PromptMessage:
         fields = self.model_dump(exclude_none=True, exclude={"timeout_s"})
         fields.setdefault("max_tokens", default_max_tokens)
+        fields["tenant"] = tenant
         return PromptMessage(**fields)
 
 

@@ -8,15 +8,30 @@ from collections.abc import Sequence
 
 import faust
 
-from core.messages import PromptMessage, RoutedMessage
+from core.messages import TIER_ORDER, PromptMessage, RoutedMessage, RoutingDecision
+from guardrails.limits import prompt_breaches
 from stream_processors.agents.batching import register_batch_agent
 from stream_processors.context import PipelineContext
 
 log = logging.getLogger(__name__)
 
 
+async def admissible(context: PipelineContext, parsed: list[tuple[faust.EventT, PromptMessage]]
+                     ) -> list[tuple[faust.EventT, PromptMessage]]:
+    """Producers writing straight to the prompts topic get the API's limits too (and a reply_to must name one of
+    this router's reply topics): a message that breaks them is dead-lettered with the reason."""
+    kept = []
+    for event, prompt in parsed:
+        breaches = prompt_breaches(prompt, context.settings)
+        if breaches:
+            await context.dead_letter(event, "classify", "refused: " + "; ".join(b.reason for b in breaches))
+        else:
+            kept.append((event, prompt))
+    return kept
+
+
 async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) -> None:
-    parsed = await context.parse_batch(events, PromptMessage, "classify")
+    parsed = await admissible(context, await context.parse_batch(events, PromptMessage, "classify"))
     if not parsed:
         return
     # By experiment arm (routing.experiments) where an experiment runs; the default router otherwise.
@@ -38,6 +53,7 @@ async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
     for (event, prompt), decision in zip(parsed, decisions, strict=True):
         if decision is None:
             continue
+        decision = capped(context, prompt, decision)
         topic = context.route_topics.get(decision.model)
         if topic is None:
             await context.dead_letter(event, "classify", f"policy chose unknown model {decision.model!r}")
@@ -46,6 +62,16 @@ async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
         deliveries.append(deliver_or_dead_letter(context, event, topic, prompt.request_id, routed.to_bytes()))
     # Offsets are committed after this batch returns: wait until the broker has every routed message.
     await asyncio.gather(*deliveries)
+
+
+def capped(context: PipelineContext, prompt: PromptMessage, decision: RoutingDecision) -> RoutingDecision:
+    """The decision moved down to ``prompt.max_tier`` when it chose a tier above it (a budget is near)."""
+    if prompt.max_tier is None or TIER_ORDER.index(decision.tier) <= TIER_ORDER.index(prompt.max_tier):
+        return decision
+    spec = context.runtime.registry.by_tier(prompt.max_tier)
+    return decision.model_copy(update={
+        "model": spec.name, "tier": spec.tier,
+        "reasons": [*decision.reasons, f"budget near: capped at the {spec.tier.value} tier ({spec.name})"]})
 
 
 async def deliver_or_dead_letter(context: PipelineContext, event: faust.EventT, topic: faust.TopicT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -11,6 +12,8 @@ from psycopg_pool import PoolTimeout
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from core.messages import CompletionMessage
+from guardrails.pii import get_scanner
+from sql.keys import Settlement, settle_requests
 from sql.repository import upsert_completion, upsert_completions
 from stream_processors.agents.batching import register_batch_agent
 from stream_processors.context import PipelineContext
@@ -29,17 +32,42 @@ async def _retrying(operation):
             return await operation()
 
 
+def redacted(context: PipelineContext, completion: CompletionMessage) -> CompletionMessage:
+    """The completion as the tenant's ``redact-stored`` mode keeps it: PII in the prompt and the answer replaced
+    by ``<ENTITY>`` (the model saw the original)."""
+    settings = context.settings
+    scanner = get_scanner(tuple(settings.pii_entities), settings.pii_spacy_model)
+    prompt = completion.prompt.model_copy(update={"prompt": scanner.redact(completion.prompt.prompt)})
+    response = scanner.redact(completion.response) if completion.response else completion.response
+    return completion.model_copy(update={"prompt": prompt, "response": response})
+
+
+async def storable_form(context: PipelineContext, completion: CompletionMessage) -> CompletionMessage:
+    if completion.prompt.storage == "redacted":
+        return await asyncio.to_thread(redacted, context, completion)
+    return completion
+
+
+def settlement(completion: CompletionMessage) -> Settlement:
+    return Settlement(completion.request_id, completion.prompt.tenant, completion.cost_micro_usd,
+                      completion.prompt.created_at)
+
+
 async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) -> int:
     parsed = await context.parse_batch(events, CompletionMessage, "sink")
     if not parsed:
         return 0
+    parsed = [(event, await storable_form(context, completion)) for event, completion in parsed]
     # A stable order keeps two sink actors from deadlocking on the same rows.
     parsed.sort(key=lambda item: item[1].request_id)
     pool = await context.pool()
 
     async def write_all() -> int:
         async with pool.connection() as conn:
-            return await upsert_completions(conn, [completion for _, completion in parsed])
+            written = await upsert_completions(conn, [completion for _, completion in parsed])
+            # The budget holds of these requests become their real cost (idempotent: settled once per id).
+            await settle_requests(conn, [settlement(completion) for _, completion in parsed])
+            return written
 
     try:
         return await _retrying(write_all)
@@ -48,8 +76,11 @@ async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
     written = 0
     for event, completion in parsed:
         async def write_one(completion: CompletionMessage = completion) -> bool:
-            async with pool.connection() as conn, conn.transaction():
-                return await upsert_completion(conn, completion)
+            async with pool.connection() as conn:
+                async with conn.transaction():
+                    written = await upsert_completion(conn, completion)
+                await settle_requests(conn, [settlement(completion)])
+                return written
 
         try:
             written += await _retrying(write_one)

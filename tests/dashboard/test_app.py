@@ -328,3 +328,51 @@ def test_latency_shows_time_to_first_token_of_streamed_requests(seeded: str, run
     st.cache_data.clear()
     shown = metrics(run_view("latency"))
     assert shown["Time to first token p50"] == "80 ms" and shown["Streamed requests"] == "3"
+
+
+def test_offline_evaluation_refuses_a_path_outside_the_reports_folder(tmp_path: Path, run_view: RunView) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "eval.json").write_text(json.dumps(HARNESS_REPORT))
+    outside = tmp_path / "secret.json"
+    outside.write_text(json.dumps(HARNESS_REPORT))
+    at = run_view("offline")
+    for path in (str(outside), "../secret.json", "/etc/passwd", str(reports / ".." / "secret.json")):
+        at.text_input(key="offline_path").set_value(path).run()
+        assert not at.exception
+        assert "only reports under" in at.error[0].value or "is a .json file" in at.error[0].value, path
+        assert not at.metric
+    at.text_input(key="offline_path").set_value("eval.json").run()  # relative to the folder: allowed
+    assert metrics(at)["Router accuracy"] == "79.0%"
+
+
+def test_budgets_view_shows_spend_against_budget(clean_db: str, run_view: RunView) -> None:
+    import asyncio
+
+    from psycopg import AsyncConnection
+
+    from sql.keys import ApiKey, TenantPolicy, admit_request, create_key, update_tenant
+
+    async def seed() -> None:
+        async with await AsyncConnection.connect(clean_db, autocommit=True) as conn:
+            await conn.execute("TRUNCATE tenants, api_keys, budget_usage, request_ledger CASCADE")
+            policy: TenantPolicy = await update_tenant(conn, "acme", budget_hard_micro_usd=1_000_000,
+                                                       budget_soft_micro_usd=500_000)
+            _, key = await create_key(conn, "", "acme", name="ci", budget_hard_micro_usd=2_000_000)
+            assert isinstance(key, ApiKey)
+            await admit_request(conn, request_id="r1", key=key, tenant=policy, hold_micro_usd=600_000)
+
+    asyncio.run(seed())
+    at = run_view("budgets")
+    shown = frame_with(at, "of_hard").set_index("scope")
+    assert shown.loc["tenant", "held_usd"] == 0.6 and shown.loc["tenant", "flag"] == "over soft budget"
+    assert shown.loc["key", "hard_usd"] == 2.0 and shown.loc["key", "flag"] == ""
+    assert metrics(at)["Over a budget"] == "1"
+
+
+def test_oidc_mode_shows_only_sign_in(seeded: str, run_view: RunView, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTER_DASHBOARD_AUTH", "oidc")
+    get_settings.cache_clear()
+    at = run_view("overview")
+    assert [button.label for button in at.button] == ["Sign in"]
+    assert not at.metric and not at.dataframe and not at.sidebar.radio

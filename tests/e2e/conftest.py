@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -29,6 +30,7 @@ MODELS_YAML = """
 counterfactual: big
 models:
   - {name: small, tier: cheap, base_url: "${ROUTER_STUB_URL}", model_id: stub-small, context_window: 4096,
+     api_key_env: ROUTER_STUB_API_KEY,
      prices: {input: 0.13, output: 0.52}, timeout_s: 30, max_retries: 0}
   - {name: medium, tier: mid, base_url: "${ROUTER_STUB_URL}", model_id: stub-medium, context_window: 8192,
      prices: {input: 0.59, output: 0.79}, timeout_s: 30, max_retries: 0, supports_tools: true}
@@ -59,8 +61,18 @@ class Pipeline:
         api = spawn(name, [sys.executable, "-m", "ingest", "--port", str(port), "--log-level", "warning"],
                     self.log_dir / f"{name}.log", self.env, REPO_ROOT)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=3).status_code == 200, f"{name} /healthz", 60, [api])
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=3).status_code == 200, f"{name} /healthz", 120, [api])
         return api, url
+
+    def create_key(self, *options: str) -> str:
+        """A new key made with the key CLI, as an operator makes one (it prints the key alone on its last line)."""
+        return self.keys_cli("create", *options).strip().splitlines()[-1]
+
+    def keys_cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "ingest.keys", *args], env=self.env, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def row(self, request_id: str) -> dict | None:
         with psycopg.connect(self.dsn, row_factory=psycopg.rows.dict_row) as conn:
@@ -111,6 +123,8 @@ def pipeline(tansu_bootstrap: str, pg_admin_dsn: str, stub_server: str,
         "ROUTER_GENERATE_TIMEOUT_S": "30", "ROUTER_PROMPTS_PARTITIONS": "3", "ROUTER_ROUTE_PARTITIONS": "2",
         "ROUTER_COMPLETIONS_PARTITIONS": "2",
         "ROUTER_TOPIC_FEEDBACK": f"feedback-{suffix}", "ROUTER_FEEDBACK_WAIT_FOR_REQUEST_S": "2",
+        # Secrets that must never show up in a log, row or dead letter (tests/e2e/test_access_e2e.py greps them).
+        "ROUTER_API_KEY_PEPPER": f"e2e-pepper-{uuid.uuid4().hex}", "ROUTER_STUB_API_KEY": f"sk-e2e-{uuid.uuid4().hex}",
     }
     env.pop("PG_DSN", None)
     env.pop("ROUTER_CLASSIFIER_ARTIFACT", None)  # the seed heuristic: routing must not depend on local artifacts
@@ -132,10 +146,12 @@ def pipeline(tansu_bootstrap: str, pg_admin_dsn: str, stub_server: str,
     try:
         api_url = f"http://127.0.0.1:{api_port}"
         wait_until(lambda: "Ready" in worker.log_path.read_text(errors="replace"), "Faust worker", 120, [worker])
-        wait_until(lambda: httpx.get(f"{api_url}/healthz", timeout=3).status_code == 200, "API /healthz", 60, [api])
+        wait_until(lambda: httpx.get(f"{api_url}/healthz", timeout=3).status_code == 200, "API /healthz", 120, [api])
         pipe = Pipeline(settings, env, api_url, stub_server, dsn, worker, api, log_dir)
+        pipe.api_key = pipe.create_key("--tenant", "default")
         # Warm up: the first prompt through proves the consumer group has its partitions.
-        accepted = httpx.post(f"{api_url}/prompts", json={"prompt": "warm-up: what is 1 + 1?"}, timeout=10).json()
+        accepted = httpx.post(f"{api_url}/prompts", json={"prompt": "warm-up: what is 1 + 1?"}, timeout=30,
+                              headers=pipe.auth_headers).json()
         asyncio.run(pipe.wait_for_row(accepted["request_id"], timeout_s=120))
         yield pipe
     finally:

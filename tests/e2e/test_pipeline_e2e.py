@@ -77,7 +77,7 @@ def attempt_count(dsn: str, request_id: str) -> int:
 
 async def test_generate_returns_routed_models_answer_and_records_one_row(pipeline):
     prompt = unique("What is the capital of France?")
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60, headers=pipeline.auth_headers) as client:
         response = await client.post(f"{pipeline.api_url}/generate", json={"prompt": prompt, "max_tokens": 64})
         assert response.status_code == 200, response.text
         body = response.json()
@@ -117,7 +117,7 @@ async def test_prompt_produced_straight_to_kafka_lands_in_postgres(pipeline):
 
 
 async def test_post_prompts_accepts_and_records(pipeline):
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=pipeline.auth_headers) as client:
         response = await client.post(f"{pipeline.api_url}/prompts", json={"prompt": unique("Say hello."),
                                                                            "request_id": f"client-{uuid.uuid4()}"})
     assert response.status_code == 202
@@ -189,7 +189,7 @@ async def test_generate_on_stalled_provider_returns_504_and_row_lands_later(pipe
     pipeline.stub_faults({"stub-small": {"delay_s": 4}})
     try:
         prompt = unique("What is the boiling point of water?")
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, headers=pipeline.auth_headers) as client:
             started = time.monotonic()
             response = await client.post(f"{pipeline.api_url}/generate", json={"prompt": prompt, "timeout_s": 1})
             assert time.monotonic() - started < 4
@@ -207,7 +207,7 @@ async def test_generate_when_every_model_fails_returns_503_with_retry_after_and_
     failing = {"fail_status": 503, "fail_times": 100}
     pipeline.stub_faults({"stub-small": failing, "stub-medium": failing, "stub-big": failing})
     try:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60, headers=pipeline.auth_headers) as client:
             response = await client.post(f"{pipeline.api_url}/generate", json={"prompt": unique("Say yes.")})
     finally:
         pipeline.stub_faults({})
@@ -226,7 +226,7 @@ async def test_generate_when_every_model_fails_returns_503_with_retry_after_and_
 async def test_several_api_processes_each_get_their_own_replies(pipeline):
     second, second_url = pipeline.start_api("api-2")
     try:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60, headers=pipeline.auth_headers) as client:
             reply_topics = {(await client.get(f"{url}/healthz")).json()["reply_topic"]
                             for url in (pipeline.api_url, second_url)}
             assert len(reply_topics) == 2
@@ -266,7 +266,7 @@ async def test_worker_crash_redelivers_unfinished_work_and_keeps_committed_work(
     Runs last: it replaces the module's worker."""
     pipeline.stub_faults({})
     finished = unique("Name a fruit.")
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60, headers=pipeline.auth_headers) as client:
         assert (await client.post(f"{pipeline.api_url}/generate", json={"prompt": finished})).status_code == 200
     await asyncio.sleep(4)  # past Faust's commit interval (2.8 s): the finished request's offsets are committed
     pipeline.stub_faults({"stub-small": {"delay_s": 6}}, reset_calls=False)

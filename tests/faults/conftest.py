@@ -40,6 +40,7 @@ from stack.services import (
 )
 from stack.supervisor import RestartPolicy, Supervised, Supervisor
 from stream_processors.runtime import load_registry
+from tests.keys import new_key_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIGURES = REPO_ROOT / ".data" / "fault-figures"
@@ -270,7 +271,7 @@ def fault_stack(request, pg_admin_dsn: str, tmp_path: Path) -> Iterator[FaultSta
         "kafka_bootstrap": bootstrap, "pg_dsn": dsn, "models_config": models, "prompts_partitions": 3,
         "route_partitions": 2, "completions_partitions": 2, "faust_app_id": env["ROUTER_FAUST_APP_ID"]})
     stack = FaultStack(tmp_path, settings, env, dsn, f"http://127.0.0.1:{api_port}", stub_url, supervisor,
-                       postgres=postgres, restarts=lines)
+                       api_key=new_key_sync(dsn, "default"), postgres=postgres, restarts=lines)
 
     def create_topics() -> None:
         with pytest.MonkeyPatch.context() as patch:

@@ -17,10 +17,9 @@ import psycopg
 import pytest
 
 from stack.services import create_database, drop_database, free_port
+from tests.keys import new_key_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The key every test call to the API sends.
-API_HEADERS = {"Authorization": "Bearer unused"}
 
 
 def _listening(port: int) -> bool:
@@ -68,7 +67,7 @@ def test_demo_stack_runs_prompts_end_to_end_and_stops_on_ctrl_c(pg_admin_dsn, tm
                       if "stream_processors" in " ".join(child.cmdline()))
         worker.kill()
         accepted = httpx.post(f"http://127.0.0.1:{api_port}/prompts", json={"prompt": "accepted while down"},
-                              headers=API_HEADERS, timeout=10)
+                              headers={"Authorization": f"Bearer {new_key_sync(dsn, 'demo')}"}, timeout=10)
         assert accepted.status_code == 202, accepted.text
         request_id = accepted.json()["request_id"]
         deadline = time.monotonic() + 120

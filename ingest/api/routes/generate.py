@@ -5,12 +5,21 @@ from __future__ import annotations
 import logging
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from core.messages import CompletionMessage
 from ingest.accept import unwind_ledger, with_deadline, write_ledger
-from ingest.api.deps import BridgeDep, OptionalPoolDep, SettingsDep, check_prompt_size
+from ingest.api.deps import (
+    BridgeDep,
+    CurrentKey,
+    GatekeeperDep,
+    OptionalPoolDep,
+    SettingsDep,
+    check_prompt_size,
+    tenant_for,
+)
+from ingest.api.errors import ApiError, ErrorOut
 from ingest.api.schemas import GenerateIn, GenerateOut
 from ingest.bridge import GenerateTimeout
 from sql.repository import upsert_completion
@@ -37,20 +46,34 @@ async def record_before_answering(pool, completion: CompletionMessage) -> None:
 
 
 @router.post("/generate", response_model=GenerateOut,
-             responses={503: {"description": "every model failed (Retry-After says when to try again), or the "
+             responses={400: {"model": ErrorOut}, 403: {"model": ErrorOut}, 409: {"model": ErrorOut},
+                        429: {"model": ErrorOut, "description": "rate_limit_exceeded or budget_exceeded"},
+                        503: {"description": "every model failed (Retry-After says when to try again), or the "
                                              "broker or database cannot accept the prompt"},
                         504: {"description": "no answer in time; the request is still processed and recorded"}})
-async def generate(body: GenerateIn, settings: SettingsDep, bridge: BridgeDep, pool: OptionalPoolDep):
+async def generate(body: GenerateIn, key: CurrentKey, settings: SettingsDep, bridge: BridgeDep,
+                   gatekeeper: GatekeeperDep, pool: OptionalPoolDep):
     check_prompt_size(body, settings)
-    message = with_deadline(body.to_message(settings.default_max_tokens), settings)
+    message = body.to_message(settings.default_max_tokens, tenant_for(body, key))
     if bridge.is_waiting(message.request_id):
-        raise HTTPException(409, detail=f"request {message.request_id} is already in flight")
+        raise ApiError(409, f"request {message.request_id} is already in flight", "request_in_flight",
+                       param="request_id")
+    admitted = await gatekeeper.admit(message, key)
+    message, headers = with_deadline(admitted.message, settings), admitted.headers
+    if admitted.duplicate:
+        raise ApiError(409, f"request {message.request_id} was already accepted: GET /requests/{message.request_id}",
+                       "request_already_accepted", param="request_id", headers=headers)
     timeout_s = min(body.timeout_s or settings.generate_timeout_s, settings.generate_timeout_s)
-    await write_ledger(pool, message, settings)
     try:
-        completion = await bridge.generate(message, timeout_s)
+        await write_ledger(pool, message, settings)
+    except BaseException:
+        await gatekeeper.release(message.request_id)
+        raise
+    try:
+        completion = await bridge.generate(message, timeout_s, on_publish_error=gatekeeper.release)
     except GenerateTimeout as exc:
-        return JSONResponse(status_code=504, headers={"Retry-After": str(max(1, round(exc.timeout_s)))}, content={
+        return JSONResponse(status_code=504, headers={**headers, "Retry-After": str(max(1, round(exc.timeout_s)))},
+                            content={
             "request_id": exc.request_id,
             "detail": f"no answer within {exc.timeout_s:g}s; the request is still being processed and will be "
                       f"recorded: GET /requests/{exc.request_id}",
@@ -61,6 +84,6 @@ async def generate(body: GenerateIn, settings: SettingsDep, bridge: BridgeDep, p
     await record_before_answering(pool, completion)
     out = GenerateOut.from_completion(completion)
     if completion.status != "ok":
-        return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_FAILED_S)},
+        return JSONResponse(status_code=503, headers={**headers, "Retry-After": str(RETRY_AFTER_FAILED_S)},
                             content=out.model_dump(mode="json"))
-    return out
+    return JSONResponse(content=out.model_dump(mode="json"), headers=headers)

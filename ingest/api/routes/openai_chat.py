@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from core.messages import TIER_ORDER, ChunkMessage, CompletionMessage, PromptMessage
 from core.registry import ModelRegistry
 from core.settings import Settings
-from ingest.api.deps import BridgeDep, RegistryDep, SettingsDep, TenantDep
+from ingest.accept import unwind_ledger, with_deadline, write_ledger
+from ingest.api.deps import BridgeDep, CurrentKey, GatekeeperDep, OptionalPoolDep, RegistryDep, SettingsDep
 from ingest.api.openai_schemas import (
     ROUTER_MODEL,
     ChatCompletionRequest,
@@ -130,19 +131,33 @@ def timeout_error(exc: GenerateTimeout) -> OpenAIError:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, settings: SettingsDep, registry: RegistryDep, bridge: BridgeDep,
-                           tenant: TenantDep):
+                           key: CurrentKey, gatekeeper: GatekeeperDep, pool: OptionalPoolDep):
     body = await read_body(request, settings)
-    prompt = await to_prompt(request, body, settings, registry, bridge, tenant)
-    if body.stream:
-        return await stream_response(prompt, body, settings, registry, bridge)
+    prompt = await to_prompt(request, body, settings, registry, bridge, key.tenant)
+    # Limits, guardrails, rate limit and budget hold, as for /generate; then the accepted-requests ledger.
+    admitted = await gatekeeper.admit(prompt, key)
+    prompt, admission_headers = with_deadline(admitted.message, settings), admitted.headers
     try:
-        completion = await bridge.generate(prompt, settings.generate_timeout_s)
+        await write_ledger(pool, prompt, settings)
+    except BaseException:
+        await gatekeeper.release(prompt.request_id)
+        raise
+
+    async def publish_failed(request_id: str) -> None:
+        await gatekeeper.release(request_id)
+        await unwind_ledger(pool, request_id)
+
+    if body.stream:
+        return await stream_response(prompt, body, settings, registry, bridge, publish_failed, admission_headers)
+    try:
+        completion = await bridge.generate(prompt, settings.generate_timeout_s, on_publish_error=publish_failed)
     except GenerateTimeout as exc:
         raise timeout_error(exc) from None
     fields = router_fields(completion, registry)
     if completion.status != "ok":
         raise failure(completion, fields)
-    return JSONResponse(chat_completion_body(completion, fields), headers=router_headers(fields))
+    return JSONResponse(chat_completion_body(completion, fields),
+                        headers={**admission_headers, **router_headers(fields)})
 
 
 def sse(payload: dict[str, Any] | str) -> str:
@@ -150,8 +165,9 @@ def sse(payload: dict[str, Any] | str) -> str:
 
 
 async def stream_response(prompt: PromptMessage, body: ChatCompletionRequest, settings: Settings,
-                          registry: ModelRegistry, bridge: KafkaBridge):
-    events = bridge.stream(prompt, settings.generate_timeout_s)
+                          registry: ModelRegistry, bridge: KafkaBridge,
+                          publish_failed: Callable[[str], Awaitable[None]], admission_headers: dict[str, str]):
+    events = bridge.stream(prompt, settings.generate_timeout_s, on_publish_error=publish_failed)
     try:
         first = await anext(events)  # the response starts (with its headers) once the answering model is known
     except GenerateTimeout as exc:
@@ -161,8 +177,8 @@ async def stream_response(prompt: PromptMessage, body: ChatCompletionRequest, se
         await events.aclose()
         raise failure(first, router_fields(first, registry))
     model = first.model if isinstance(first, ChunkMessage) else first.final_model
-    headers = {"x-router-request-id": request_id, "x-router-model": model, "cache-control": "no-cache",
-               "x-accel-buffering": "no"}
+    headers = {**admission_headers, "x-router-request-id": request_id, "x-router-model": model,
+               "cache-control": "no-cache", "x-accel-buffering": "no"}
     spec = next((m for m in registry.models if m.name == model), None)
     if spec is not None:
         headers["x-router-tier"] = spec.tier.value
