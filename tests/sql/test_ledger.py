@@ -50,8 +50,10 @@ async def test_reconcile_marks_recorded_republishes_stale_and_expires_past_deadl
         again = await reconcile(conn, republish_after_s=60)
         assert again.republish == [] and again.expired == 0 and again.recorded == 0
 
-        # A late answer replaces the expired row: one terminal row, now with what was paid.
-        await upsert_completion(conn, make_completion(late.request_id))
+        # A late answer (of the same tenant) replaces the expired row: one terminal row, now with what was paid.
+        late_answer = make_completion(late.request_id)
+        late_answer.prompt.tenant = late.tenant
+        await upsert_completion(conn, late_answer)
         statuses = await (await conn.execute("SELECT status FROM requests WHERE request_id = %s",
                                              (late.request_id,))).fetchall()
         assert statuses == [("ok",)]
