@@ -55,9 +55,6 @@ class OnnxClassifier(Classifier):
         config = json.loads((directory / "classifier.json").read_text())
         return cls(directory / config["model_file"], directory / "tokenizer.json", config, **kwargs)
 
-    def _encode(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-        return self._pad(self.tokenizer.encode_batch(list(prompts)))
-
     def _pad(self, encodings: list[Any]) -> dict[str, np.ndarray]:
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)

@@ -55,10 +55,6 @@ class ModelSpec(BaseModel):
     def provider_model_id(self) -> str:
         return self.model_id or self.name
 
-    @property
-    def topic_suffix(self) -> str:
-        return self.name
-
 
 class ModelRegistry(BaseModel):
     """The configured models, exactly one per tier on the routing ladder."""

@@ -34,9 +34,10 @@ from routing.artifact import artifact_digest, read_json
 from routing.escalation import Escalation
 from routing.factory import build_router, escalation_for
 from routing.verifier import load_verifier
-from training.calibrate import CostFn, answer_matrices, score_verifier, simulate_setting
 from training.data import Ladder, LadderData, load_ladder_data, load_prices, replay_registry, run_cli
 from training.reader import served_reader_logits
+from training.simulate import CostFn, simulate_setting
+from training.verifier_fit import answer_matrices, score_verifier
 
 # Replayed requests are priced at one fixed instant so reruns give identical costs.
 PRICED_AT = datetime(2024, 6, 1, tzinfo=UTC)

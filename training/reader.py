@@ -8,9 +8,9 @@ import numpy as np
 
 from classifier.topic import N_FEATURES
 from routing.answer_reader import READER_TIERS, AnswerReader
-from training.calibrate import fit_logistic_head
 from training.data import LadderData, kfold_by_source
 from training.topic import text_matrix
+from training.verifier_fit import fit_logistic_head
 
 READER_C = 1.0  # L2 strength on L2-normalised rows; the verifier's heads recalibrate the logit anyway
 

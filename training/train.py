@@ -24,23 +24,15 @@ from tqdm.auto import tqdm
 
 from classifier.topic import TopicModel
 from core.messages import LABELS
+from routing.answer_checks import DEFAULT_CHECKS
 from routing.answer_reader import READER_TIERS, AnswerReader
-from training.calibrate import (
-    KIND_SHRINKAGE,
-    MIN_KIND_PROMPTS,
-    SAFETY_GRID,
-    Objective,
-    answer_matrices,
-    calibrate,
-    fit_verifier,
-    out_of_fold_verifier_scores,
-    procedure_check,
-    safety_from_check,
-)
+from training.calibrate import KIND_SHRINKAGE, MIN_KIND_PROMPTS, CalibrationResult, Objective, calibrate
 from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices, replay_registry, run_cli
+from training.procedure_check import SAFETY_GRID, procedure_check, safety_from_check
 from training.prompt_model import DEFAULT_BASE, FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba
 from training.reader import fit_reader, out_of_fold_reader_logits
 from training.topic import fit_topic_model, out_of_fold_topics, record_topics
+from training.verifier_fit import answer_matrices, fit_verifier, out_of_fold_verifier_scores
 
 log = logging.getLogger("training.train")
 
@@ -180,89 +172,125 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
     else:
         oof, onnx_report = fine_tune_classifier(args, ft, data, texts, label_ids, staging, base_model, tokenizer)
         reused_card = None
-
-    # 2. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
-    # 2a. The topic model, when the records carry a category (MMLU-Pro's subjects): out-of-fold topics
-    # for calibration, one model on everything for serving.
-    true_topics = record_topics(data.records) if args.policy == "cascade" and not args.no_topics else None
-    oof_topics = None
-    topic_report: dict[str, Any] | None = None
-    if true_topics is not None:
-        oof_topics = out_of_fold_topics(texts, true_topics, args.verifier_folds, args.seed)
-        fit_topic_model(texts, true_topics).save(staging)
-        topic_report = {"topics": sorted(set(true_topics)), "folds": args.verifier_folds,
-                        "out_of_fold_accuracy": float(np.mean([a == b for a, b in zip(oof_topics, true_topics, strict=True)]))}
-        log.info("topic model: %d topics, out-of-fold accuracy %.3f", len(topic_report["topics"]),
-                 topic_report["out_of_fold_accuracy"])
-
-    # 2b. The answer reader: out-of-fold log-odds for the verifier's training, one on everything served.
+    # 2. What the verifier reads: the topic model and the answer reader (out-of-fold for calibration, one
+    # fitted on everything served), then the verifier's out-of-fold scores.
+    oof_topics, topic_report = fit_topics(args, data, texts, staging)
     verifier_folds = max(2, min(args.verifier_folds, data.n // 10))  # a handful of prompts per fold at least
-    reader_logits = None
-    reader_report: dict[str, Any] | None = None
-    if args.policy == "cascade" and not args.no_answer_reader:
-        reader_logits = out_of_fold_reader_logits(data, verifier_folds, args.seed, progress=tqdm)
-        fit_reader(data).save(staging)
-        reader_report = {"file": AnswerReader.FILE, "folds": verifier_folds, "out_of_fold_auc": {
-            tier: _auc(data.correct[:, t], reader_logits[:, t]) for t, tier in enumerate(READER_TIERS)}}
-        log.info("answer reader: out-of-fold AUC %s", reader_report["out_of_fold_auc"])
-
-    # 2c. The verifier (out-of-fold scores for calibration; the served one fitted on everything).
+    reader_logits, reader_report = fit_answer_reader(args, data, verifier_folds, staging)
     matrices_oof = answer_matrices(data, oof, reader_logits)
     scores = out_of_fold_verifier_scores(data, matrices_oof, registry, verifier_folds, args.seed) \
         if args.policy == "cascade" else None
-
-    # 3. Calibration on out-of-fold predictions.
+    # 3. Calibration on out-of-fold predictions, with the safety margin the procedure check picks.
     objective = Objective(args.objective, args.guard, args.safety, args.safety_z, args.target)
     options = {"per_kind": not args.no_per_kind, "output_budgets": not args.no_output_budgets,
                "min_kind_prompts": args.min_kind_prompts, "kind_shrinkage": args.kind_shrinkage}
-    procedure: dict[str, Any] | None = None
-    if args.policy == "cascade" and not args.no_procedure_check:
-        # The chosen point is the best of millions of settings on the prompts it was picked on. Replaying
-        # the procedure on held-in halves measures what it gives on prompts it did not see; under the
-        # guard objective it also picks the extra safety margin: the smallest whose choices keep the
-        # guard on the unseen halves.
-        guard = args.objective == "guard"
-        procedure = procedure_check(data, registry, oof, matrices_oof, scores, args.policy, objective,
-                                    tuple(args.max_escalations), topics=oof_topics, seed=args.seed,
-                                    repeats=args.procedure_repeats, safeties=SAFETY_GRID if guard else (0.0,),
-                                    **options)
-        for entry in procedure["by_safety"]:
-            log.info("procedure check, %.2f pt more safety: savings %.1f%% at %+.2f pt (SE %.2f) on unseen halves",
-                     100 * entry["extra_safety"], 100 * entry["savings_vs_expensive"],
-                     100 * entry["accuracy_minus_expensive"], 100 * entry["diff_se"])
-        if guard:
-            extra, kept = safety_from_check(procedure, objective)
-            procedure["chosen_extra_safety"] = extra
-            procedure["chosen"] = next(e for e in procedure["by_safety"] if e["extra_safety"] == extra)
-            if not kept:
-                procedure["note"] = "no safety margin tried kept the guard on unseen halves; took the largest"
-            objective.safety += extra
-            log.info("safety margin from the procedure check: +%.2f pt%s", 100 * extra,
-                     "" if kept else " (none kept the guard; the largest tried)")
+    procedure = run_procedure_check(args, data, registry, oof, matrices_oof, scores, objective, oof_topics, options)
     result = calibrate(data, registry, oof, matrices_oof, scores, args.policy, objective,
                        tuple(args.max_escalations), progress=tqdm, topics=oof_topics,
                        split_check=args.split_check, seed=args.seed, **options)
-    chosen = result.chosen
-    log.info("chosen: %s", json.dumps(chosen.as_json()))
+    log.info("chosen: %s", json.dumps(result.chosen.as_json()))
+    # 4. The served policy and verifier, and the model card.
+    write_policy(args, result, objective, data, matrices_oof, reader_report is not None, staging)
+    card = model_card(args, argv, started, ladder, prices, data, label_ids, oof, onnx_report, reused_card, result,
+                      objective, verifier_folds, topic_report, reader_report, procedure)
+    (staging / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (staging / "MODEL_CARD.md").write_text(model_card_markdown(card))
 
-    checks = ["refusal", "too_short", "length"]
+
+def fit_topics(args: argparse.Namespace, data: Any, texts: list[str], staging: Path
+               ) -> tuple[list[str] | None, dict[str, Any] | None]:
+    """The topic model, when the records carry a category (MMLU-Pro's subjects): out-of-fold topics for
+    calibration, one model on everything saved for serving. (None, None) without categories."""
+    true_topics = record_topics(data.records) if args.policy == "cascade" and not args.no_topics else None
+    if true_topics is None:
+        return None, None
+    oof_topics = out_of_fold_topics(texts, true_topics, args.verifier_folds, args.seed)
+    fit_topic_model(texts, true_topics).save(staging)
+    topic_report = {"topics": sorted(set(true_topics)), "folds": args.verifier_folds,
+                    "out_of_fold_accuracy": float(np.mean([a == b for a, b in zip(oof_topics, true_topics, strict=True)]))}
+    log.info("topic model: %d topics, out-of-fold accuracy %.3f", len(topic_report["topics"]),
+             topic_report["out_of_fold_accuracy"])
+    return oof_topics, topic_report
+
+
+def fit_answer_reader(args: argparse.Namespace, data: Any, folds: int, staging: Path
+                      ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The answer reader: out-of-fold log-odds for the verifier's training, one on everything saved for serving.
+    (None, None) when the policy does not use it."""
+    if args.policy != "cascade" or args.no_answer_reader:
+        return None, None
+    reader_logits = out_of_fold_reader_logits(data, folds, args.seed, progress=tqdm)
+    fit_reader(data).save(staging)
+    reader_report = {"file": AnswerReader.FILE, "folds": folds, "out_of_fold_auc": {
+        tier: _auc(data.correct[:, t], reader_logits[:, t]) for t, tier in enumerate(READER_TIERS)}}
+    log.info("answer reader: out-of-fold AUC %s", reader_report["out_of_fold_auc"])
+    return reader_logits, reader_report
+
+
+def run_procedure_check(args: argparse.Namespace, data: Any, registry: Any, oof: np.ndarray, matrices: Any,
+                        scores: Any, objective: Objective, topics: list[str] | None, options: dict[str, Any]
+                        ) -> dict[str, Any] | None:
+    """The procedure check's report (None when skipped); under the guard objective it adds the extra safety
+    margin it picks to ``objective``.
+
+    The chosen point is the best of millions of settings on the prompts it was picked on. Replaying
+    the procedure on held-in halves measures what it gives on prompts it did not see; under the
+    guard objective it also picks the extra safety margin: the smallest whose choices keep the
+    guard on the unseen halves."""
+    if args.policy != "cascade" or args.no_procedure_check:
+        return None
+    guard = args.objective == "guard"
+    procedure = procedure_check(data, registry, oof, matrices, scores, args.policy, objective,
+                                tuple(args.max_escalations), topics=topics, seed=args.seed,
+                                repeats=args.procedure_repeats, safeties=SAFETY_GRID if guard else (0.0,),
+                                **options)
+    for entry in procedure["by_safety"]:
+        log.info("procedure check, %.2f pt more safety: savings %.1f%% at %+.2f pt (SE %.2f) on unseen halves",
+                 100 * entry["extra_safety"], 100 * entry["savings_vs_expensive"],
+                 100 * entry["accuracy_minus_expensive"], 100 * entry["diff_se"])
+    if guard:
+        extra, kept = safety_from_check(procedure, objective)
+        procedure["chosen_extra_safety"] = extra
+        procedure["chosen"] = next(e for e in procedure["by_safety"] if e["extra_safety"] == extra)
+        if not kept:
+            procedure["note"] = "no safety margin tried kept the guard on unseen halves; took the largest"
+        objective.safety += extra
+        log.info("safety margin from the procedure check: +%.2f pt%s", 100 * extra,
+                 "" if kept else " (none kept the guard; the largest tried)")
+    return procedure
+
+
+def write_policy(args: argparse.Namespace, result: CalibrationResult, objective: Objective, data: Any,
+                 matrices: Any, with_reader: bool, staging: Path) -> None:
+    """``policy.json`` (the chosen setting, the answer checks and the frontier sweep) and, for the cascade,
+    ``verifier.json``: the verifier fitted on every training prompt."""
+    chosen = result.chosen
+    checks = list(DEFAULT_CHECKS)
     policy_doc: dict[str, Any] = {"policy": chosen.policy, "params": chosen.policy_params,
                                   "max_escalations": chosen.max_escalations, "checks": checks,
                                   "objective": objective.describe(),
                                   "sweep": [c.as_json() for c in thin(result.frontier, SWEEP_POINTS)]}
     if args.policy == "cascade":
-        verifier = fit_verifier(data, matrices_oof)
+        verifier = fit_verifier(data, matrices)
         (staging / "verifier.json").write_text(json.dumps(verifier.to_json(), indent=1) + "\n")
         policy_doc["checks"] = checks + ["verifier"]
         policy_doc["verifier"] = {"file": "verifier.json", "margins": chosen.margins}
-        if reader_report is not None:
+        if with_reader:
             policy_doc["verifier"]["reader_file"] = AnswerReader.FILE
         if chosen.margins_by_kind:
             policy_doc["verifier"]["margins_by_kind"] = chosen.margins_by_kind
     (staging / "policy.json").write_text(json.dumps(policy_doc, indent=2) + "\n")
 
+
+def model_card(args: argparse.Namespace, argv: list[str] | None, started: float, ladder: Ladder,
+               prices: dict[str, Any], data: Any, label_ids: np.ndarray, oof: np.ndarray, onnx_report: dict[str, Any],
+               reused_card: dict[str, Any] | None, result: CalibrationResult, objective: Objective,
+               verifier_folds: int, topic_report: dict[str, Any] | None, reader_report: dict[str, Any] | None,
+               procedure: dict[str, Any] | None) -> dict[str, Any]:
+    """What the artifact was trained on, how, and what calibration measured (``model_card.json``)."""
+    chosen = result.chosen
     expensive_cost = result.expensive_cost_usd
-    card = {
+    return {
         "ladder": {"cheap": ladder.cheap, "mid": ladder.mid, "expensive": ladder.expensive},
         "prices_usd_per_1m": {m: prices[m].model_dump() for m in ladder.models},
         "data": {"files": [str(p) for p in args.data], "n": data.n, "fingerprint": data.fingerprint(),
@@ -298,8 +326,6 @@ def write_artifact(args: argparse.Namespace, argv: list[str] | None, started: fl
         "train_seconds": round(time.time() - started, 1),
         "python": platform.python_version(),
     }
-    (staging / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (staging / "MODEL_CARD.md").write_text(model_card_markdown(card))
 
 
 def fine_tune_classifier(args: argparse.Namespace, ft: FineTuneConfig, data: Any, texts: list[str],

@@ -11,29 +11,29 @@ from core.outcomes import OutcomeRecord
 from core.registry import Prices
 from routing.prompt_kind import DEFAULT_KIND
 from training.calibrate import (
-    NO_VERIFIER,
-    GridSums,
     Objective,
     _merge,
     _pareto_parts,
     _Part,
     _shrink_toward_parents,
     _Sums,
-    answer_matrices,
-    budgeted_rows,
     calibrate,
-    grid_sums,
     kind_groups,
     kind_parent,
-    out_of_fold_verifier_scores,
-    procedure_check,
+)
+from training.data import Ladder, build_ladder_data, label_from_correct, replay_registry, stratified_split
+from training.procedure_check import procedure_check, safety_from_check
+from training.simulate import (
+    NO_VERIFIER,
+    GridSums,
+    budgeted_rows,
+    grid_sums,
     registry_cost_fn,
-    safety_from_check,
     simulate,
     simulate_rows,
     simulate_setting,
 )
-from training.data import Ladder, build_ladder_data, label_from_correct, replay_registry, stratified_split
+from training.verifier_fit import answer_matrices, out_of_fold_verifier_scores
 
 
 @pytest.fixture(scope="module")

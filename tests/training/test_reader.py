@@ -12,9 +12,9 @@ from synthetic_outcomes import LADDER_ARG
 from classifier.topic import N_FEATURES
 from routing.answer_features import FEATURE_NAMES
 from routing.answer_reader import READER_TIERS, AnswerReader
-from training.calibrate import answer_matrices
 from training.data import Ladder, load_ladder_data, load_prices
 from training.reader import fit_reader, out_of_fold_reader_logits, served_reader_logits
+from training.verifier_fit import answer_matrices
 
 
 @pytest.fixture(scope="module")

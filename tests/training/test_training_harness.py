@@ -12,8 +12,8 @@ from classifier.onnx_classifier import OnnxClassifier
 from routing.artifact import artifact_digest, load_router_from_artifact
 from routing.factory import build_router, escalation_for
 from training import evaluate, train
-from training.calibrate import SAFETY_GRID
 from training.data import Ladder, load_prices, replay_registry
+from training.procedure_check import SAFETY_GRID
 
 pytestmark = pytest.mark.slow
 
