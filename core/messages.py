@@ -261,6 +261,12 @@ class CompletionMessage(_Message):
     # when the answer was held back for its answer checks).
     streamed_chunks: int = 0
     ttft_ms: float | None = None
+    # The counterfactual model's recorded correctness on this prompt (replay only): the accuracy baseline.
+    counterfactual_correct: bool | None = None
+    # What the attempts whose answers were not returned cost (rejected before an escalation, billed errors).
+    overhead_micro_usd: int = 0
+    # Replay only: False when no model had a recorded answer and the stub answered (ungraded).
+    recorded: bool | None = None
 
     @property
     def latency_ms(self) -> float:

@@ -50,6 +50,9 @@ class ModelSpec(BaseModel):
     replay_latency_ms: float = Field(0.0, ge=0)
     # Whether the model accepts ``tools``/``tool_choice``: a routed request with tools only goes to such models.
     supports_tools: bool = False
+    # Replay provider only: the OpenAI-compatible endpoint (the local stub) that answers prompts the outcomes
+    # data does not hold; those answers are labelled unrecorded and left ungraded. Empty: such a prompt fails.
+    unrecorded_base_url: str | None = None
 
     @property
     def provider_model_id(self) -> str:

@@ -23,6 +23,10 @@ def metrics(at: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in at.metric}
 
 
+def deltas(at: AppTest) -> dict[str, str]:
+    return {metric.label: metric.delta for metric in at.metric}
+
+
 def charts(at: AppTest) -> list:
     return at.get("vega_lite_chart")
 
@@ -65,8 +69,12 @@ def test_overview_shows_seeded_spend_and_savings(seeded: str, run_view: RunView)
     shown = metrics(at)
     assert shown["Requests"] == "5"
     assert shown["Spend"] == "$0.0036"
-    assert shown[f"Always {known.GPT}"] == "$0.007"
+    assert shown["Always expensive"] == "$0.007"
     assert shown["Savings"] == "48.6%"  # 1 - 3600/7000
+    # Every savings figure comes with its accuracy delta vs always-expensive and the graded count.
+    assert deltas(at)["Savings"] == "accuracy -25.0 pt, 4 graded"
+    assert shown["Escalation overhead"] == "$0.00005"
+    assert shown["Graded"] == "4"
     assert shown["Cost per request"] == "$0.00072"
     assert shown["Escalated"] == "20.0%"
     assert shown["Fell back"] == "40.0%"
@@ -105,6 +113,9 @@ def test_model_mix_shares(seeded: str, run_view: RunView) -> None:
     assert shown["Share (failed)"] == "20.0%"
     by_difficulty = frame_with(at, "difficulty").set_index("difficulty")["requests"].to_dict()
     assert by_difficulty == {"complex": 1, "medium": 2, "simple": 2}
+    # Spend attributed to every model billed, attempt by attempt, summing to the Overview's spend.
+    billed = frame_with(at, "billed_usd").set_index("model")["billed_usd"].round(6).to_dict()
+    assert billed == {known.PHI: 0.00015, known.LLAMA: 0.00045, known.GPT: 0.003, "(failed)": 0.0}
     assert len(charts(at)) >= 3
 
 
