@@ -414,7 +414,20 @@ def show_report(report: OfflineReport, plot: bytes | Path | None) -> None:
     cols[0].metric("Prompts", f"{report.n:,}" if report.n is not None else "–")
     cols[1].metric("Router accuracy", percent(router["accuracy"]))
     cols[2].metric("Router cost", usd(router["cost_usd"]))
-    cols[3].metric("Savings vs expensive", percent(report.savings_vs_expensive))
+    if report.savings is not None:
+        savings = report.savings
+        cols[3].metric("Savings vs expensive", format_savings(savings.savings_ratio),
+                       delta=f"accuracy {format_delta(savings.accuracy_delta)}, {savings.graded:,} graded",
+                       delta_color="off")
+        expensive = report.points[report.points["kind"] == "single model"]["name"].tolist()
+        st.caption(savings.line(report.router_name or "router",
+                                expensive[-1].removeprefix("always ") if expensive else "expensive model"))
+    else:
+        cols[3].metric("Savings vs expensive", percent(report.savings_vs_expensive))
+    overlap = report.extra.get("training_overlap")
+    if isinstance(overlap, dict) and overlap.get("records"):
+        st.warning(f"In-sample figures: {overlap['records']:,} of {overlap.get('of', '?'):,} records "
+                   f"({100 * overlap.get('share', 0):.1f}%) are in the artifact's training data.", icon="⚠️")
     st.altair_chart(charts.offline_frontier(report.points, report.sweep), width="stretch")
     st.dataframe(report.points, hide_index=True,
                  column_config={"accuracy": st.column_config.NumberColumn("Accuracy", format="percent"),
