@@ -233,6 +233,7 @@ def overview(dsn: str, filters: Filters) -> tuple[dict[str, Any], pd.DataFrame]:
                {_SPEND_COLUMNS},
                max(r.counterfactual_model) AS counterfactual_model,
                {savings_totals_columns("s_")},
+               count(*) FILTER (WHERE r.recorded IS FALSE)::bigint AS unrecorded,
                coalesce(sum(r.tokens_in), 0)::bigint AS tokens_in,
                coalesce(sum(r.tokens_out), 0)::bigint AS tokens_out
         FROM requests r WHERE {where}

@@ -84,6 +84,10 @@ def overview(dsn: str, filters: q.Filters) -> None:
                         "live traffic and unrecorded prompts are ungraded and left out of accuracy.")
     cols[2].metric("Tokens in", f"{totals['tokens_in']:,}")
     cols[3].metric("Tokens out", f"{totals['tokens_out']:,}")
+    if totals["unrecorded"]:
+        st.caption(f"{totals['unrecorded']:,} requests were prompts the replayed outcomes do not hold (for example "
+                   "your own prompts): the stub model answered them, labelled *unrecorded*; they are ungraded and "
+                   "left out of accuracy.")
     routers_table(q.savings_by_router(dsn, filters))
 
     st.altair_chart(charts.spend_vs_counterfactual(daily, counterfactual_model, filters.bucket), width="stretch")
@@ -355,6 +359,9 @@ def show_request(detail: dict[str, Any]) -> None:
                  column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="%.6f"),
                                 "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.0f")})
     grading = detail["grading"]
+    if request.get("recorded") is False:
+        st.markdown("**Unrecorded prompt:** the outcomes data has no answer to it, so the stub model answered; "
+                    "ungraded, left out of accuracy.")
     if grading:
         st.markdown(f"**Graded:** {'correct' if grading['correct'] else 'incorrect'} "
                     f"({grading['source'] or 'unknown source'} {grading['item_id'] or ''})")
