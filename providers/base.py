@@ -25,12 +25,12 @@ class ProviderResult:
     correct: bool | None = None
     # Tool calls of the answer, in the OpenAI chat shape.
     tool_calls: list[dict[str, Any]] | None = None
+    # Replay only: True when the answer is a recorded one, False when the stub answered an unrecorded prompt.
+    recorded: bool | None = None
 
 
 # Called with each piece of text as the model generates it (streamed calls only).
 DeltaCallback = Callable[[str], Awaitable[None]]
-    # Replay only: True when the answer is a recorded one, False when the stub answered an unrecorded prompt.
-    recorded: bool | None = None
 
 
 class ProviderError(Exception):

@@ -92,6 +92,12 @@ class LocalStack:
             "kafka_bootstrap": self.env["ROUTER_KAFKA_BOOTSTRAP"], "pg_dsn": self.env["ROUTER_PG_DSN"]})
         os.environ["ROUTER_STUB_URL"] = self.env["ROUTER_STUB_URL"]  # the registry file may refer to it
         registry = load_registry(self.settings)
+        if self.settings.classifier_artifact:
+            # Refuse a mismatched artifact here, with its message, rather than as a worker that died.
+            from routing.artifact import check_artifact_ladder  # noqa: PLC0415
+
+            check_artifact_ladder(self.settings.classifier_artifact, registry,
+                                  allow_mismatch=self.settings.allow_artifact_mismatch)
         created = self._create_topics()
         self._ok("topics", f"{len(created)} created ({self.settings.topic_prompts}, "
                            f"{', '.join(self.settings.topic_route_prefix + m.name for m in registry.models)}, "
