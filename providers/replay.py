@@ -84,7 +84,11 @@ class ReplayProvider(Provider):
             )
         # Only the routing policy's budget applies: the recorded answers were produced under the
         # benchmarks' own limits, which the prompt's default max_tokens knows nothing about.
-        if max_output_tokens is not None and outcome.output_tokens > max_output_tokens:
+        cut_off = max_output_tokens is not None and outcome.output_tokens > max_output_tokens
+        if self.spec.latency is not None:
+            # The latency model (models file): time to first token, then the tokens actually produced.
+            await asyncio.sleep(self.spec.latency.seconds(max_output_tokens if cut_off else outcome.output_tokens))
+        if cut_off:
             return ProviderResult(
                 text=truncated_text(outcome.response, outcome.output_tokens, max_output_tokens),
                 finish_reason="length",
