@@ -473,7 +473,8 @@ def transitions(dsn: str, filters: Filters) -> pd.DataFrame:
         dsn,
         f"""
         SELECT {_KIND_SQL} AS kind, a.model AS from_model, a.next_model AS to_model,
-               a.next_reason_kind AS reason, count(*)::bigint AS hops
+               coalesce(a.next_reason_kind, 'other') AS reason_kind, count(*)::bigint AS hops,
+               min(left(a.next_reason, 120)) AS example_reason
         FROM request_attempts a JOIN requests r ON r.request_id = a.request_id
         WHERE a.next_model IS NOT NULL AND {where}
         GROUP BY 1, 2, 3, 4 ORDER BY hops DESC, kind, from_model

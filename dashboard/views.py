@@ -298,7 +298,13 @@ def escalations(dsn: str, filters: q.Filters) -> None:
         return
     st.altair_chart(charts.transition_matrix(hops), width="stretch")
     st.subheader("Why")
-    st.dataframe(hops, hide_index=True)
+    st.dataframe(hops, hide_index=True,
+                 column_config={"kind": st.column_config.TextColumn("Kind"),
+                                "from_model": st.column_config.TextColumn("From"),
+                                "to_model": st.column_config.TextColumn("To"),
+                                "reason_kind": st.column_config.TextColumn("Reason"),
+                                "hops": st.column_config.NumberColumn("Hops", format="%d"),
+                                "example_reason": st.column_config.TextColumn("Example")})
 
 
 # ----------------------------------------------------------------------------- Request explorer

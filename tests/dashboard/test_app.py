@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -163,13 +164,30 @@ def test_escalations_and_fallbacks(seeded: str, run_view: RunView) -> None:
     assert shown["Failed"] == "20.0%"
     assert shown["Hops"] == "3"
     hops = frame_with(at, "to_model")
-    rows = {(r.kind, r.from_model, r.to_model, r.reason, r.hops) for r in hops.itertuples()}
+    rows = {(r.kind, r.from_model, r.to_model, r.reason_kind, r.hops) for r in hops.itertuples()}
     assert rows == {
         ("escalation", known.PHI, known.LLAMA, "short", 1),
         ("fallback", known.PHI, known.LLAMA, "error", 1),
         ("fallback", known.LLAMA, known.GPT, "timeout", 1),
     }
     assert len(charts(at)) >= 2
+    assert not hops.isna().any().any()  # no `nan` cells
+
+
+def test_why_groups_escalations_by_reason_kind(seeded: str, run_view: RunView) -> None:
+    # Two verifier escalations whose reason texts differ (they carry their scores): one row, not two.
+    with psycopg.connect(seeded) as conn:
+        for number, p_right in ((2, 0.31), (3, 0.27)):
+            conn.execute(
+                "INSERT INTO request_attempts (request_id, attempt_no, model, tier, status, started_at, latency_ms,"
+                " tokens_in, tokens_out, cost_micro_usd, next_model, next_reason_kind, next_reason)"
+                " VALUES ('r1', %s, %s, 'cheap', 'rejected', %s, 10, 1, 1, 0, %s, 'verifier', %s)",
+                (number, known.PHI, known.DAY1, known.LLAMA,
+                 f"escalate to {known.LLAMA}: verifier: p(right)={p_right:.2f}, "
+                 f"p({known.LLAMA} right)=0.80, gain 0.5 >= 0.10 for its cost"))
+    hops = frame_with(run_view("escalations"), "reason_kind")
+    verifier = hops[hops["reason_kind"] == "verifier"]
+    assert len(verifier) == 1 and int(verifier["hops"].iloc[0]) == 2
 
 
 def test_request_explorer_search_and_detail(seeded: str, run_view: RunView) -> None:

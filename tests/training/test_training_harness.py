@@ -173,7 +173,7 @@ def test_evaluate_warns_loudly_on_training_data_and_reports_the_overlap(artifact
     assert (overlap["records"], overlap["of"], overlap["share"]) == (70, 70, 1.0)
 
     # The same prompts under ids the artifact never saw: no overlap, no warning.
-    import gzip  # noqa: PLC0415
+    import gzip
 
     fresh = tmp_path / "fresh.jsonl.gz"
     with gzip.open(synthetic_dir / "alpha.jsonl.gz", "rt") as src, gzip.open(fresh, "wt") as dst:
