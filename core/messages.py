@@ -30,6 +30,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Metadata key of a demo request whose created_at was spread over simulated days (``--simulate-days``): its
+# attempts and completion are stamped on the same simulated clock, and the dashboard labels it simulated.
+SIMULATED_TIME_KEY = "simulated_time"
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 

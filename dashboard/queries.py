@@ -255,6 +255,15 @@ def overview(dsn: str, filters: Filters) -> tuple[dict[str, Any], pd.DataFrame]:
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def simulated_requests(dsn: str, filters: Filters) -> int:
+    """Requests whose timestamps the demo spread over simulated days (``--simulate-days``)."""
+    where, params = _request_where(filters)
+    frame = _fetch(dsn, f"SELECT count(*)::bigint AS n FROM requests r WHERE {where} AND r.metadata ? 'simulated_time'",
+                   params)
+    return int(frame.iloc[0]["n"])
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def savings_by_router(dsn: str, filters: Filters) -> pd.DataFrame:
     """The savings sums per deciding router (classifier and artifact version), newest first."""
     where, params = _request_where(filters)

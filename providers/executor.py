@@ -11,9 +11,10 @@ it is a live endpoint). The recorded answer's correctness is the accuracy baseli
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Protocol
 
-from core.messages import Attempt, CompletionMessage, RoutedMessage, utcnow
+from core.messages import SIMULATED_TIME_KEY, Attempt, CompletionMessage, RoutedMessage, utcnow
 from core.registry import ModelRegistry, ModelSpec
 from providers.base import Provider, ProviderError, ProviderResult
 from providers.costs import CostBook
@@ -82,8 +83,10 @@ class LadderExecutor:
         priced_at = prompt.created_at
         final = complete = None
         answers: list[Answer] = []
+        # A demo request on simulated days keeps its chain on that clock (labelled simulated where shown).
+        shift = prompt.created_at - utcnow() if prompt.metadata.get(SIMULATED_TIME_KEY) else timedelta(0)
         while spec is not None:
-            started = utcnow()
+            started = utcnow() + shift
             if self.breaker.is_open(spec.name):
                 skipped = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
                                   error=f"{spec.name}: circuit open after "
@@ -161,6 +164,7 @@ class LadderExecutor:
                 status="failed", final_model=None, response=None, cost_micro_usd=total_cost,
                 counterfactual_model=counterfactual.name,
                 error=attempts[-1].error if attempts else "no attempt made", overhead_micro_usd=total_cost,
+                completed_at=utcnow() + shift,
             )
         if final[1].finish_reason == "length" and complete is not None:
             final = complete  # a cut-off answer is no answer: return the latest one that finished
@@ -180,6 +184,7 @@ class LadderExecutor:
             counterfactual_correct=recorded.correct if recorded is not None else None,
             overhead_micro_usd=max(0, total_cost - answered_cost),
             recorded=result.recorded,
+            completed_at=utcnow() + shift,
         )
 
     def _over_cost_cap(self, routed: RoutedMessage, candidate: ModelSpec, attempt: Attempt) -> bool:

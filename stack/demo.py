@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from core.messages import PromptMessage, new_request_id
+from core.messages import SIMULATED_TIME_KEY, PromptMessage, new_request_id
 from core.outcomes import load_outcomes, outcome_files
 from core.savings import SavingsTotals, router_label
 from core.settings import Settings
@@ -216,8 +217,15 @@ def replay_sample(data_dir, registry, sample: int, seed: int = 7):
     return records[:sample]
 
 
+def simulated_times(count: int, days: int, seed: int = 7) -> list[datetime]:
+    """``count`` timestamps spread uniformly over the last ``days`` days, oldest first."""
+    now = datetime.now(UTC)
+    rng = random.Random(seed)
+    return sorted(now - timedelta(seconds=rng.uniform(0, days * 86_400)) for _ in range(count))
+
+
 async def run_replay_demo(settings: Settings, *, console: Console | None = None, sample: int = 200,
-                          seed: int = 7, timeout_s: float = 300) -> ReplaySummary:
+                          seed: int = 7, timeout_s: float = 300, simulate_days: int = 0) -> ReplaySummary:
     """Stream a sample of outcomes prompts through the running stack (replay providers answer with the real
     recorded responses and token counts), then print spend, accuracy and savings vs always-expensive from Postgres."""
     console = console or Console()
@@ -231,6 +239,13 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
     messages = [PromptMessage(request_id=new_request_id(), prompt=record.prompt, max_tokens=4096,
                               metadata={"source": record.source, "item_id": record.id, "demo": "replay"})
                 for record in records]
+    if simulate_days:
+        # Trend views need time: the sample's timestamps are spread over simulated past days, and say so.
+        for message, at in zip(messages, simulated_times(len(messages), simulate_days, seed), strict=True):
+            message.created_at = at
+            message.metadata[SIMULATED_TIME_KEY] = "true"
+        console.print(f"[yellow]timestamps simulated:[/yellow] spread over the last {simulate_days} days "
+                      "(labelled simulated on the dashboard)")
     request_ids = [m.request_id for m in messages]
     await produce_prompts(settings, messages)
 

@@ -357,3 +357,12 @@ def test_latency_shows_time_to_first_token_of_streamed_requests(seeded: str, run
     st.cache_data.clear()
     shown = metrics(run_view("latency"))
     assert shown["Time to first token p50"] == "80 ms" and shown["Streamed requests"] == "3"
+
+
+def test_simulated_timestamps_are_labelled(seeded: str, run_view: RunView) -> None:
+    assert not any("Simulated timestamps" in w.value for w in run_view("overview").warning)
+    with psycopg.connect(seeded) as conn:
+        conn.execute("UPDATE requests SET metadata = '{\"simulated_time\": \"true\"}' WHERE request_id IN ('r1', 'r2')")
+    st.cache_data.clear()
+    for view in ("overview", "latency"):
+        assert any("Simulated timestamps: 2 requests" in w.value for w in run_view(view).warning)

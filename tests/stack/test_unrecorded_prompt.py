@@ -50,9 +50,12 @@ def test_own_prompt_in_the_replay_demo_is_answered_and_labelled_unrecorded(pg_ad
         body = response.json()
         assert body["status"] == "ok" and body["response"]
         assert body["recorded"] is False and body["graded"] is False
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute("SELECT recorded, correct, counterfactual_correct FROM requests WHERE request_id = %s",
-                               (body["request_id"],)).fetchone()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row, written_by = None, time.monotonic() + 60  # /generate answers before the sink has written the row
+            while row is None and time.monotonic() < written_by:
+                row = conn.execute("SELECT recorded, correct, counterfactual_correct FROM requests"
+                                   " WHERE request_id = %s", (body["request_id"],)).fetchone()
+                time.sleep(0.25)
             graded = conn.execute("SELECT count(*) FROM model_eval WHERE request_id = %s",
                                   (body["request_id"],)).fetchone()[0]
             recorded_graded = conn.execute("SELECT count(*) FROM requests WHERE recorded AND correct IS NOT NULL"
