@@ -156,10 +156,10 @@ def generate(
                 eval_rows.append((request_id, clock, model.name, difficulty, SOURCES[index % len(SOURCES)],
                                   f"item-{index}", correct, total_cost))
             answered_cost = final["cost"] if final else 0
-            # experiment_id, arm, router_version (0007); correct, counterfactual_correct, overhead_micro_usd,
-            # recorded (0006)
-            copy_requests.write_row((*request_row, None, None, "heuristic:threshold", correct, counterfactual_correct,
-                                     total_cost - answered_cost, None))
+            # experiment_id, arm, router_version (0007), ttft_ms; correct, counterfactual_correct,
+            # overhead_micro_usd, recorded (0006)
+            copy_requests.write_row((*request_row, None, None, "heuristic:threshold", None, correct,
+                                     counterfactual_correct, total_cost - answered_cost, None))
     with conn.cursor() as cur:
         with cur.copy(f"COPY request_attempts ({', '.join(ATTEMPT_COLUMNS)}) FROM STDIN") as copy_attempts:
             for row in attempt_rows:
