@@ -30,6 +30,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Metadata key of a demo request whose created_at was spread over simulated days (``--simulate-days``): its
+# attempts and completion are stamped on the same simulated clock, and the dashboard labels it simulated.
+SIMULATED_TIME_KEY = "simulated_time"
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -268,6 +273,12 @@ class CompletionMessage(_Message):
     # when the answer was held back for its answer checks).
     streamed_chunks: int = 0
     ttft_ms: float | None = None
+    # The counterfactual model's recorded correctness on this prompt (replay only): the accuracy baseline.
+    counterfactual_correct: bool | None = None
+    # What the attempts whose answers were not returned cost (rejected before an escalation, billed errors).
+    overhead_micro_usd: int = 0
+    # Replay only: False when no model had a recorded answer and the stub answered (ungraded).
+    recorded: bool | None = None
 
     @property
     def latency_ms(self) -> float:

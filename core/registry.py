@@ -27,6 +27,19 @@ class Prices(BaseModel):
     output: float = Field(ge=0)
 
 
+class ReplayLatency(BaseModel):
+    """How long a replayed answer takes: time to first token plus the output tokens at a steady decode rate,
+    times ``scale`` (1 for real time; 0 answers at once, e.g. for the offline harness)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ttft_ms: float = Field(ge=0)
+    output_tokens_per_s: float = Field(gt=0)
+    scale: float = Field(1.0, ge=0)
+
+    def seconds(self, output_tokens: int) -> float:
+        return self.scale * (self.ttft_ms / 1000 + output_tokens / self.output_tokens_per_s)
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -46,10 +59,14 @@ class ModelSpec(BaseModel):
     # Sent with every request, e.g. Azure's {"api-version": "..."} query or a gateway's headers.
     default_headers: dict[str, str] = Field(default_factory=dict)
     default_query: dict[str, str] = Field(default_factory=dict)
-    # Replay provider only: simulated latency.
+    # Replay provider only: simulated latency, a fixed extra per call and/or the latency model below.
     replay_latency_ms: float = Field(0.0, ge=0)
     # Whether the model accepts ``tools``/``tool_choice``: a routed request with tools only goes to such models.
     supports_tools: bool = False
+    latency: ReplayLatency | None = None
+    # Replay provider only: the OpenAI-compatible endpoint (the local stub) that answers prompts the outcomes
+    # data does not hold; those answers are labelled unrecorded and left ungraded. Empty: such a prompt fails.
+    unrecorded_base_url: str | None = None
 
     @property
     def provider_model_id(self) -> str:

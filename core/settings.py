@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     cost_rates_refresh_s: float = Field(30.0, gt=0)
     classifier_artifact: Path | None = None
     routing_policy: str = "threshold"
+    # Load an artifact calibrated for other models than the registry's ladder (refused otherwise).
+    allow_artifact_mismatch: bool = False
 
     # Outcomes data (never committed): ROUTER_DATA_DIR points at the folder holding outcomes/*.jsonl.gz.
     data_dir: Path | None = None

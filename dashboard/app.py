@@ -159,6 +159,10 @@ def main() -> None:
             icon="ℹ️",
         )
         return
+    simulated = q.simulated_requests(dsn, filters)
+    if simulated:
+        st.warning(f"Simulated timestamps: {simulated:,} requests in this range are demo traffic whose times were "
+                   "spread over past days (`--simulate-days`); their trends show the demo, not real time.", icon="🕒")
     render(dsn, filters)
 
 

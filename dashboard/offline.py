@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from core.savings import SavingsTotals
+
 
 class ReportError(ValueError):
     """The file is not a harness report the dashboard can show."""
@@ -29,6 +31,9 @@ class OfflineReport:
     confidence: dict[str, Any] | None
     sweep: pd.DataFrame | None
     extra: dict[str, Any] = field(default_factory=dict)
+    # core/savings.py's sums (``router.savings``), and the router's name, when the report has them.
+    savings: SavingsTotals | None = None
+    router_name: str | None = None
 
 
 def _point(name: str, kind: str, entry: Any) -> dict[str, Any] | None:
@@ -98,6 +103,13 @@ def parse_report(report: Any) -> OfflineReport:
     savings = raw_router.get("savings_vs_expensive")
     mix = raw_router.get("mix") if isinstance(raw_router.get("mix"), dict) else {}
     known = {"n", "router", "baselines", "oracle"}
+    totals = None
+    if isinstance(raw_router.get("savings"), dict):
+        try:
+            totals = SavingsTotals(**{k: int(v) for k, v in raw_router["savings"].items()
+                                      if k in SavingsTotals.__dataclass_fields__})
+        except (TypeError, ValueError):
+            totals = None
     return OfflineReport(
         n=report.get("n") if isinstance(report.get("n"), int) else None,
         points=pd.DataFrame(points),
@@ -107,6 +119,8 @@ def parse_report(report: Any) -> OfflineReport:
         confidence=_confidence(report),
         sweep=_sweep(report),
         extra={key: value for key, value in report.items() if key not in known},
+        savings=totals,
+        router_name=raw_router.get("name") if isinstance(raw_router.get("name"), str) else None,
     )
 
 

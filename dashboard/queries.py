@@ -19,8 +19,9 @@ import pandas as pd
 import streamlit as st
 from psycopg_pool import ConnectionPool
 
+from core.savings import SavingsTotals
 from core.settings import get_settings
-from sql.repository import ATTEMPTS_BY_ID_SQL, EVAL_BY_ID_SQL, REQUEST_BY_ID_SQL
+from sql.repository import ATTEMPTS_BY_ID_SQL, EVAL_BY_ID_SQL, REQUEST_BY_ID_SQL, savings_totals_columns
 
 # Short enough that the demo's replayed traffic shows up within a refresh, long enough that
 # switching views and moving filters back and forth is served from cache.
@@ -231,6 +232,8 @@ def overview(dsn: str, filters: Filters) -> tuple[dict[str, Any], pd.DataFrame]:
                    AS is_total,
                {_SPEND_COLUMNS},
                max(r.counterfactual_model) AS counterfactual_model,
+               {savings_totals_columns("s_")},
+               count(*) FILTER (WHERE r.recorded IS FALSE)::bigint AS unrecorded,
                coalesce(sum(r.tokens_in), 0)::bigint AS tokens_in,
                coalesce(sum(r.tokens_out), 0)::bigint AS tokens_out
         FROM requests r WHERE {where}
@@ -240,8 +243,59 @@ def overview(dsn: str, filters: Filters) -> tuple[dict[str, Any], pd.DataFrame]:
         params,
     )
     totals = frame[frame["is_total"]].iloc[0].drop(["period", "is_total"]).to_dict()
+    totals["savings"] = SavingsTotals.from_row(totals, prefix="s_")
     daily = frame[~frame["is_total"]].drop(columns=["is_total"]).reset_index(drop=True)
+    # Per bucket, the same definition as the totals (core/savings.py).
+    per_bucket = [SavingsTotals.from_row(row, prefix="s_") for row in daily.to_dict("records")]
+    daily["savings_ratio"] = [t.savings_ratio for t in per_bucket]
+    daily["accuracy_delta"] = [t.accuracy_delta for t in per_bucket]
+    daily["graded"] = [t.graded for t in per_bucket]
+    daily["overhead_usd"] = [t.overhead_micro_usd / MICRO for t in per_bucket]
     return totals, daily
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def simulated_requests(dsn: str, filters: Filters) -> int:
+    """Requests whose timestamps the demo spread over simulated days (``--simulate-days``)."""
+    where, params = _request_where(filters)
+    frame = _fetch(dsn, f"SELECT count(*)::bigint AS n FROM requests r WHERE {where} AND r.metadata ? 'simulated_time'",
+                   params)
+    return int(frame.iloc[0]["n"])
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def savings_by_router(dsn: str, filters: Filters) -> pd.DataFrame:
+    """The savings sums per deciding router (classifier and artifact version), newest first."""
+    where, params = _request_where(filters)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT r.classifier, r.router_version, max(r.counterfactual_model) AS counterfactual_model,
+               min(r.created_at) AS first_request, {savings_totals_columns("s_")}
+        FROM requests r WHERE {where}
+        GROUP BY 1, 2 ORDER BY max(r.created_at) DESC
+        """,
+        params,
+    )
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def billed_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Spend attributed to every model billed, attempt by attempt, for the requests the filters select
+    (so the models' spend sums to the Overview's spend)."""
+    where, params = _request_where(filters)
+    return _fetch(
+        dsn,
+        f"""
+        SELECT a.model, count(*)::bigint AS calls,
+               count(*) FILTER (WHERE a.status = 'rejected')::bigint AS rejected,
+               coalesce(sum(a.cost_micro_usd), 0)::bigint AS billed_micro_usd
+        FROM request_attempts a JOIN requests r ON r.request_id = a.request_id
+        WHERE {where}
+        GROUP BY a.model ORDER BY billed_micro_usd DESC
+        """,
+        params,
+    )
 
 
 # ----------------------------------------------------------------------------- model mix
@@ -428,7 +482,8 @@ def transitions(dsn: str, filters: Filters) -> pd.DataFrame:
         dsn,
         f"""
         SELECT {_KIND_SQL} AS kind, a.model AS from_model, a.next_model AS to_model,
-               a.next_reason_kind AS reason, count(*)::bigint AS hops
+               coalesce(a.next_reason_kind, 'other') AS reason_kind, count(*)::bigint AS hops,
+               min(left(a.next_reason, 120)) AS example_reason
         FROM request_attempts a JOIN requests r ON r.request_id = a.request_id
         WHERE a.next_model IS NOT NULL AND {where}
         GROUP BY 1, 2, 3, 4 ORDER BY hops DESC, kind, from_model

@@ -69,6 +69,8 @@ def generate(
     start = datetime.combine(last_day - timedelta(days=days - 1), time.min, tzinfo=UTC)
     offsets = np.sort(rng.uniform(0, days * 86_400, requests))
     expensive = LADDER[-1]
+    # Its own stream, so the columns migration 0006 added leave the other figures as they were.
+    baseline_rng = np.random.default_rng(seed + 1)
     with conn.cursor() as cur, \
             cur.copy(f"COPY requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN") as copy_requests:
         attempt_rows: list[tuple] = []
@@ -132,7 +134,7 @@ def generate(
                 ))
                 attempt_summaries.append({"model": attempt["model"].name, "status": attempt["status"],
                                           "latency_ms": round(attempt["latency"], 1), "cost_micro_usd": attempt["cost"]})
-            copy_requests.write_row((
+            request_row = [
                 request_id, created, clock, TENANTS[rng.choice(3, p=(0.6, 0.3, 0.1))], f"user-{rng.integers(500)}",
                 "premium" if rng.random() < 0.1 else "standard",
                 f"Sample prompt {index}: a {difficulty} question about topic {rng.integers(1000)}", 64, 512,
@@ -145,11 +147,19 @@ def generate(
                 expensive.cost(tokens_in, final["tokens_out"]) if final else None,
                 f"Sample answer {index}." if final else None, "stop" if final else None,
                 None if final else attempts[-1]["error"], "{}",
-            ))
+            ]
+            correct = counterfactual_correct = None
             if final and rng.random() < graded_share:
                 model = final["model"]
+                correct = bool(rng.random() < model.pass_rate[difficulty])
+                counterfactual_correct = bool(baseline_rng.random() < expensive.pass_rate[difficulty])
                 eval_rows.append((request_id, clock, model.name, difficulty, SOURCES[index % len(SOURCES)],
-                                  f"item-{index}", bool(rng.random() < model.pass_rate[difficulty]), total_cost))
+                                  f"item-{index}", correct, total_cost))
+            answered_cost = final["cost"] if final else 0
+            # experiment_id, arm, router_version (0007), ttft_ms; correct, counterfactual_correct,
+            # overhead_micro_usd, recorded (0006); key_id (0004)
+            copy_requests.write_row((*request_row, None, None, "heuristic:threshold", None, correct,
+                                     counterfactual_correct, total_cost - answered_cost, None, None))
     with conn.cursor() as cur:
         with cur.copy(f"COPY request_attempts ({', '.join(ATTEMPT_COLUMNS)}) FROM STDIN") as copy_attempts:
             for row in attempt_rows:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.savings import SavingsTotals, format_delta, format_savings, router_label
 from dashboard import charts
 from dashboard import queries as q
 from dashboard.offline import OfflineReport, ReportError, find_reports, load_report, parse_report, report_path_in
@@ -60,21 +61,34 @@ def overview(dsn: str, filters: q.Filters) -> None:
         no_requests()
         return
     counterfactual_model = totals["counterfactual_model"] or "expensive model"
-    cols = st.columns(5)
+    savings: SavingsTotals = totals["savings"]
+    # Four tiles a row: five clipped their labels and values at common widths.
+    cols = st.columns(4)
     cols[0].metric("Requests", f"{totals['requests']:,}")
-    cols[1].metric("Spend", usd(totals["spend_usd"]))
-    cols[2].metric(f"Always {counterfactual_model}", usd(totals["counterfactual_spend_usd"]),
-                   help="What the same requests would have cost on the expensive model, for the same tokens.")
-    cols[3].metric("Savings", percent(totals["savings_ratio"]),
-                   help="1 − spend / counterfactual spend, over requests that have a counterfactual "
-                        f"({totals['comparable_requests']:,} of {totals['requests']:,}).")
-    cols[4].metric("Cost per request", usd(totals["cost_per_request_usd"]))
-    cols = st.columns(5)
+    cols[1].metric("Spend", usd(totals["spend_usd"]), help="Every model billed, attempt by attempt.")
+    cols[2].metric("Always expensive", usd(totals["counterfactual_spend_usd"]),
+                   help=f"What the same requests would have cost on {counterfactual_model} (its recorded answer "
+                        "when replayed, else the same tokens).")
+    savings_tile(cols[3], savings)
+    cols = st.columns(4)
+    cols[0].metric("Escalation overhead", usd(savings.overhead_micro_usd / q.MICRO),
+                   help="What the attempts whose answers were not returned cost: cheap answers rejected before "
+                        "an escalation, billed failures. Part of Spend.")
+    cols[1].metric("Cost per request", usd(totals["cost_per_request_usd"]))
+    cols[2].metric("Escalated", percent(totals["escalated"] / totals["requests"]))
+    cols[3].metric("Fell back", percent(totals["fell_back"] / totals["requests"]))
+    cols = st.columns(4)
     cols[0].metric("Answered", percent(totals["ok_requests"] / totals["requests"]))
-    cols[1].metric("Escalated", percent(totals["escalated"] / totals["requests"]))
-    cols[2].metric("Fell back", percent(totals["fell_back"] / totals["requests"]))
-    cols[3].metric("Tokens in", f"{totals['tokens_in']:,}")
-    cols[4].metric("Tokens out", f"{totals['tokens_out']:,}")
+    cols[1].metric("Graded", f"{savings.graded:,}",
+                   help="Requests whose answer and the expensive model's answer both have a recorded grade; "
+                        "live traffic and unrecorded prompts are ungraded and left out of accuracy.")
+    cols[2].metric("Tokens in", f"{totals['tokens_in']:,}")
+    cols[3].metric("Tokens out", f"{totals['tokens_out']:,}")
+    if totals["unrecorded"]:
+        st.caption(f"{totals['unrecorded']:,} requests were prompts the replayed outcomes do not hold (for example "
+                   "your own prompts): the stub model answered them, labelled *unrecorded*; they are ungraded and "
+                   "left out of accuracy.")
+    routers_table(q.savings_by_router(dsn, filters))
 
     st.altair_chart(charts.spend_vs_counterfactual(daily, counterfactual_model, filters.bucket), width="stretch")
     left, right = st.columns(2)
@@ -82,12 +96,55 @@ def overview(dsn: str, filters: q.Filters) -> None:
     right.altair_chart(charts.cost_per_request(daily, filters.bucket), width="stretch")
     with st.expander(f"Figures per {filters.bucket}"):
         st.dataframe(
-            daily[["period", "requests", "spend_usd", "counterfactual_spend_usd", "savings_ratio", "cost_per_request_usd",
-                   "escalated", "fell_back"]],
+            daily[["period", "requests", "spend_usd", "counterfactual_spend_usd", "savings_ratio", "accuracy_delta",
+                   "graded", "overhead_usd", "cost_per_request_usd", "escalated", "fell_back"]],
             hide_index=True,
             column_config={"period": _period_column(filters),
-                           "savings_ratio": st.column_config.NumberColumn("Savings", format="percent")},
+                           "requests": st.column_config.NumberColumn("Requests"),
+                           "spend_usd": st.column_config.NumberColumn("Spend (USD)", format="%.4f"),
+                           "counterfactual_spend_usd": st.column_config.NumberColumn("Always expensive (USD)",
+                                                                                     format="%.4f"),
+                           "savings_ratio": st.column_config.NumberColumn("Savings", format="percent"),
+                           "accuracy_delta": st.column_config.NumberColumn("Accuracy Δ vs expensive",
+                                                                           format="percent"),
+                           "graded": st.column_config.NumberColumn("Graded"),
+                           "overhead_usd": st.column_config.NumberColumn("Escalation overhead (USD)", format="%.4f"),
+                           "cost_per_request_usd": st.column_config.NumberColumn("Cost per request (USD)",
+                                                                                 format="%.6f"),
+                           "escalated": st.column_config.NumberColumn("Escalated"),
+                           "fell_back": st.column_config.NumberColumn("Fell back")},
         )
+
+
+def savings_tile(col: Any, savings: SavingsTotals) -> None:
+    """The savings figure, always with its accuracy delta against always-expensive and the graded count."""
+    col.metric("Savings", format_savings(savings.savings_ratio),
+               delta=f"accuracy {format_delta(savings.accuracy_delta)}, {savings.graded:,} graded",
+               delta_color="off",
+               help="1 − spend / always-expensive spend over the requests that have a baseline "
+                    f"({savings.comparable_requests:,} of {savings.requests:,}); accuracy: the router's minus "
+                    "always-expensive's on the graded requests (definition: docs/dashboard.md#savings).")
+
+
+def routers_table(per_router: pd.DataFrame) -> None:
+    """One savings line per deciding router, naming it and its artifact version."""
+    if per_router.empty:
+        return
+    rows = []
+    for row in per_router.to_dict("records"):
+        totals = SavingsTotals.from_row(row, prefix="s_")
+        label = router_label(row["classifier"], row["router_version"])
+        st.caption(totals.line(label, row["counterfactual_model"] or "expensive model"))
+        rows.append({"Router": label, "Requests": totals.requests, "Savings": totals.savings_ratio,
+                     "Accuracy Δ vs expensive": totals.accuracy_delta, "Graded": totals.graded,
+                     "Spend (USD)": totals.spend_micro_usd / q.MICRO,
+                     "Escalation overhead (USD)": totals.overhead_micro_usd / q.MICRO})
+    if len(rows) > 1:
+        st.dataframe(pd.DataFrame(rows), hide_index=True,
+                     column_config={"Savings": st.column_config.NumberColumn(format="percent"),
+                                    "Accuracy Δ vs expensive": st.column_config.NumberColumn(format="percent"),
+                                    "Spend (USD)": st.column_config.NumberColumn(format="%.4f"),
+                                    "Escalation overhead (USD)": st.column_config.NumberColumn(format="%.4f")})
 
 
 # ----------------------------------------------------------------------------- Model mix
@@ -118,10 +175,25 @@ def model_mix(dsn: str, filters: q.Filters) -> None:
     by_difficulty = mix.groupby("difficulty", as_index=False)["requests"].sum()
     by_difficulty["share"] = by_difficulty["requests"] / total
     left, right = st.columns(2)
+    billed = q.billed_by_model(dsn, filters)
+    by_model = by_model.drop(columns=["spend_usd"]).merge(
+        billed.rename(columns={"calls": "calls", "billed_micro_usd": "billed"}), on="model", how="outer")
+    by_model[["requests", "calls", "rejected", "billed"]] = by_model[["requests", "calls", "rejected",
+                                                                      "billed"]].fillna(0)
+    by_model["share"] = by_model["share"].fillna(0.0)
+    by_model["billed_usd"] = by_model.pop("billed") / q.MICRO
     with left:
         st.subheader("By model")
+        st.caption(f"Spend is attributed to every model billed, attempt by attempt (a rejected cheap answer is the "
+                   f"cheap model's): {usd(by_model['billed_usd'].sum())} in all.")
         st.dataframe(by_model, hide_index=True,
-                     column_config={"share": st.column_config.NumberColumn("Share", format="percent")})
+                     column_config={"model": st.column_config.TextColumn("Model"),
+                                    "requests": st.column_config.NumberColumn("Requests answered", format="%d"),
+                                    "share": st.column_config.NumberColumn("Share answered", format="percent"),
+                                    "calls": st.column_config.NumberColumn("Calls billed", format="%d"),
+                                    "rejected": st.column_config.NumberColumn("Answers rejected", format="%d"),
+                                    "billed_usd": st.column_config.NumberColumn("Spend billed (USD)",
+                                                                                format="%.6f")})
     with right:
         st.subheader("By predicted difficulty")
         st.dataframe(by_difficulty, hide_index=True,
@@ -226,7 +298,13 @@ def escalations(dsn: str, filters: q.Filters) -> None:
         return
     st.altair_chart(charts.transition_matrix(hops), width="stretch")
     st.subheader("Why")
-    st.dataframe(hops, hide_index=True)
+    st.dataframe(hops, hide_index=True,
+                 column_config={"kind": st.column_config.TextColumn("Kind"),
+                                "from_model": st.column_config.TextColumn("From"),
+                                "to_model": st.column_config.TextColumn("To"),
+                                "reason_kind": st.column_config.TextColumn("Reason"),
+                                "hops": st.column_config.NumberColumn("Hops", format="%d"),
+                                "example_reason": st.column_config.TextColumn("Example")})
 
 
 # ----------------------------------------------------------------------------- Request explorer
@@ -287,6 +365,9 @@ def show_request(detail: dict[str, Any]) -> None:
                  column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="%.6f"),
                                 "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.0f")})
     grading = detail["grading"]
+    if request.get("recorded") is False:
+        st.markdown("**Unrecorded prompt:** the outcomes data has no answer to it, so the stub model answered; "
+                    "ungraded, left out of accuracy.")
     if grading:
         st.markdown(f"**Graded:** {'correct' if grading['correct'] else 'incorrect'} "
                     f"({grading['source'] or 'unknown source'} {grading['item_id'] or ''})")
@@ -346,7 +427,20 @@ def show_report(report: OfflineReport, plot: bytes | Path | None) -> None:
     cols[0].metric("Prompts", f"{report.n:,}" if report.n is not None else "–")
     cols[1].metric("Router accuracy", percent(router["accuracy"]))
     cols[2].metric("Router cost", usd(router["cost_usd"]))
-    cols[3].metric("Savings vs expensive", percent(report.savings_vs_expensive))
+    if report.savings is not None:
+        savings = report.savings
+        cols[3].metric("Savings vs expensive", format_savings(savings.savings_ratio),
+                       delta=f"accuracy {format_delta(savings.accuracy_delta)}, {savings.graded:,} graded",
+                       delta_color="off")
+        expensive = report.points[report.points["kind"] == "single model"]["name"].tolist()
+        st.caption(savings.line(report.router_name or "router",
+                                expensive[-1].removeprefix("always ") if expensive else "expensive model"))
+    else:
+        cols[3].metric("Savings vs expensive", percent(report.savings_vs_expensive))
+    overlap = report.extra.get("training_overlap")
+    if isinstance(overlap, dict) and overlap.get("records"):
+        st.warning(f"In-sample figures: {overlap['records']:,} of {overlap.get('of', '?'):,} records "
+                   f"({100 * overlap.get('share', 0):.1f}%) are in the artifact's training data.", icon="⚠️")
     st.altair_chart(charts.offline_frontier(report.points, report.sweep), width="stretch")
     st.dataframe(report.points, hide_index=True,
                  column_config={"accuracy": st.column_config.NumberColumn("Accuracy", format="percent"),

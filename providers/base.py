@@ -25,6 +25,8 @@ class ProviderResult:
     correct: bool | None = None
     # Tool calls of the answer, in the OpenAI chat shape.
     tool_calls: list[dict[str, Any]] | None = None
+    # Replay only: True when the answer is a recorded one, False when the stub answered an unrecorded prompt.
+    recorded: bool | None = None
 
 
 # Called with each piece of text as the model generates it (streamed calls only).
@@ -57,6 +59,11 @@ class Provider(ABC):
     def output_limit(self, prompt: PromptMessage, max_output_tokens: int | None) -> int:
         limit = min(prompt.max_tokens, self.spec.max_output_tokens)
         return limit if max_output_tokens is None else min(limit, max_output_tokens)
+
+    def recorded_answer(self, prompt: PromptMessage) -> ProviderResult | None:
+        """This model's recorded answer to the prompt, in full, when it has one (replay): what it would have
+        billed and whether it was right, for the always-expensive baseline. Live endpoints have none."""
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -2,17 +2,19 @@
 
 Every call is one ``Attempt`` (model, status, latency, retries, tokens, cost). Costs are priced at the
 request's ``created_at``, so a rate change mid-stream never reprices requests made before it. The
-counterfactual is what the expensive model would have charged for the same prompt and answer: its
-own billed tokens when it answered, else the prompt and the returned answer counted with its tokenizer
-(plus its chat framing when it is a live endpoint; replayed counts, like the outcomes data, have none).
+counterfactual is what the expensive model would have charged for the same prompt (core/savings.py): its
+recorded answer's billed tokens when its provider has one (replay), else its own billed tokens when it
+answered, else the prompt and the returned answer counted with its tokenizer (plus its chat framing when
+it is a live endpoint). The recorded answer's correctness is the accuracy baseline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Protocol
 
-from core.messages import Attempt, CompletionMessage, RoutedMessage, utcnow
+from core.messages import SIMULATED_TIME_KEY, Attempt, CompletionMessage, RoutedMessage, utcnow
 from core.registry import ModelRegistry, ModelSpec
 from providers.base import Provider, ProviderError, ProviderResult
 from providers.costs import CostBook
@@ -81,8 +83,10 @@ class LadderExecutor:
         priced_at = prompt.created_at
         final = complete = None
         answers: list[Answer] = []
+        # A demo request on simulated days keeps its chain on that clock (labelled simulated where shown).
+        shift = prompt.created_at - utcnow() if prompt.metadata.get(SIMULATED_TIME_KEY) else timedelta(0)
         while spec is not None:
-            started = utcnow()
+            started = utcnow() + shift
             if self.breaker.is_open(spec.name):
                 skipped = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
                                   error=f"{spec.name}: circuit open after "
@@ -140,7 +144,7 @@ class LadderExecutor:
             attempts.append(attempt)
             if calls is not None:
                 await calls.finished(len(attempts), attempt)
-            final = (spec, result)
+            final = (spec, result, cost)
             if result.finish_reason != "length":
                 complete = final
             if rejection is None:
@@ -159,20 +163,28 @@ class LadderExecutor:
                 request_id=prompt.request_id, prompt=prompt, decision=routed.decision, attempts=attempts,
                 status="failed", final_model=None, response=None, cost_micro_usd=total_cost,
                 counterfactual_model=counterfactual.name,
-                error=attempts[-1].error if attempts else "no attempt made",
+                error=attempts[-1].error if attempts else "no attempt made", overhead_micro_usd=total_cost,
+                completed_at=utcnow() + shift,
             )
         if final[1].finish_reason == "length" and complete is not None:
             final = complete  # a cut-off answer is no answer: return the latest one that finished
-        final_spec, result = final
+        final_spec, result, answered_cost = final
         in_tokens, out_tokens = result.input_tokens, result.output_tokens
+        provider = self.providers.get(counterfactual.name)
+        recorded = provider.recorded_answer(prompt) if provider is not None else None
         return CompletionMessage(
             request_id=prompt.request_id, prompt=prompt, decision=routed.decision, attempts=attempts,
             status="ok", final_model=final_spec.name, response=result.text, finish_reason=result.finish_reason,
             input_tokens=in_tokens, output_tokens=out_tokens, cost_micro_usd=total_cost,
             counterfactual_model=counterfactual.name,
             counterfactual_cost_micro_usd=await self._counterfactual_cost(
-                counterfactual, final_spec, prompt.conversation_text, result, priced_at),
+                counterfactual, final_spec, prompt.conversation_text, recorded or result, priced_at,
+                recorded=recorded is not None),
             correct=result.correct, tool_calls=result.tool_calls,
+            counterfactual_correct=recorded.correct if recorded is not None else None,
+            overhead_micro_usd=max(0, total_cost - answered_cost),
+            recorded=result.recorded,
+            completed_at=utcnow() + shift,
         )
 
     def _over_cost_cap(self, routed: RoutedMessage, candidate: ModelSpec, attempt: Attempt) -> bool:
@@ -194,8 +206,8 @@ class LadderExecutor:
         return True
 
     async def _counterfactual_cost(self, counterfactual: ModelSpec, final_spec: ModelSpec, prompt: str,
-                                   result: ProviderResult, priced_at) -> int:
-        if final_spec.name == counterfactual.name:
+                                   result: ProviderResult, priced_at, *, recorded: bool = False) -> int:
+        if recorded or final_spec.name == counterfactual.name:
             in_tokens, out_tokens = result.input_tokens, result.output_tokens
         else:
             in_tokens = self.token_counter(counterfactual, prompt)

@@ -26,7 +26,13 @@ def build_providers(registry: ModelRegistry, data_dir: Path | None = None) -> di
                 from core.outcomes import load_outcomes  # noqa: PLC0415
 
                 index = OutcomeIndex(load_outcomes([Path(data_dir) / "outcomes"]))
-            providers[spec.name] = ReplayProvider(spec, index)
+            unrecorded = None
+            if spec.unrecorded_base_url:
+                # The stub stands in for the model on prompts the data does not hold; no key needed.
+                unrecorded = OpenAICompatibleProvider(spec.model_copy(update={
+                    "kind": "openai", "base_url": spec.unrecorded_base_url, "api_key_env": None,
+                    "model_id": f"stub-{spec.name}"}))
+            providers[spec.name] = ReplayProvider(spec, index, unrecorded)
         else:  # pragma: no cover - the registry's schema allows only the kinds above
             raise ValueError(f"unknown provider kind {spec.kind!r} for model {spec.name!r}")
     return providers

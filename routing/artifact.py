@@ -57,6 +57,30 @@ def artifact_digest(artifact_dir: Path) -> str:
     return digest.hexdigest()
 
 
+class ArtifactMismatchError(ArtifactError):
+    """The artifact was calibrated for other models than the configured registry's ladder."""
+
+
+def check_artifact_ladder(artifact_dir: Path, registry: ModelRegistry, *, allow_mismatch: bool = False) -> None:
+    """Refuse an artifact whose ladder is not the registry's: its thresholds, verifier margins and token budgets
+    were calibrated on those models' answers and prices. ``allow_mismatch`` (ROUTER_ALLOW_ARTIFACT_MISMATCH)
+    loads it anyway, with a loud warning."""
+    ladder = read_json(Path(artifact_dir) / "model_card.json").get("ladder") or {}
+    trained = [ladder.get(tier) for tier in ("cheap", "mid", "expensive")]
+    configured = [m.provider_model_id for m in registry.ladder]
+    names = [m.name for m in registry.ladder]
+    if trained in (configured, names):
+        return
+    message = (f"classifier artifact {artifact_dir} was calibrated for the ladder {' -> '.join(map(str, trained))}, "
+               f"but the configured registry's ladder is {' -> '.join(configured)}")
+    if allow_mismatch:
+        log.warning("ARTIFACT/REGISTRY MISMATCH (allowed by ROUTER_ALLOW_ARTIFACT_MISMATCH): %s", message)
+        return
+    raise ArtifactMismatchError(f"{message}. Train an artifact for these models (python -m training.train "
+                                f"--ladder {','.join(configured)} ...), point ROUTER_CLASSIFIER_ARTIFACT at one, "
+                                f"or set ROUTER_ALLOW_ARTIFACT_MISMATCH=1 to load it anyway.")
+
+
 def margin_value(value: float | None) -> float:
     return float("inf") if value is None else float(value)
 
@@ -99,9 +123,12 @@ def load_router_from_artifact(
     artifact_dir: Path,
     registry: ModelRegistry,
     token_counter: TokenCounter = approximate_token_count,
+    *,
+    allow_mismatch: bool = False,
 ) -> Router:
     artifact_dir = Path(artifact_dir)
     policy_doc = read_policy_doc(artifact_dir)
+    check_artifact_ladder(artifact_dir, registry, allow_mismatch=allow_mismatch)
     classifier = OnnxClassifier.from_dir(artifact_dir)
     try:
         policy = build_policy(policy_doc["policy"], token_counter=token_counter, **policy_doc.get("params", {}))

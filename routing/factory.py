@@ -25,10 +25,14 @@ def build_router(
     artifact_dir: Path | None = None,
     policy_name: str = "threshold",
     token_counter: TokenCounter = approximate_token_count,
+    *,
+    allow_mismatch: bool = False,
 ) -> Router:
-    """The trained classifier and calibrated policy from ``artifact_dir``, or else the seed heuristic."""
+    """The trained classifier and calibrated policy from ``artifact_dir``, or else the seed heuristic.
+    An artifact calibrated for other models than the registry's is refused unless ``allow_mismatch``."""
     if _has_artifact(artifact_dir):
-        router = load_router_from_artifact(Path(artifact_dir), registry, token_counter=token_counter)
+        router = load_router_from_artifact(Path(artifact_dir), registry, token_counter=token_counter,
+                                           allow_mismatch=allow_mismatch)
         router.version = artifact_version(Path(artifact_dir))
         router.artifact = str(artifact_dir)
         return router

@@ -23,7 +23,10 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "routed_model", "final_model", "status", "attempts", "attempt_count", "escalated", "fell_back", "tokens_in",
     "tokens_out", "latency_ms", "cost_micro_usd", "counterfactual_model", "counterfactual_cost_micro_usd",
     "response", "finish_reason", "error", "metadata", "experiment_id", "arm", "router_version",
-    "ttft_ms", "key_id",
+    "ttft_ms",
+    # 0006: the savings definition's inputs (core/savings.py)
+    "correct", "counterfactual_correct", "overhead_micro_usd", "recorded",
+    "key_id",
 )
 
 UPSERT_REQUEST_SQL = (
@@ -67,6 +70,36 @@ UPSERT_EVAL_SQL = (
 
 # Only the replay grade follows the answer; feedback on the request stays.
 DELETE_EVAL_SQL = f"DELETE FROM model_eval WHERE request_id = %s AND feedback_source = '{REPLAY_FEEDBACK_SOURCE}'"
+
+# The sums core.savings.SavingsTotals is built from, over ``requests r`` (one pass; no join). Every place that
+# shows savings from Postgres selects these, so the console and the dashboard agree to the micro-USD.
+_SAVINGS_SUMS = {
+    "requests": "count(*)",
+    "spend_micro_usd": "coalesce(sum(r.cost_micro_usd), 0)",
+    "comparable_requests": "count(r.counterfactual_cost_micro_usd)",
+    "comparable_spend_micro_usd":
+        "coalesce(sum(r.cost_micro_usd) FILTER (WHERE r.counterfactual_cost_micro_usd IS NOT NULL), 0)",
+    "baseline_micro_usd": "coalesce(sum(r.counterfactual_cost_micro_usd), 0)",
+    "graded": "count(*) FILTER (WHERE r.correct IS NOT NULL AND r.counterfactual_correct IS NOT NULL)",
+    "correct": "count(*) FILTER (WHERE r.correct AND r.counterfactual_correct IS NOT NULL)",
+    "baseline_correct": "count(*) FILTER (WHERE r.counterfactual_correct AND r.correct IS NOT NULL)",
+    "overhead_micro_usd": "coalesce(sum(r.overhead_micro_usd), 0)",
+}
+
+
+def savings_totals_columns(prefix: str = "") -> str:
+    """SELECT-list of the savings sums over ``requests r``, each aliased ``<prefix><SavingsTotals field>``."""
+    return ",\n".join(f"({expr})::bigint AS {prefix}{name}" for name, expr in _SAVINGS_SUMS.items())
+
+
+SAVINGS_TOTALS_COLUMNS = savings_totals_columns()
+
+# Spend attributed to every model billed, attempt by attempt (a rejected cheap answer is the cheap model's).
+BILLED_BY_MODEL_SQL = """
+    SELECT a.model, count(*)::bigint AS calls,
+           coalesce(sum(a.cost_micro_usd), 0)::bigint AS billed_micro_usd
+    FROM request_attempts a WHERE a.request_id = ANY(%(ids)s) GROUP BY a.model ORDER BY a.model
+"""
 
 
 def _without_nul(value: Any) -> Any:
@@ -127,6 +160,10 @@ def request_row(completion: CompletionMessage) -> dict[str, Any]:
         "arm": decision.arm,
         "router_version": decision.router_version,
         "ttft_ms": completion.ttft_ms,
+        "correct": completion.correct,
+        "counterfactual_correct": completion.counterfactual_correct,
+        "overhead_micro_usd": completion.overhead_micro_usd,
+        "recorded": completion.recorded,
         "key_id": prompt.key_id,
     }
 

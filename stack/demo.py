@@ -7,7 +7,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
@@ -16,12 +16,13 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from core.messages import PromptMessage, new_request_id
+from core.messages import SIMULATED_TIME_KEY, PromptMessage, new_request_id
 from core.outcomes import load_outcomes, outcome_files
+from core.savings import SavingsTotals, router_label
 from core.settings import Settings
-from providers.costs import RegistryCostBook
 from sql.keys import create_key
-from stream_processors.runtime import build_cost_book, load_registry
+from sql.repository import BILLED_BY_MODEL_SQL, savings_totals_columns
+from stream_processors.runtime import load_registry
 
 # Embedded defaults: a spread of easy lookups, everyday tasks and hard multi-step work.
 DEMO_PROMPTS: tuple[str, ...] = (
@@ -146,7 +147,8 @@ async def summarize(settings: Settings, summary: DemoSummary, console: Console, 
             " sum(coalesce(counterfactual_cost_micro_usd, cost_micro_usd))::bigint"
             " FROM requests WHERE request_id = ANY(%s) GROUP BY 1, 2 ORDER BY 1, 2", (summary.request_ids,))
         rows = await cursor.fetchall()
-    table = Table(title=f"{summary.recorded}/{len(summary.request_ids)} demo requests recorded in Postgres")
+    table = Table(title=f"{summary.recorded}/{len(summary.request_ids)} demo requests recorded in Postgres "
+                        "(all-expensive: the expensive model's cost for the same prompt and answer)")
     for column in ("model", "difficulty", "requests", "cost USD", "all-expensive USD"):
         table.add_column(column, justify="right" if column not in ("model", "difficulty") else "left")
     for model, difficulty, count, cost, counterfactual in rows:
@@ -155,10 +157,11 @@ async def summarize(settings: Settings, summary: DemoSummary, console: Console, 
         summary.cost_micro_usd += int(cost)
         summary.counterfactual_micro_usd += int(counterfactual)
     console.print(table)
-    if summary.savings_pct is not None:
-        console.print(f"spend {summary.cost_micro_usd / 1e6:.6f} USD vs {summary.counterfactual_micro_usd / 1e6:.6f} "
-                      f"USD if every request went to the expensive model: [bold]{summary.savings_pct:.1f}% saved"
-                      f"[/bold]")
+    async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
+        router, savings = await read_savings(conn, summary.request_ids)
+    if savings.savings_ratio is not None:
+        # Stub answers have no grade: the line says so ("ungraded") rather than showing an accuracy.
+        console.print(f"[bold]{savings.line(router, 'the expensive model')}[/bold]")
 
 
 async def run_demo(settings: Settings, api_url: str, *, console: Console | None = None,
@@ -184,27 +187,35 @@ REPLAY_LADDER_SOURCES = ("gsm8k", "math-l5", "crux")  # sources answered by all 
 class ReplaySummary:
     sent: int
     recorded: int
-    spend_micro_usd: int
-    correct: int
-    graded: int
-    by_model: dict[str, int]
+    by_model: dict[str, int]  # requests per answering model
+    billed_by_model: dict[str, int]  # micro-USD per billed model, attempt by attempt
     escalated: int
     fell_back: int
     baseline_model: str
-    baseline_micro_usd: int
-    baseline_correct: int
+    router: str
+    savings: SavingsTotals
 
     @property
-    def accuracy(self) -> float:
-        return self.correct / self.graded if self.graded else 0.0
-
-    @property
-    def baseline_accuracy(self) -> float:
-        return self.baseline_correct / self.sent if self.sent else 0.0
+    def spend_micro_usd(self) -> int:
+        return self.savings.spend_micro_usd
 
     @property
     def savings_pct(self) -> float:
-        return 100.0 * (1 - self.spend_micro_usd / self.baseline_micro_usd) if self.baseline_micro_usd else 0.0
+        ratio = self.savings.savings_ratio
+        return 100.0 * ratio if ratio is not None else 0.0
+
+
+async def read_savings(conn: psycopg.AsyncConnection, request_ids: list[str]) -> tuple[str, SavingsTotals]:
+    """The savings of these requests by the one definition (core/savings.py), and the router(s) that decided."""
+    cursor = await conn.execute(
+        f"SELECT r.classifier, r.router_version, {savings_totals_columns()} FROM requests r"
+        " WHERE r.request_id = ANY(%s) GROUP BY 1, 2 ORDER BY 1, 2", (request_ids,))
+    columns = [c.name for c in cursor.description]
+    rows = [dict(zip(columns, row, strict=True)) for row in await cursor.fetchall()]
+    parts = [SavingsTotals.from_row(row) for row in rows]
+    total = SavingsTotals(**{name: sum(getattr(p, name) for p in parts)
+                             for name in SavingsTotals.__dataclass_fields__})
+    return " + ".join(router_label(r["classifier"], r["router_version"]) for r in rows) or "no router", total
 
 
 def replay_sample(data_dir, registry, sample: int, seed: int = 7):
@@ -218,8 +229,15 @@ def replay_sample(data_dir, registry, sample: int, seed: int = 7):
     return records[:sample]
 
 
+def simulated_times(count: int, days: int, seed: int = 7) -> list[datetime]:
+    """``count`` timestamps spread uniformly over the last ``days`` days, oldest first."""
+    now = datetime.now(UTC)
+    rng = random.Random(seed)
+    return sorted(now - timedelta(seconds=rng.uniform(0, days * 86_400)) for _ in range(count))
+
+
 async def run_replay_demo(settings: Settings, *, console: Console | None = None, sample: int = 200,
-                          seed: int = 7, timeout_s: float = 300) -> ReplaySummary:
+                          seed: int = 7, timeout_s: float = 300, simulate_days: int = 0) -> ReplaySummary:
     """Stream a sample of outcomes prompts through the running stack (replay providers answer with the real
     recorded responses and token counts), then print spend, accuracy and savings vs always-expensive from Postgres."""
     console = console or Console()
@@ -233,6 +251,13 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
     messages = [PromptMessage(request_id=new_request_id(), prompt=record.prompt, max_tokens=4096,
                               metadata={"source": record.source, "item_id": record.id, "demo": "replay"})
                 for record in records]
+    if simulate_days:
+        # Trend views need time: the sample's timestamps are spread over simulated past days, and say so.
+        for message, at in zip(messages, simulated_times(len(messages), simulate_days, seed), strict=True):
+            message.created_at = at
+            message.metadata[SIMULATED_TIME_KEY] = "true"
+        console.print(f"[yellow]timestamps simulated:[/yellow] spread over the last {simulate_days} days "
+                      "(labelled simulated on the dashboard)")
     request_ids = [m.request_id for m in messages]
     await produce_prompts(settings, messages)
 
@@ -250,39 +275,41 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
                 await asyncio.sleep(0.25)
             cursor = await conn.execute(
                 "SELECT coalesce(r.final_model, '(failed)'), count(*), sum(r.cost_micro_usd)::bigint,"
-                " count(e.correct) FILTER (WHERE e.correct), count(e.correct),"
+                " count(*) FILTER (WHERE r.correct), count(r.correct),"
                 " count(*) FILTER (WHERE r.escalated), count(*) FILTER (WHERE r.fell_back)"
-                " FROM requests r LEFT JOIN model_eval e USING (request_id)"
-                " WHERE r.request_id = ANY(%s) GROUP BY 1 ORDER BY 1", (request_ids,))
+                " FROM requests r WHERE r.request_id = ANY(%s) GROUP BY 1 ORDER BY 1", (request_ids,))
             rows = await cursor.fetchall()
+            cursor = await conn.execute(BILLED_BY_MODEL_SQL, {"ids": request_ids})
+            billed = await cursor.fetchall()
+            router, savings = await read_savings(conn, request_ids)
 
-    # Always-expensive: what the expensive model really answered and billed for the same prompts, at the
-    # rates the pipeline priced with (from cost_rates at each prompt's time; here the same instant).
     expensive = registry.counterfactual_model
-    costs = build_cost_book(settings, registry) if settings.pg_dsn else RegistryCostBook(registry)
-    now = datetime.now(UTC)
-    baseline = sum(costs.cost_micro_usd(expensive.name, r.outcomes[expensive.provider_model_id].input_tokens,
-                                        r.outcomes[expensive.provider_model_id].output_tokens, now) for r in records)
-    baseline_correct = sum(r.outcomes[expensive.provider_model_id].correct for r in records)
-
     summary = ReplaySummary(
-        sent=len(records), recorded=sum(r[1] for r in rows), spend_micro_usd=sum(int(r[2]) for r in rows),
-        correct=sum(r[3] for r in rows), graded=sum(r[4] for r in rows), by_model={r[0]: r[1] for r in rows},
+        sent=len(records), recorded=sum(r[1] for r in rows), by_model={r[0]: r[1] for r in rows},
+        billed_by_model={model: int(cost) for model, _, cost in billed},
         escalated=sum(r[5] for r in rows), fell_back=sum(r[6] for r in rows), baseline_model=expensive.name,
-        baseline_micro_usd=baseline, baseline_correct=baseline_correct)
+        router=router, savings=savings)
 
     table = Table(title=f"replay demo: {summary.recorded}/{summary.sent} requests recorded in Postgres")
-    for column in ("answered by", "requests", "spend USD", "correct"):
+    for column in ("answered by", "requests", "correct"):
         table.add_column(column, justify="left" if column == "answered by" else "right")
-    for model, count, cost, correct, graded, _, _ in rows:
-        table.add_row(model, str(count), f"{int(cost) / 1e6:.6f}", f"{correct}/{graded}")
+    for model, count, _, correct, graded, _, _ in rows:
+        table.add_row(model, str(count), f"{correct}/{graded}")
     console.print(table)
-    console.print(f"router:           spend {summary.spend_micro_usd / 1e6:.6f} USD, accuracy {summary.accuracy:.1%} "
-                  f"({summary.correct}/{summary.graded}); {summary.escalated} escalated, {summary.fell_back} fell back")
-    console.print(f"always {expensive.name}: spend {baseline / 1e6:.6f} USD, accuracy "
-                  f"{summary.baseline_accuracy:.1%} ({baseline_correct}/{summary.sent})")
-    console.print(f"[bold]savings vs always {expensive.name}: {summary.savings_pct:.1f}%[/bold] "
-                  f"(accuracy {100 * (summary.accuracy - summary.baseline_accuracy):+.1f} points)")
+    billed_table = Table(title="spend by billed model (attempt by attempt)")
+    for column in ("model", "calls", "spend USD"):
+        billed_table.add_column(column, justify="left" if column == "model" else "right")
+    for model, calls, cost in billed:
+        billed_table.add_row(model, str(calls), f"{int(cost) / 1e6:.6f}")
+    billed_table.add_row("total", str(sum(c for _, c, _ in billed)), f"{savings.spend_micro_usd / 1e6:.6f}")
+    console.print(billed_table)
+    console.print(f"router:           spend {savings.spend_micro_usd / 1e6:.6f} USD, accuracy "
+                  f"{(savings.accuracy or 0):.1%} ({savings.correct}/{savings.graded}); {summary.escalated} "
+                  f"escalated, {summary.fell_back} fell back; escalation overhead "
+                  f"{savings.overhead_micro_usd / 1e6:.6f} USD")
+    console.print(f"always {expensive.name}: spend {savings.baseline_micro_usd / 1e6:.6f} USD, accuracy "
+                  f"{(savings.baseline_accuracy or 0):.1%} ({savings.baseline_correct}/{savings.graded})")
+    console.print(f"[bold]{savings.line(router, expensive.name)}[/bold]")
     if summary.recorded < summary.sent:
         raise RuntimeError(f"only {summary.recorded} of {summary.sent} replayed requests reached Postgres")
     return summary

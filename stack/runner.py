@@ -92,6 +92,12 @@ class LocalStack:
             "kafka_bootstrap": self.env["ROUTER_KAFKA_BOOTSTRAP"], "pg_dsn": self.env["ROUTER_PG_DSN"]})
         os.environ["ROUTER_STUB_URL"] = self.env["ROUTER_STUB_URL"]  # the registry file may refer to it
         registry = load_registry(self.settings)
+        if self.settings.classifier_artifact:
+            # Refuse a mismatched artifact here, with its message, rather than as a worker that died.
+            from routing.artifact import check_artifact_ladder  # noqa: PLC0415
+
+            check_artifact_ladder(self.settings.classifier_artifact, registry,
+                                  allow_mismatch=self.settings.allow_artifact_mismatch)
         created = self._create_topics()
         self._ok("topics", f"{len(created)} created ({self.settings.topic_prompts}, "
                            f"{', '.join(self.settings.topic_route_prefix + m.name for m in registry.models)}, "
@@ -245,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--stub", action="store_true",
                         help="use the local OpenAI-compatible stub models even when the outcomes data is there")
     parser.add_argument("--sample", type=int, default=200, help="--replay: how many outcomes prompts (default 200)")
+    parser.add_argument("--simulate-days", type=int, default=0, metavar="N",
+                        help="--replay: spread the sample's timestamps over the last N days so trend views show "
+                             "trends (labelled simulated on the dashboard; default 0: real time)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="--replay: the outcomes data folder (default: ROUTER_DATA_DIR)")
     args = parser.parse_args(argv)
@@ -277,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             from stack.demo import run_replay_demo  # noqa: PLC0415
 
             console.rule("[bold]replay demo")
-            asyncio.run(run_replay_demo(stack.settings, console=console, sample=args.sample))
+            asyncio.run(run_replay_demo(stack.settings, console=console, sample=args.sample,
+                                        simulate_days=args.simulate_days))
         elif not args.no_demo:
             from stack.demo import run_demo  # noqa: PLC0415
 

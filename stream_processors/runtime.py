@@ -88,7 +88,7 @@ class Runtime:
 def build_runtime(settings: Settings, registry: ModelRegistry | None = None) -> Runtime:
     registry = registry or load_registry(settings)
     router = build_router(registry, settings.classifier_artifact, policy_name=settings.routing_policy,
-                          token_counter=count_tokens)
+                          token_counter=count_tokens, allow_mismatch=settings.allow_artifact_mismatch)
     providers = build_providers(registry, settings.data_dir)
     # Load the ladder's tokenizers now (o200k takes ~1 s) rather than on the first request.
     warm_up(sorted({m.tokenizer for m in registry.models}))

@@ -2,6 +2,11 @@
 
     python -m training.evaluate --data FILE_OR_DIR... --ladder CHEAP,MID,EXPENSIVE --prices FILE \\
         --artifact ARTIFACT_DIR --json OUT.json [--plot OUT.png]
+    (without --artifact: the seed heuristic, as the live pipeline routes without one)
+
+Savings, the accuracy delta against always-expensive and the escalation overhead follow the one definition
+in ``core/savings.py``. When the data overlaps the artifact's training data the figures are in-sample:
+the command says so loudly and reports the overlap (``training_overlap`` in the JSON).
 
 It runs the live routing code, not a model of it: ``Router.route`` (classifier + calibrated policy)
 and ``providers.executor.LadderExecutor`` with its answer checks and escalation, each model a
@@ -19,6 +24,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core.messages import LABELS, TIER_ORDER, CompletionMessage, PromptMessage, RoutedMessage
+from core.savings import SavingsTotals, router_label
 from providers.costs import RegistryCostBook
 from providers.executor import LadderExecutor
 from providers.replay import OUTCOME_ID_KEY, OutcomeIndex, ReplayProvider
@@ -48,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="outcomes files or folders")
     p.add_argument("--ladder", required=True, help="CHEAP,MID,EXPENSIVE model ids as in the outcomes")
     p.add_argument("--prices", type=Path, required=True)
-    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--artifact", type=Path, help="trained artifact (default: route with the seed heuristic)")
     p.add_argument("--json", type=Path, required=True, dest="json_out")
     p.add_argument("--plot", type=Path)
     p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
@@ -102,6 +109,7 @@ def summarise(data: LadderData, completions: list[CompletionMessage], costs: np.
     router_correct = np.array([bool(completions[i].correct) for i in rows])
     router_cost = sum(completions[i].cost_micro_usd for i in rows) / 1e6
     expensive_cost = float(costs[rows, 2].sum())
+    savings = SavingsTotals.from_completions(completions[i] for i in rows)
     finals = Counter(completions[i].final_model for i in rows)
     called = Counter(a.model for i in rows for a in completions[i].attempts)
     # Oracle: the cheapest model that is right; where none is, the cheapest model.
@@ -118,7 +126,10 @@ def summarise(data: LadderData, completions: list[CompletionMessage], costs: np.
                    "savings_vs_expensive": 1 - oracle_cost / expensive_cost if expensive_cost else 0.0},
         "router": {
             "accuracy": float(router_correct.mean()), "cost_usd": router_cost,
-            "savings_vs_expensive": 1 - router_cost / expensive_cost if expensive_cost else 0.0,
+            # core/savings.py: the same figure the console and the dashboard show for these requests.
+            "savings_vs_expensive": savings.savings_ratio if savings.savings_ratio is not None else 0.0,
+            "savings": {**asdict(savings), "savings_ratio": savings.savings_ratio,
+                        "accuracy_delta": savings.accuracy_delta},
             "mix": {m: finals.get(m, 0) / len(rows) for m in ladder},
             "calls_per_request": {m: called.get(m, 0) / len(rows) for m in ladder},
             "failed": sum(1 for i in rows if completions[i].status != "ok"),
@@ -219,13 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     ladder = Ladder.parse(args.ladder)
     prices = load_prices(args.prices)
     registry = replay_registry(ladder, prices)
-    card = read_json(args.artifact / "model_card.json")
-    trained = card.get("ladder", {})
-    if [trained.get("cheap"), trained.get("mid"), trained.get("expensive")] != ladder.models:
-        raise SystemExit(f"the artifact was trained for ladder {trained}, not {ladder.models}")
-    digest_before = artifact_digest(args.artifact)
-    policy_doc = read_json(args.artifact / "policy.json")
+    card: dict[str, Any] = {}
+    if args.artifact is not None:
+        card = read_json(args.artifact / "model_card.json")
+        trained = card.get("ladder", {})
+        if [trained.get("cheap"), trained.get("mid"), trained.get("expensive")] != ladder.models:
+            raise SystemExit(f"the artifact was trained for ladder {trained}, not {ladder.models}")
+        digest_before = artifact_digest(args.artifact)
+        policy_doc = read_json(args.artifact / "policy.json")
     data = load_ladder_data(args.data, ladder, prices)
+    overlap = training_overlap(args.artifact, card, data) if args.artifact is not None else None
+    if overlap is not None and overlap["records"]:
+        warn_in_sample(overlap)
     router = build_router(registry, args.artifact)
     escalation = escalation_for(registry, args.artifact)
     completions = asyncio.run(replay(data, router, escalation, registry, args.batch_size, args.concurrency))
@@ -234,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                        for r in data.records])  # (n, 3, input/output)
     costs = np.stack([cost_fn(k, tokens[:, k, 0], tokens[:, k, 1]) for k in range(3)], axis=1)
     report: dict[str, Any] = {"ladder": ladder.models, **summarise(data, completions, costs, np.arange(data.n))}
+    report["router"]["name"] = router_label(router.classifier.name, router.version)
+    report["training_overlap"] = overlap
     router_correct = np.array([bool(c.correct) for c in completions])
     report["router"]["accuracy_minus_expensive_ci95"] = paired_bootstrap(
         router_correct, data.correct[:, 2], args.bootstrap, args.seed)
@@ -255,26 +273,29 @@ def main(argv: list[str] | None = None) -> int:
                                   for t in TIER_ORDER}
     report["escalation_reasons"] = dict(Counter(
         (a.error or "").split(":")[0] for c in completions for a in c.attempts if a.status == "rejected"))
-    simulator = SettingSimulator(data, args.artifact, policy_doc, registry, probabilities, cost_fn, topics)
-    simulated = simulator.run(chosen_setting(policy_doc))
-    report["simulator_check"] = {**simulated, "matches_replay":
-                                 abs(simulated["accuracy"] - report["router"]["accuracy"]) < 1e-9
-                                 and abs(simulated["cost_usd"] - report["router"]["cost_usd"]) < 1e-6}
-    curve = sweep_curve(simulator, policy_doc)
-    # The curve only: each point's settings are in the artifact's policy.json sweep, in this order.
-    report["sweep"] = [{"train_accuracy": p.get("accuracy"), "train_cost_usd": p.get("cost_usd"),
-                        "eval_accuracy": p["eval_accuracy"], "eval_cost_usd": p["eval_cost_usd"]} for p in curve]
-    report["policy"] = {k: policy_doc[k] for k in ("policy", "params", "max_escalations", "checks")}
-    report["policy"]["verifier_margins"] = policy_doc.get("verifier", {}).get("margins")
-    report["policy"]["verifier_margins_by_kind"] = policy_doc.get("verifier", {}).get("margins_by_kind")
+    curve: list[dict[str, Any]] = []
+    if args.artifact is not None:  # the seed heuristic has no calibration frontier to sweep
+        simulator = SettingSimulator(data, args.artifact, policy_doc, registry, probabilities, cost_fn, topics)
+        simulated = simulator.run(chosen_setting(policy_doc))
+        report["simulator_check"] = {**simulated, "matches_replay":
+                                     abs(simulated["accuracy"] - report["router"]["accuracy"]) < 1e-9
+                                     and abs(simulated["cost_usd"] - report["router"]["cost_usd"]) < 1e-6}
+        curve = sweep_curve(simulator, policy_doc)
+        # The curve only: each point's settings are in the artifact's policy.json sweep, in this order.
+        report["sweep"] = [{"train_accuracy": p.get("accuracy"), "train_cost_usd": p.get("cost_usd"),
+                            "eval_accuracy": p["eval_accuracy"], "eval_cost_usd": p["eval_cost_usd"]} for p in curve]
+        report["policy"] = {k: policy_doc[k] for k in ("policy", "params", "max_escalations", "checks")}
+        report["policy"]["verifier_margins"] = policy_doc.get("verifier", {}).get("margins")
+        report["policy"]["verifier_margins_by_kind"] = policy_doc.get("verifier", {}).get("margins_by_kind")
     report["prompt_kind_share"] = {kind: count / data.n for kind, count in sorted(Counter(
         c.decision.prompt_kind for c in completions if c.decision.prompt_kind).items())}
     report["cut_off_answers"] = {m: sum(1 for c in completions for a in c.attempts
                                         if a.model == m and a.finish_reason == "length") / data.n
                                  for m in ladder.models}
-    report["artifact"] = {"path": str(args.artifact), "sha256_before": digest_before,
-                          "sha256_after": artifact_digest(args.artifact),
-                          "training_fingerprint": card.get("data", {}).get("fingerprint")}
+    if args.artifact is not None:
+        report["artifact"] = {"path": str(args.artifact), "version": router.version, "sha256_before": digest_before,
+                              "sha256_after": artifact_digest(args.artifact),
+                              "training_fingerprint": card.get("data", {}).get("fingerprint")}
     report["data_fingerprint"] = data.fingerprint()
     report["skipped_incomplete"] = data.skipped_incomplete
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -289,7 +310,36 @@ def main(argv: list[str] | None = None) -> int:
           f"(diff {ci['estimate']:+.4f}, 95% CI [{ci['low']:+.4f}, {ci['high']:+.4f}]); "
           f"cost ${r['cost_usd']:.4f} vs ${e['cost_usd']:.4f}: savings {100 * r['savings_vs_expensive']:.1f}%; "
           f"oracle savings {100 * report['oracle']['savings_vs_expensive']:.1f}%")
+    totals = SavingsTotals(**{k: v for k, v in r["savings"].items() if k in SavingsTotals.__dataclass_fields__})
+    print(totals.line(r["name"], ladder.expensive))
+    if overlap is not None and overlap["records"]:
+        warn_in_sample(overlap)  # again after the figures, so nobody reads them without it
     return 0
+
+
+def training_overlap(artifact: Path, card: dict[str, Any], data: LadderData) -> dict[str, Any]:
+    """How many of these records the artifact was trained on: by the record ids it saved
+    (``training_oof.npz``), else by the model card's data fingerprint (equal: all of them)."""
+    ids = {r.id for r in data.records}
+    oof = artifact / "training_oof.npz"
+    if oof.is_file():
+        trained_ids = {str(i) for i in np.load(oof)["ids"]}
+        records, basis = len(ids & trained_ids), "record ids in training_oof.npz"
+    else:
+        same = card.get("data", {}).get("fingerprint") == data.fingerprint()
+        records, basis = (data.n if same else 0), "model card data fingerprint (no training_oof.npz: partial " \
+                                                  "overlap cannot be seen)"
+    return {"records": records, "of": data.n, "share": records / data.n if data.n else 0.0, "basis": basis,
+            "training_fingerprint": card.get("data", {}).get("fingerprint"), "data_fingerprint": data.fingerprint()}
+
+
+def warn_in_sample(overlap: dict[str, Any]) -> None:
+    bar = "!" * 100
+    print(f"{bar}\nWARNING: IN-SAMPLE FIGURES. {overlap['records']:,} of these {overlap['of']:,} records "
+          f"({100 * overlap['share']:.1f}%) are in the artifact's training data ({overlap['basis']}).\n"
+          "The router was fitted and calibrated on them, so accuracy and savings here overstate what it does on "
+          "new prompts. Evaluate on a held-out split (docs/classifier.md) for honest figures.\n" + bar,
+          file=sys.stderr, flush=True)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -66,6 +66,10 @@ class GenerateOut(BaseModel):
     experiment_id: str | None = None
     arm: str | None = None
     router_version: str | None = None
+    # Replay only: False when the outcomes data has no answer to this prompt and the stub answered it.
+    recorded: bool | None = None
+    # Whether the answer has a recorded grade (it then counts in accuracy); live and unrecorded answers do not.
+    graded: bool = False
 
     @classmethod
     def from_completion(cls, completion: CompletionMessage) -> GenerateOut:
@@ -79,7 +83,8 @@ class GenerateOut(BaseModel):
             counterfactual_cost_micro_usd=completion.counterfactual_cost_micro_usd,
             latency_ms=completion.latency_ms, attempts=completion.attempts, error=completion.error,
             completed_at=completion.completed_at, experiment_id=decision.experiment_id, arm=decision.arm,
-            router_version=decision.router_version,
+            router_version=decision.router_version, recorded=completion.recorded,
+            graded=completion.correct is not None,
         )
 
 

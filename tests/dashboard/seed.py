@@ -11,6 +11,9 @@ Day 1 (2026-01-05), day 2 (2026-01-06); costs in micro-USD:
 | r5 | 2   | acme   | medium     | llama error → gpt error (failed)        | –     | 0    | NULL           |
 
 Savings = 1 − 3600 / 7000 = 48.6 %; day 1: 1 − 400/3000 = 86.7 %; day 2: 1 − 3200/4000 = 20.0 %.
+With grades (``with_evals``): r1..r4 graded, the router right on r1, r3, r4 and always-gpt right on all four:
+accuracy −25.0 pt on 4 graded requests. Escalation overhead: r2's rejected phi answer, 50.
+Billed per model, attempt by attempt: phi 150, llama 450, gpt 3000 (sum 3600 = spend).
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ ATTEMPTS = [
     ("r5", 1, LLAMA, "mid", "error", 60.0, 0, "timeout", GPT, "timeout", f"fallback to {GPT}: timeout"),
     ("r5", 2, GPT, "expensive", "error", 70.0, 0, "timeout", None, None, None),
 ]
+
+# (request_id, counterfactual_correct): the expensive model's recorded grade on the same prompt
+BASELINE_CORRECT = {"r1": True, "r2": True, "r3": True, "r4": True}
+OVERHEAD = {"r2": 50}
 
 # (request_id, model, difficulty, correct, cost)
 EVALS = [
@@ -100,3 +107,7 @@ def seed(dsn: str, with_evals: bool = True) -> None:
                     """,
                     (rid, by_id[rid][1] + timedelta(minutes=1), model, difficulty, f"item-{rid}", correct, cost),
                 )
+                conn.execute("UPDATE requests SET correct = %s, counterfactual_correct = %s WHERE request_id = %s",
+                             (correct, BASELINE_CORRECT[rid], rid))
+        for rid, overhead in OVERHEAD.items():
+            conn.execute("UPDATE requests SET overhead_micro_usd = %s WHERE request_id = %s", (overhead, rid))

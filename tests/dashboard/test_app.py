@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -21,6 +22,10 @@ RunView = Callable[..., AppTest]
 
 def metrics(at: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in at.metric}
+
+
+def deltas(at: AppTest) -> dict[str, str]:
+    return {metric.label: metric.delta for metric in at.metric}
 
 
 def charts(at: AppTest) -> list:
@@ -65,8 +70,12 @@ def test_overview_shows_seeded_spend_and_savings(seeded: str, run_view: RunView)
     shown = metrics(at)
     assert shown["Requests"] == "5"
     assert shown["Spend"] == "$0.0036"
-    assert shown[f"Always {known.GPT}"] == "$0.007"
+    assert shown["Always expensive"] == "$0.007"
     assert shown["Savings"] == "48.6%"  # 1 - 3600/7000
+    # Every savings figure comes with its accuracy delta vs always-expensive and the graded count.
+    assert deltas(at)["Savings"] == "accuracy -25.0 pt, 4 graded"
+    assert shown["Escalation overhead"] == "$0.00005"
+    assert shown["Graded"] == "4"
     assert shown["Cost per request"] == "$0.00072"
     assert shown["Escalated"] == "20.0%"
     assert shown["Fell back"] == "40.0%"
@@ -105,6 +114,9 @@ def test_model_mix_shares(seeded: str, run_view: RunView) -> None:
     assert shown["Share (failed)"] == "20.0%"
     by_difficulty = frame_with(at, "difficulty").set_index("difficulty")["requests"].to_dict()
     assert by_difficulty == {"complex": 1, "medium": 2, "simple": 2}
+    # Spend attributed to every model billed, attempt by attempt, summing to the Overview's spend.
+    billed = frame_with(at, "billed_usd").set_index("model")["billed_usd"].round(6).to_dict()
+    assert billed == {known.PHI: 0.00015, known.LLAMA: 0.00045, known.GPT: 0.003, "(failed)": 0.0}
     assert len(charts(at)) >= 3
 
 
@@ -152,13 +164,30 @@ def test_escalations_and_fallbacks(seeded: str, run_view: RunView) -> None:
     assert shown["Failed"] == "20.0%"
     assert shown["Hops"] == "3"
     hops = frame_with(at, "to_model")
-    rows = {(r.kind, r.from_model, r.to_model, r.reason, r.hops) for r in hops.itertuples()}
+    rows = {(r.kind, r.from_model, r.to_model, r.reason_kind, r.hops) for r in hops.itertuples()}
     assert rows == {
         ("escalation", known.PHI, known.LLAMA, "short", 1),
         ("fallback", known.PHI, known.LLAMA, "error", 1),
         ("fallback", known.LLAMA, known.GPT, "timeout", 1),
     }
     assert len(charts(at)) >= 2
+    assert not hops.isna().any().any()  # no `nan` cells
+
+
+def test_why_groups_escalations_by_reason_kind(seeded: str, run_view: RunView) -> None:
+    # Two verifier escalations whose reason texts differ (they carry their scores): one row, not two.
+    with psycopg.connect(seeded) as conn:
+        for number, p_right in ((2, 0.31), (3, 0.27)):
+            conn.execute(
+                "INSERT INTO request_attempts (request_id, attempt_no, model, tier, status, started_at, latency_ms,"
+                " tokens_in, tokens_out, cost_micro_usd, next_model, next_reason_kind, next_reason)"
+                " VALUES ('r1', %s, %s, 'cheap', 'rejected', %s, 10, 1, 1, 0, %s, 'verifier', %s)",
+                (number, known.PHI, known.DAY1, known.LLAMA,
+                 f"escalate to {known.LLAMA}: verifier: p(right)={p_right:.2f}, "
+                 f"p({known.LLAMA} right)=0.80, gain 0.5 >= 0.10 for its cost"))
+    hops = frame_with(run_view("escalations"), "reason_kind")
+    verifier = hops[hops["reason_kind"] == "verifier"]
+    assert len(verifier) == 1 and int(verifier["hops"].iloc[0]) == 2
 
 
 def test_request_explorer_search_and_detail(seeded: str, run_view: RunView) -> None:
@@ -376,3 +405,11 @@ def test_oidc_mode_shows_only_sign_in(seeded: str, run_view: RunView, monkeypatc
     at = run_view("overview")
     assert [button.label for button in at.button] == ["Sign in"]
     assert not at.metric and not at.dataframe and not at.sidebar.radio
+
+def test_simulated_timestamps_are_labelled(seeded: str, run_view: RunView) -> None:
+    assert not any("Simulated timestamps" in w.value for w in run_view("overview").warning)
+    with psycopg.connect(seeded) as conn:
+        conn.execute("UPDATE requests SET metadata = '{\"simulated_time\": \"true\"}' WHERE request_id IN ('r1', 'r2')")
+    st.cache_data.clear()
+    for view in ("overview", "latency"):
+        assert any("Simulated timestamps: 2 requests" in w.value for w in run_view(view).warning)

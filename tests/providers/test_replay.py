@@ -56,7 +56,9 @@ def routed(prompt: str, model: str = "phi-3.5-mini-instruct", tier: Tier = Tier.
 
 
 @pytest.fixture()
-def demo(tmp_path: Path) -> tuple[ModelRegistry, LadderExecutor]:
+def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ModelRegistry, LadderExecutor]:
+    monkeypatch.setenv("ROUTER_REPLAY_LATENCY_SCALE", "0")  # answer at once: these tests check content, not time
+    monkeypatch.delenv("ROUTER_STUB_URL", raising=False)
     registry = ModelRegistry.from_yaml(REPO / "config" / "models.demo.yaml")
     providers = build_providers(registry, write_outcomes(tmp_path))
     return registry, LadderExecutor(registry, providers, Escalation(registry), RegistryCostBook(registry))
@@ -128,3 +130,35 @@ async def test_a_cut_off_final_answer_gives_way_to_the_latest_finished_one(demo)
     # The cut-off proof has no conclusion: the mid answer (recorded wrong) is returned, and both calls are paid.
     assert (completion.final_model, completion.response, completion.correct) == ("llama-3-70b-instruct", "", False)
     assert completion.cost_micro_usd == sum(a.cost_micro_usd for a in completion.attempts)
+
+
+async def test_baseline_is_the_expensive_models_recorded_answer(demo) -> None:
+    # core/savings.py: always-expensive = what gpt-4o really billed for this prompt, and its recorded grade.
+    _, ladder = demo
+    completion = await ladder.run(routed("What is 6 x 7?"))
+    assert completion.counterfactual_cost_micro_usd == (8 * 2500 + 2 * 10000 + 500) // 1000
+    assert completion.counterfactual_correct is True and completion.recorded is True
+    assert completion.overhead_micro_usd == 0
+
+
+async def test_escalated_request_counts_the_rejected_answer_as_overhead(demo) -> None:
+    _, ladder = demo
+    completion = await ladder.run(routed("Integrate x^2 from 0 to 3."))  # phi's empty answer is rejected
+    rejected = completion.attempts[0]
+    assert rejected.status == "rejected" and rejected.cost_micro_usd > 0
+    assert completion.overhead_micro_usd == rejected.cost_micro_usd
+    assert completion.cost_micro_usd == sum(a.cost_micro_usd for a in completion.attempts)
+
+
+async def test_simulated_time_keeps_the_chain_on_the_simulated_clock(demo) -> None:
+    from datetime import timedelta
+
+    from core.messages import SIMULATED_TIME_KEY, utcnow
+
+    _, ladder = demo
+    message = routed("Integrate x^2 from 0 to 3.")
+    message.prompt.created_at = utcnow() - timedelta(days=3)
+    message.prompt.metadata[SIMULATED_TIME_KEY] = "true"
+    completion = await ladder.run(message)
+    for stamp in [a.started_at for a in completion.attempts] + [completion.completed_at]:
+        assert abs(stamp - message.prompt.created_at) < timedelta(seconds=30)

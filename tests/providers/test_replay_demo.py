@@ -39,7 +39,7 @@ def test_replay_demo_records_costs_and_correctness(pg_admin_dsn: str, tmp_path: 
     db_name = f"router_replay_{uuid.uuid4().hex[:8]}"
     dsn = create_database(pg_admin_dsn, db_name)
     env = {**os.environ, "PG_DSN": dsn, "ROUTER_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-           "ROUTER_API_PORT": str(free_port()), "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+           "ROUTER_API_PORT": str(free_port()), "COLUMNS": "400", "PYTHONUNBUFFERED": "1"}
     for name in ("ROUTER_PG_DSN", "ROUTER_STUB_URL", "ROUTER_MODELS_CONFIG", "ROUTER_CLASSIFIER_ARTIFACT"):
         env.pop(name, None)
     try:
@@ -69,6 +69,8 @@ def test_replay_demo_records_costs_and_correctness(pg_admin_dsn: str, tmp_path: 
         assert match, output
         assert round(float(match.group(1)) * 1e6) == spend
         assert (int(match.group(2)), int(match.group(3))) == (correct, 10)
-        assert re.search(r"savings vs always gpt-4o-2024-05-13: -?\d+\.\d%", output)
+        # The savings line names the router and shows the accuracy delta on the graded requests.
+        assert re.search(r"router seed heuristic \(untrained\): -?\d+\.\d% saved vs always gpt-4o-2024-05-13 .*"
+                         r"accuracy [+-]\d+\.\d pt vs always gpt-4o-2024-05-13 on 10 graded requests", output), output
     finally:
         drop_database(pg_admin_dsn, db_name)

@@ -158,3 +158,31 @@ def test_reuse_refuses_a_classifier_trained_on_other_data(artifact: Path, synthe
         train.main(["--data", str(synthetic_dir / "alpha.jsonl.gz"), "--ladder", LADDER_ARG, "--prices",
                     str(synthetic_dir / "prices.json"), "--out", str(out), "--reuse-classifier", str(artifact)])
     assert not out.exists() and not out.with_name("other.partial").exists()
+
+
+def test_evaluate_warns_loudly_on_training_data_and_reports_the_overlap(artifact: Path, synthetic_dir: Path,
+                                                                        tmp_path: Path, capsys) -> None:
+    out_json = tmp_path / "in-sample.json"
+    rc = evaluate.main(["--data", str(synthetic_dir / "alpha.jsonl.gz"), "--ladder", LADDER_ARG, "--prices",
+                        str(synthetic_dir / "prices.json"), "--artifact", str(artifact), "--json", str(out_json),
+                        "--bootstrap", "20"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "WARNING: IN-SAMPLE FIGURES. 70 of these 70 records (100.0%)" in err
+    overlap = json.loads(out_json.read_text())["training_overlap"]
+    assert (overlap["records"], overlap["of"], overlap["share"]) == (70, 70, 1.0)
+
+    # The same prompts under ids the artifact never saw: no overlap, no warning.
+    import gzip
+
+    fresh = tmp_path / "fresh.jsonl.gz"
+    with gzip.open(synthetic_dir / "alpha.jsonl.gz", "rt") as src, gzip.open(fresh, "wt") as dst:
+        for line in src:
+            record = json.loads(line)
+            record["id"] = "unseen/" + record["id"]
+            dst.write(json.dumps(record) + "\n")
+    rc = evaluate.main(["--data", str(fresh), "--ladder", LADDER_ARG, "--prices", str(synthetic_dir / "prices.json"),
+                        "--artifact", str(artifact), "--json", str(out_json), "--bootstrap", "20"])
+    assert rc == 0
+    assert "IN-SAMPLE" not in capsys.readouterr().err
+    assert json.loads(out_json.read_text())["training_overlap"]["records"] == 0
