@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--stub", action="store_true",
                         help="use the local OpenAI-compatible stub models even when the outcomes data is there")
     parser.add_argument("--sample", type=int, default=200, help="--replay: how many outcomes prompts (default 200)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="--replay: the replay models file (default config/models.demo.yaml; "
+                             "config/models.demo-pool.yaml routes across the whole math/code pool)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="--replay: the outcomes data folder (default: ROUTER_DATA_DIR)")
     args = parser.parse_args(argv)
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--replay needs the outcomes data: set ROUTER_DATA_DIR or pass --data-dir "
                          f"(no outcomes/ folder under {data_dir})")
         # The workers read these from the environment they inherit.
-        os.environ["ROUTER_MODELS_CONFIG"] = str(PROJECT_ROOT / "config" / "models.demo.yaml")
+        os.environ["ROUTER_MODELS_CONFIG"] = str((args.models or PROJECT_ROOT / "config" / "models.demo.yaml").resolve())
         os.environ["ROUTER_DATA_DIR"] = str(Path(data_dir).resolve())
         settings = settings.model_copy(update={"models_config": Path(os.environ["ROUTER_MODELS_CONFIG"]),
                                                "data_dir": Path(os.environ["ROUTER_DATA_DIR"])})
