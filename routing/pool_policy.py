@@ -189,6 +189,7 @@ class PoolAnswerCheck(AnswerCheck):
     """Rejects an answer when the prompt kind's plan says to go on to its next model."""
 
     name = "pool_answer"
+    reason_kind = "verifier"  # a learned judgement of the answer, recorded like the ladder's verifier
 
     def __init__(self, model: AnswerModel, policy: PoolPolicy) -> None:
         self.model = model
