@@ -186,6 +186,9 @@ class RoutingDecision(_Message):
     artifact: str | None = None
     # False for a control arm: the named model answers alone (fallback on errors only, no escalation).
     escalate: bool = True
+    # The models to call after ``model``, in order, when its answer is rejected or it fails (a pool
+    # policy's plan for this prompt); empty on a ladder: the tiers above, in order.
+    plan: list[str] = Field(default_factory=list)
 
     @property
     def reason(self) -> str:

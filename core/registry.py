@@ -74,19 +74,26 @@ class ModelSpec(BaseModel):
 
 
 class ModelRegistry(BaseModel):
-    """The configured models, exactly one per tier on the routing ladder."""
+    """The configured models: exactly one per tier on the routing ladder, or, with ``pool: true``, any
+    number of models (tiers are then price bands for display) routed by a pool policy."""
 
     model_config = ConfigDict(extra="forbid")
 
     models: list[ModelSpec]
     # Model whose cost is recorded as the counterfactual "what if everything went to the expensive model".
     counterfactual: str | None = None
+    # A pool: the policy may call any model in any order; ``counterfactual`` names the reference model.
+    pool: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ModelRegistry:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate model names in registry: {names}")
+        if self.pool:
+            if not self.models or self.counterfactual is None or self.counterfactual not in names:
+                raise ValueError("a pool registry needs models and a counterfactual (the reference model) among them")
+            return self
         tiers = [m.tier for m in self.models]
         for tier in TIER_ORDER:
             if tiers.count(tier) != 1:
@@ -102,7 +109,11 @@ class ModelRegistry(BaseModel):
         raise KeyError(f"unknown model {name!r}; configured: {[m.name for m in self.models]}")
 
     def by_tier(self, tier: Tier) -> ModelSpec:
-        return next(m for m in self.models if m.tier == tier)
+        """The ladder's model of ``tier`` (in a pool: the first model listed in that price band)."""
+        found = next((m for m in self.models if m.tier == tier), None)
+        if found is None:
+            raise KeyError(f"no model of tier {tier.value!r}; configured: {[m.name for m in self.models]}")
+        return found
 
     @property
     def ladder(self) -> list[ModelSpec]:

@@ -85,13 +85,15 @@ class LadderExecutor:
         answers: list[Answer] = []
         # A demo request on simulated days keeps its chain on that clock (labelled simulated where shown).
         shift = prompt.created_at - utcnow() if prompt.metadata.get(SIMULATED_TIME_KEY) else timedelta(0)
+        plan = routed.decision.plan  # a pool policy's next models; empty on a ladder (the tiers above)
+        budgets = routed.decision.max_output_tokens  # per model name (pool) or per tier (ladder)
         while spec is not None:
             started = utcnow() + shift
             if self.breaker.is_open(spec.name):
                 skipped = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
                                   error=f"{spec.name}: circuit open after "
                                         f"{self.breaker.consecutive_failures(spec.name)} consecutive failures")
-                next_spec = None if direct else self.escalation.next_after_error(spec, [*attempts, skipped])
+                next_spec = None if direct else self.escalation.next_after_error(spec, [*attempts, skipped], plan)
                 if next_spec is not None and self._over_cost_cap(routed, next_spec, skipped):
                     next_spec = None  # the fallback would cost too much: try this model after all (half-open)
                 if next_spec is not None:  # skip it only while another model is left to try
@@ -111,7 +113,7 @@ class LadderExecutor:
                 # on_delta only when streaming, so providers written before streaming keep working.
                 live = {"on_delta": on_delta} if on_delta is not None else {}
                 result = await self.providers[spec.name].complete(
-                    prompt, routed.decision.max_output_tokens.get(spec.tier.value), **live)
+                    prompt, budgets.get(spec.name, budgets.get(spec.tier.value)), **live)
             except ProviderError as exc:
                 self.breaker.record_failure(spec.name, exc.status)
                 attempt = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
@@ -120,7 +122,7 @@ class LadderExecutor:
                 if calls is not None:
                     await calls.finished(len(attempts), attempt)
                 # A requested model is that model or nothing; text already streamed cannot be taken back.
-                spec = None if direct or streamed else self.escalation.next_after_error(spec, attempts)
+                spec = None if direct or streamed else self.escalation.next_after_error(spec, attempts, plan)
                 if spec is not None and self._over_cost_cap(routed, spec, attempt):
                     spec = None  # beyond the cap the request fails (and can be retried) rather than overspend
                 if spec is not None:
@@ -150,7 +152,7 @@ class LadderExecutor:
             if rejection is None:
                 break
             # A control arm's model answers alone: its answer is kept even when a check would escalate.
-            next_spec = self.escalation.next_after_rejection(spec, attempts) if routed.decision.escalate else None
+            next_spec = self.escalation.next_after_rejection(spec, attempts, plan) if routed.decision.escalate else None
             if next_spec is None:
                 break  # nothing left to escalate to: keep the best answer we have
             attempt.record_next(next_spec.name, rejection.kind, rejection.reason)

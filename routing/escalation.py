@@ -41,24 +41,33 @@ class Escalation:
     def _tried(self, attempts: Sequence[Attempt]) -> set[str]:
         return {a.model for a in attempts}
 
-    def next_after_rejection(self, current: ModelSpec, attempts: Sequence[Attempt]) -> ModelSpec | None:
-        """The next tier up, if escalations are left. ``attempts`` includes the rejected one."""
+    def next_after_rejection(self, current: ModelSpec, attempts: Sequence[Attempt],
+                             plan: Sequence[str] = ()) -> ModelSpec | None:
+        """The next model, if escalations are left: the decision's plan when it has one (a pool),
+        else the next tier up. ``attempts`` includes the rejected one."""
         escalations = sum(1 for a in attempts if a.status == "rejected")
         if escalations > self.max_escalations:
             return None
         tried = self._tried(attempts)
+        if plan:
+            return next((self.registry.get(name) for name in plan if name not in tried), None)
         for tier in TIER_ORDER[TIER_ORDER.index(current.tier) + 1 :]:
             spec = self.registry.by_tier(tier)
             if spec.name not in tried:
                 return spec
         return None
 
-    def next_after_error(self, current: ModelSpec, attempts: Sequence[Attempt]) -> ModelSpec | None:
-        """Fall back to the next tier up not yet tried; from the top, to the best tier below it."""
+    def next_after_error(self, current: ModelSpec, attempts: Sequence[Attempt],
+                         plan: Sequence[str] = ()) -> ModelSpec | None:
+        """Fall back along the plan, then to the reference model (a pool); on a ladder to the next tier
+        up not yet tried, and from the top to the best tier below it."""
         tried = self._tried(attempts)
+        if plan or self.registry.pool:
+            order = [*plan, self.registry.counterfactual_model.name]
+            return next((self.registry.get(name) for name in order if name not in tried), None)
         index = TIER_ORDER.index(current.tier)
-        order: list[Tier] = list(TIER_ORDER[index + 1 :]) + list(reversed(TIER_ORDER[:index]))
-        for tier in order:
+        order_tiers: list[Tier] = list(TIER_ORDER[index + 1 :]) + list(reversed(TIER_ORDER[:index]))
+        for tier in order_tiers:
             spec = self.registry.by_tier(tier)
             if spec.name not in tried:
                 return spec

@@ -6,8 +6,9 @@ from typing import Any
 
 from routing.cascade_policy import CascadePolicy
 from routing.policy import RoutingPolicy, ThresholdPolicy
+from routing.pool_policy import PoolPolicy
 
-POLICIES: dict[str, type[RoutingPolicy]] = {cls.name: cls for cls in (ThresholdPolicy, CascadePolicy)}
+POLICIES: dict[str, type[RoutingPolicy]] = {cls.name: cls for cls in (ThresholdPolicy, CascadePolicy, PoolPolicy)}
 
 
 def build_policy(name: str, **kwargs: Any) -> RoutingPolicy:

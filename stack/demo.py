@@ -221,7 +221,7 @@ async def read_savings(conn: psycopg.AsyncConnection, request_ids: list[str]) ->
 def replay_sample(data_dir, registry, sample: int, seed: int = 7):
     """A seeded random sample of outcomes records that every ladder model has an answer for."""
     files = [f for f in outcome_files([data_dir / "outcomes"]) if f.name.split(".")[0] in REPLAY_LADDER_SOURCES]
-    ids = [m.provider_model_id for m in registry.ladder]
+    ids = [m.provider_model_id for m in registry.models]
     records = [r for r in load_outcomes(files) if all(i in r.outcomes for i in ids)]
     if not records:
         raise RuntimeError(f"no outcomes under {data_dir}/outcomes answered by all of {ids}")
@@ -245,8 +245,9 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
         raise RuntimeError("the replay demo needs the outcomes data: set ROUTER_DATA_DIR or pass --data-dir")
     registry = load_registry(settings)
     records = replay_sample(settings.data_dir, registry, sample, seed)
-    console.print(f"replaying {len(records)} outcomes prompts ({', '.join(REPLAY_LADDER_SOURCES)}) on the ladder "
-                  f"{' → '.join(m.name for m in registry.ladder)}")
+    shape = (f"the pool {', '.join(m.name for m in registry.models)}" if registry.pool
+             else f"the ladder {' → '.join(m.name for m in registry.ladder)}")
+    console.print(f"replaying {len(records)} outcomes prompts ({', '.join(REPLAY_LADDER_SOURCES)}) on {shape}")
 
     messages = [PromptMessage(request_id=new_request_id(), prompt=record.prompt, max_tokens=4096,
                               metadata={"source": record.source, "item_id": record.id, "demo": "replay"})

@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simulate-days", type=int, default=0, metavar="N",
                         help="--replay: spread the sample's timestamps over the last N days so trend views show "
                              "trends (labelled simulated on the dashboard; default 0: real time)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="--replay: the replay models file (default config/models.demo.yaml; "
+                             "config/models.demo-pool.yaml routes across the whole math/code pool)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="--replay: the outcomes data folder (default: ROUTER_DATA_DIR)")
     args = parser.parse_args(argv)
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--replay needs the outcomes data: set ROUTER_DATA_DIR or pass --data-dir "
                          f"(no outcomes/ folder under {data_dir})")
         # The workers read these from the environment they inherit.
-        os.environ["ROUTER_MODELS_CONFIG"] = str(PROJECT_ROOT / "config" / "models.demo.yaml")
+        os.environ["ROUTER_MODELS_CONFIG"] = str((args.models or PROJECT_ROOT / "config" / "models.demo.yaml").resolve())
         os.environ["ROUTER_DATA_DIR"] = str(Path(data_dir).resolve())
         settings = settings.model_copy(update={"models_config": Path(os.environ["ROUTER_MODELS_CONFIG"]),
                                                "data_dir": Path(os.environ["ROUTER_DATA_DIR"])})

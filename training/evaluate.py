@@ -7,6 +7,8 @@
 Savings, the accuracy delta against always-expensive and the escalation overhead follow the one definition
 in ``core/savings.py``. When the data overlaps the artifact's training data the figures are in-sample:
 the command says so loudly and reports the overlap (``training_overlap`` in the JSON).
+    python -m training.evaluate --data FILE_OR_DIR... --pool M1,M2,... --reference REF --prices FILE \\
+        --artifact ARTIFACT_DIR --json OUT.json
 
 It runs the live routing code, not a model of it: ``Router.route`` (classifier + calibrated policy)
 and ``providers.executor.LadderExecutor`` with its answer checks and escalation, each model a
@@ -226,6 +228,10 @@ def plot(report: dict[str, Any], curve: list[dict[str, Any]], path: Path, title:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--pool" in (sys.argv[1:] if argv is None else argv):  # a pool artifact: training.pool_evaluate
+        from training.pool_evaluate import main as evaluate_pool  # noqa: PLC0415
+
+        return evaluate_pool(argv)
     args = build_parser().parse_args(argv)
     ladder = Ladder.parse(args.ladder)
     prices = load_prices(args.prices)

@@ -1,6 +1,7 @@
 """Train the prompt classifier, the answer reader and verifier, calibrate the routing policy, write an artifact.
 
     python -m training.train --data FILE_OR_DIR... --ladder CHEAP,MID,EXPENSIVE --prices FILE --out ARTIFACT_DIR
+    python -m training.train --data FILE_OR_DIR... --pool M1,M2,... --reference REF --prices FILE --out DIR
 
 Everything is fitted on the given data only. Knobs are picked on out-of-fold predictions
 (``--folds``): the prompt classifier, the answer reader and the verifier that score a prompt never saw it.
@@ -119,6 +120,10 @@ def classifier_metrics(label_ids: np.ndarray, probabilities: np.ndarray) -> dict
 
 
 def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer: Any | None = None) -> int:
+    if "--pool" in (sys.argv[1:] if argv is None else argv):  # any set of models: training.pool
+        from training.pool import main as train_pool  # noqa: PLC0415
+
+        return train_pool(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.procedure_repeats < 1:
