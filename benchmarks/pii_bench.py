@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    from guardrails.pii import PiiScanner
+    from routing.guardrails.pii import PiiScanner
 
     started = time.perf_counter()
     scanner = PiiScanner()

@@ -20,10 +20,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from core.messages import PromptMessage, Tier
 from core.registry import ModelRegistry
 from core.settings import Settings
-from guardrails.limits import deny_list_hit, prompt_breaches
-from guardrails.pii import get_scanner
 from ingest.api.errors import ApiError
 from providers.tokens import count_chat_prompt_tokens, warm_up
+from routing.guardrails.limits import deny_list_hit, prompt_breaches
+from routing.guardrails.pii import get_scanner
 from sql.keys import (
     Admission,
     ApiKey,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import faust
 
 from core.messages import TIER_ORDER, PromptMessage, RoutedMessage, RoutingDecision
-from guardrails.limits import prompt_breaches
+from routing.guardrails.limits import prompt_breaches
 from stream_processors.agents.batching import register_batch_agent
 from stream_processors.context import PipelineContext
 

@@ -12,7 +12,7 @@ from psycopg_pool import PoolTimeout
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from core.messages import CompletionMessage
-from guardrails.pii import get_scanner
+from routing.guardrails.pii import get_scanner
 from sql.keys import Settlement, settle_requests
 from sql.repository import upsert_completion, upsert_completions
 from stream_processors.agents.batching import register_batch_agent

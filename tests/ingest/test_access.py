@@ -220,7 +220,7 @@ async def test_store_prompts_false_and_deny_list(client, app_settings, pg_dsn):
 
 
 def test_producer_messages_get_the_same_limits(app_settings):
-    from guardrails.limits import prompt_breaches
+    from routing.guardrails.limits import prompt_breaches
 
     ok = PromptMessage(prompt="hi", reply_to=f"{app_settings.topic_replies_prefix}host-12-abcdef12")
     assert prompt_breaches(ok, app_settings) == []
