@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from core.messages import PromptMessage
+from sql.repository import without_nul
 
 # One reconciler at a time across all workers.
 RECONCILER_LOCK_KEY = 0x7265636F6E63
@@ -31,8 +32,9 @@ INSERT_ACCEPTED_SQL = (
 async def record_accepted(conn: AsyncConnection, prompt: PromptMessage, deadline_at: datetime) -> bool:
     """The ledger row of an accepted request; False when it was already there (a client's retry with the same
     request id keeps the first row: that request is already accepted, and the reconciler answers for it)."""
-    cursor = await conn.execute(INSERT_ACCEPTED_SQL,
-                                (prompt.request_id, deadline_at, Jsonb(prompt.model_dump(mode="json"))))
+    # jsonb cannot hold a NUL either: kept as the sink keeps it (U+FFFD), so a republished copy is storable.
+    message = without_nul(prompt.model_dump(mode="json"))
+    cursor = await conn.execute(INSERT_ACCEPTED_SQL, (prompt.request_id, deadline_at, Jsonb(message)))
     return await cursor.fetchone() is not None
 
 

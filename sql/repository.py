@@ -102,19 +102,19 @@ BILLED_BY_MODEL_SQL = """
 """
 
 
-def _without_nul(value: Any) -> Any:
+def without_nul(value: Any) -> Any:
     """Postgres text and jsonb cannot hold NUL; a model that emits one must not cost us the row."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_without_nul(v) for v in value]
+        return [without_nul(v) for v in value]
     return value
 
 
 def storable(completion: CompletionMessage) -> CompletionMessage:
-    return CompletionMessage.model_validate(_without_nul(completion.model_dump()))
+    return CompletionMessage.model_validate(without_nul(completion.model_dump()))
 
 
 def request_row(completion: CompletionMessage) -> dict[str, Any]:
@@ -278,7 +278,7 @@ async def record_feedback(conn: AsyncConnection, feedback: FeedbackMessage, pass
     """Write one grade to ``model_eval`` (one row per request and feedback source: a repeat replaces it);
     returns "created" or "updated". Raises UnknownRequest, writing nothing, for a request that is not
     recorded or belongs to another tenant."""
-    feedback = FeedbackMessage.model_validate(_without_nul(feedback.model_dump()))
+    feedback = FeedbackMessage.model_validate(without_nul(feedback.model_dump()))
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(FEEDBACK_REQUEST_SQL, (feedback.request_id,))
         request = await cur.fetchone()

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from core.messages import CompletionMessage
+from core.settings import Settings
+
 DEFAULT_ENTITIES: tuple[str, ...] = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE")
 
 
@@ -112,3 +115,15 @@ def get_scanner(entities: tuple[str, ...] = DEFAULT_ENTITIES, spacy_model: str |
 @lru_cache(maxsize=4)
 def _build_scanner(entities: tuple[str, ...], spacy_model: str | None) -> PiiScanner:
     return PiiScanner(entities, spacy_model)
+
+
+def stored_form(completion: CompletionMessage, settings: Settings) -> CompletionMessage:
+    """The completion as its tenant's storage mode keeps it in Postgres: for ``redacted`` (``redact-stored``), PII
+    in the prompt and the answer replaced by ``<ENTITY>`` (the model saw the original); otherwise as it is
+    (``none`` drops the text in the repository). Every writer of a completion stores this form."""
+    if completion.prompt.storage != "redacted":
+        return completion
+    scanner = get_scanner(tuple(settings.pii_entities), settings.pii_spacy_model)
+    prompt = completion.prompt.model_copy(update={"prompt": scanner.redact(completion.prompt.prompt)})
+    response = scanner.redact(completion.response) if completion.response else completion.response
+    return completion.model_copy(update={"prompt": prompt, "response": response})

@@ -12,7 +12,7 @@ from psycopg_pool import PoolTimeout
 from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 from core.messages import CompletionMessage
-from routing.guardrails.pii import get_scanner
+from routing.guardrails.pii import stored_form
 from sql.keys import Settlement, settle_requests
 from sql.repository import upsert_completion, upsert_completions
 from stream_processors.agents.batching import register_batch_agent
@@ -32,19 +32,9 @@ async def _retrying(operation):
             return await operation()
 
 
-def redacted(context: PipelineContext, completion: CompletionMessage) -> CompletionMessage:
-    """The completion as the tenant's ``redact-stored`` mode keeps it: PII in the prompt and the answer replaced
-    by ``<ENTITY>`` (the model saw the original)."""
-    settings = context.settings
-    scanner = get_scanner(tuple(settings.pii_entities), settings.pii_spacy_model)
-    prompt = completion.prompt.model_copy(update={"prompt": scanner.redact(completion.prompt.prompt)})
-    response = scanner.redact(completion.response) if completion.response else completion.response
-    return completion.model_copy(update={"prompt": prompt, "response": response})
-
-
 async def storable_form(context: PipelineContext, completion: CompletionMessage) -> CompletionMessage:
     if completion.prompt.storage == "redacted":
-        return await asyncio.to_thread(redacted, context, completion)
+        return await asyncio.to_thread(stored_form, completion, context.settings)
     return completion
 
 

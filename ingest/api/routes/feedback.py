@@ -15,7 +15,8 @@ router = APIRouter(tags=["feedback"])
 
 
 @router.post("/v1/feedback", response_model=FeedbackOut,
-             responses={404: {"description": "no such request recorded for the caller's tenant; nothing written"},
+             responses={400: {"description": "the body is not JSON; nothing written"},
+                        404: {"description": "no such request recorded for the caller's tenant; nothing written"},
                         422: {"description": "invalid feedback (no grade, score out of 1-5, ...); nothing written"}})
 async def post_feedback(body: FeedbackIn, tenant: TenantDep, settings: SettingsDep, pool: PoolDep) -> FeedbackOut:
     if body.pass_fail is None and body.score is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiokafka.errors import KafkaError
@@ -9,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from core.messages import CompletionMessage
+from core.settings import Settings
 from ingest.accept import unwind_ledger, with_deadline, write_ledger
 from ingest.api.deps import (
     BridgeDep,
@@ -22,6 +24,7 @@ from ingest.api.deps import (
 from ingest.api.errors import ApiError, ErrorOut
 from ingest.api.schemas import GenerateIn, GenerateOut
 from ingest.bridge import GenerateTimeout
+from routing.guardrails.pii import stored_form
 from sql.repository import upsert_completion
 
 log = logging.getLogger(__name__)
@@ -33,11 +36,14 @@ router = APIRouter(tags=["generate"])
 RETRY_AFTER_FAILED_S = 30
 
 
-async def record_before_answering(pool, completion: CompletionMessage) -> None:
-    """Write the completion (idempotent, the sink writes the same row) so a GET /requests/{id} right after this
-    answer finds it. A database that is down only delays the row: the sink still writes it."""
+async def record_before_answering(pool, completion: CompletionMessage, settings: Settings) -> None:
+    """Write the completion (idempotent, the sink writes the same row, in the same stored form) so a
+    GET /requests/{id} right after this answer finds it. A database that is down only delays the row: the sink
+    still writes it."""
     if pool is None:
         return
+    if completion.prompt.storage == "redacted":
+        completion = await asyncio.to_thread(stored_form, completion, settings)
     try:
         async with pool.connection(timeout=2) as conn, conn.transaction():
             await upsert_completion(conn, completion)
@@ -81,7 +87,7 @@ async def generate(body: GenerateIn, key: CurrentKey, settings: SettingsDep, bri
     except KafkaError:
         await unwind_ledger(pool, message.request_id)
         raise
-    await record_before_answering(pool, completion)
+    await record_before_answering(pool, completion, settings)
     out = GenerateOut.from_completion(completion)
     if completion.status != "ok":
         return JSONResponse(status_code=503, headers={**headers, "Retry-After": str(RETRY_AFTER_FAILED_S)},

@@ -24,7 +24,7 @@ async def list_models(settings: SettingsDep, registry: RegistryDep) -> dict[str,
     return {"object": "list", "data": [_entry(name) for name in model_list(registry, settings.routing_policy)]}
 
 
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", responses={404: {"description": "model_not_found"}})
 async def get_model(model: str, settings: SettingsDep, registry: RegistryDep) -> dict[str, Any]:
     if model not in model_list(registry, settings.routing_policy):
         raise OpenAIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")

@@ -129,7 +129,21 @@ def timeout_error(exc: GenerateTimeout) -> OpenAIError:
                        headers={"x-router-request-id": exc.request_id})
 
 
-@router.post("/v1/chat/completions")
+# Every answer but 200 carries OpenAI's error object ({"error": {"message", "type", "param", "code"}}).
+CHAT_ERRORS = {
+    400: {"description": "invalid request: body, messages, parameters (n > 1), a guardrail refusal"},
+    403: {"description": "the key may not use this tenant or model"},
+    404: {"description": "model_not_found: neither router nor a configured model"},
+    409: {"description": "the request id is taken"},
+    413: {"description": "the body or the conversation is over the size limit"},
+    429: {"description": "rate_limit_exceeded or budget_exceeded (Retry-After)"},
+    502: {"description": "no model could answer"},
+    503: {"description": "the broker or the database cannot accept the request (Retry-After)"},
+    504: {"description": "no answer in time; the request is still processed and recorded"},
+}
+
+
+@router.post("/v1/chat/completions", responses=CHAT_ERRORS)
 async def chat_completions(request: Request, settings: SettingsDep, registry: RegistryDep, bridge: BridgeDep,
                            key: CurrentKey, gatekeeper: GatekeeperDep, pool: OptionalPoolDep):
     body = await read_body(request, settings)
