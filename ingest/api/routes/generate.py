@@ -66,15 +66,17 @@ async def generate(body: GenerateIn, key: CurrentKey, settings: SettingsDep, bri
                        param="request_id")
     admitted = await gatekeeper.admit(message, key)
     message, headers = with_deadline(admitted.message, settings), admitted.headers
-    if admitted.duplicate:
-        raise ApiError(409, f"request {message.request_id} was already accepted: GET /requests/{message.request_id}",
-                       "request_already_accepted", param="request_id", headers=headers)
     timeout_s = min(body.timeout_s or settings.generate_timeout_s, settings.generate_timeout_s)
+    # A retry of an admitted request id may come from a client whose first try died before it was accepted:
+    # the accepted-requests ledger, not admission, says whether it was.
     try:
-        await write_ledger(pool, message, settings)
+        first = await write_ledger(pool, message, settings)
     except BaseException:
         await gatekeeper.release(message.request_id)
         raise
+    if not first:
+        raise ApiError(409, f"request {message.request_id} was already accepted: GET /requests/{message.request_id}",
+                       "request_already_accepted", param="request_id", headers=headers)
     try:
         completion = await bridge.generate(message, timeout_s, on_publish_error=gatekeeper.release)
     except GenerateTimeout as exc:

@@ -32,8 +32,8 @@ async def submit_prompt(body: PromptIn, key: CurrentKey, settings: SettingsDep, 
     message = with_deadline(admitted.message, settings)
     response.headers.update(admitted.headers)
     accepted = Accepted(request_id=message.request_id, status_url=f"/requests/{message.request_id}")
-    if admitted.duplicate:  # a retry of an accepted request id is not sent to the models again
-        return accepted
+    # A retry of an admitted request id (``admitted.duplicate``) may come from a client whose first try died
+    # before it was accepted: the accepted-requests ledger, not admission, says whether it was.
     try:
         first = await write_ledger(pool, message, settings)
     except BaseException:
