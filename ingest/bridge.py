@@ -156,12 +156,7 @@ class KafkaBridge:
         self._streams[prompt.request_id] = queue  # registered before publishing, so no reply can slip by
         deadline = time.monotonic() + timeout_s
         try:
-            try:
-                await self.publish(prompt)
-            except BaseException:
-                if on_publish_error is not None:
-                    await on_publish_error(prompt.request_id)
-                raise
+            await self.publish(prompt, on_publish_error)
             expected, held = 0, {}
             while True:
                 try:
@@ -186,12 +181,19 @@ class KafkaBridge:
             if self._streams.get(prompt.request_id) is queue:
                 del self._streams[prompt.request_id]
 
-    async def publish(self, prompt: PromptMessage) -> None:
-        """Publish to the prompts topic, keyed by request id, and wait for the broker's ack."""
+    async def publish(self, prompt: PromptMessage,
+                      on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """Publish to the prompts topic, keyed by request id, and wait for the broker's ack. ``on_error`` runs
+        (with the request id) when the broker does not take the prompt, before the error propagates."""
         if self._producer is None:
             raise RuntimeError("bridge not started")
-        await self._producer.send_and_wait(self.settings.topic_prompts, key=prompt.request_id.encode(),
-                                           value=prompt.to_bytes())
+        try:
+            await self._producer.send_and_wait(self.settings.topic_prompts, key=prompt.request_id.encode(),
+                                               value=prompt.to_bytes())
+        except BaseException:
+            if on_error is not None:
+                await on_error(prompt.request_id)
+            raise
 
     async def generate(self, prompt: PromptMessage, timeout_s: float,
                        on_publish_error: Callable[[str], Awaitable[None]] | None = None) -> CompletionMessage:
@@ -201,12 +203,7 @@ class KafkaBridge:
         waiter: asyncio.Future[CompletionMessage] = asyncio.get_running_loop().create_future()
         self._waiters[prompt.request_id] = waiter  # registered before publishing, so no reply can slip by
         try:
-            try:
-                await self.publish(prompt)
-            except BaseException:
-                if on_publish_error is not None:
-                    await on_publish_error(prompt.request_id)
-                raise
+            await self.publish(prompt, on_publish_error)
             try:
                 return await asyncio.wait_for(waiter, timeout=timeout_s)
             except TimeoutError:
