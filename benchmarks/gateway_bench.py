@@ -65,30 +65,32 @@ async def first_token_ms(client: AsyncOpenAI, model: str, prompt: str) -> float:
     return first
 
 
-async def latency_phase(api_url: str, stub_url: str, cheap_name: str, cheap_id: str, requests: int,
+async def latency_phase(api_url: str, api_key: str, stub_url: str, cheap_name: str, cheap_id: str, requests: int,
                         concurrency: int) -> dict:
     limits = httpx.Limits(max_connections=concurrency * 2)
     direct = AsyncOpenAI(base_url=stub_url, api_key="unused", max_retries=0, timeout=60,
                          http_client=httpx.AsyncClient(limits=limits))
-    gateway = AsyncOpenAI(base_url=f"{api_url}/v1", api_key=os.environ.get("ROUTER_API_KEY", "unused"),
+    gateway = AsyncOpenAI(base_url=f"{api_url}/v1", api_key=api_key,
                           max_retries=0, timeout=60, http_client=httpx.AsyncClient(limits=limits))
     http = httpx.AsyncClient(timeout=60, limits=limits)
-    auth = {"Authorization": f"Bearer {os.environ.get('ROUTER_API_KEY', 'unused')}"}
+    auth = {"Authorization": f"Bearer {api_key}"}
     samples: dict[str, list[float]] = {kind: [] for kind in KINDS}
     failures = 0
+    first_errors: dict[str, str] = {}
 
     async def timed(kind: str, call) -> None:
         nonlocal failures
         started = time.perf_counter()
         try:
             result = await call
-        except Exception:  # noqa: BLE001 - counted, the run goes on
+        except Exception as error:  # noqa: BLE001 - counted and reported, the run goes on
             failures += 1
+            first_errors.setdefault(kind, repr(error)[:300])
             return
         samples[kind].append(result if kind.endswith("ttft") else (time.perf_counter() - started) * 1000)
 
     async def generate(prompt: str) -> None:
-        response = await http.post(f"{api_url}/generate", json={"prompt": prompt, "max_tokens": 64})
+        response = await http.post(f"{api_url}/generate", headers=auth, json={"prompt": prompt, "max_tokens": 64})
         if response.status_code != 200:
             raise RuntimeError(response.text)
 
@@ -119,6 +121,7 @@ async def latency_phase(api_url: str, stub_url: str, cheap_name: str, cheap_id: 
     for values in samples.values():
         values.clear()
     failures = 0
+    first_errors.clear()
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     wall = time.perf_counter() - started
@@ -126,7 +129,10 @@ async def latency_phase(api_url: str, stub_url: str, cheap_name: str, cheap_id: 
     await direct.close()
     await gateway.close()
     row: dict = {"concurrency": concurrency, "rounds": requests, "failures": failures, "wall_s": round(wall, 1)}
+    row["first_errors"] = first_errors
     for kind, values in samples.items():
+        if not values:
+            raise RuntimeError(f"every {kind} call failed at concurrency {concurrency}: {first_errors.get(kind)}")
         row[f"{kind}_p50_ms"], row[f"{kind}_p99_ms"] = pct(values, 50), pct(values, 99)
     for q in ("p50", "p99"):
         row[f"gateway_added_over_direct_{q}_ms"] = round(row[f"gateway_{q}_ms"] - row[f"direct_{q}_ms"], 2)
@@ -166,9 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         cheap = registry.ladder[0]
         httpx.post(f"{stub_url.removesuffix('/v1')}/_stub/faults", timeout=5, json={"faults": {
             spec.provider_model_id: {"token_delay_s": args.token_delay_ms / 1000} for spec in registry.models}})
+        from stack.demo import demo_key
+
+        api_key = asyncio.run(demo_key(stack.settings, tenant="benchmark"))
         results["latency"] = []
         for concurrency in args.concurrency:
-            row = asyncio.run(latency_phase(stack.api_url, stub_url, cheap.name, cheap.provider_model_id,
+            row = asyncio.run(latency_phase(stack.api_url, api_key, stub_url, cheap.name, cheap.provider_model_id,
                                             args.requests, concurrency))
             console.print(row)
             results["latency"].append(row)

@@ -56,9 +56,11 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99))
 
 
-async def latency_phase(api_url: str, stub_url: str, model_id: str, requests: int, concurrency: int) -> dict:
+async def latency_phase(api_url: str, api_key: str, stub_url: str, model_id: str, requests: int,
+                        concurrency: int) -> dict:
     direct_client = AsyncOpenAI(base_url=stub_url, api_key="unused", max_retries=0, timeout=30)
-    http = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency * 2))
+    http = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency * 2),
+                             headers={"Authorization": f"Bearer {api_key}"})
     direct: list[float] = []
     pipeline: list[float] = []
     # Where a /generate's time goes, per request (same clock: everything runs on this machine).
@@ -225,9 +227,12 @@ def main(argv: list[str] | None = None) -> int:
             results["idle_cpu_percent"] = {part: round(10 * (idle_after[part] - idle_before.get(part, 0.0)), 1)
                                            for part in sorted(idle_after) if part != "load generator"}
             console.print({"idle_cpu_percent": results["idle_cpu_percent"]})
+        from stack.demo import demo_key
+
+        api_key = asyncio.run(demo_key(stack.settings, tenant="benchmark"))
         results["latency"] = []
         for concurrency in args.concurrency:
-            row = asyncio.run(latency_phase(stack.api_url, stub_url, model_id, args.requests, concurrency))
+            row = asyncio.run(latency_phase(stack.api_url, api_key, stub_url, model_id, args.requests, concurrency))
             console.print(row)
             results["latency"].append(row)
         profiler = None

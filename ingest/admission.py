@@ -81,6 +81,9 @@ class Gatekeeper:
         self.settings = settings
         self.registry = registry
         self.pool = pool
+        # "loading" until the background warm-up has built the PII scanner (or failed to): /readyz waits for it, as
+        # the import holds the GIL for seconds and would slow every request served meanwhile.
+        self.pii_state = "loading"
 
     def warm_up_tokenizers(self) -> None:
         warm_up(sorted({spec.tokenizer for spec in self.registry.ladder}))
@@ -88,8 +91,11 @@ class Gatekeeper:
     def warm_up_pii(self) -> None:
         try:
             get_scanner(tuple(self.settings.pii_entities), self.settings.pii_spacy_model)
+            self.pii_state = "ok"
         except Exception as exc:  # noqa: BLE001 - a tenant using PII modes will see the error on its requests
             log.warning("PII scanner not loaded: %s: %s", type(exc).__name__, exc)
+            self.pii_state = f"unavailable: {type(exc).__name__}"
+
 
     # ------------------------------------------------------------ costs
 

@@ -196,6 +196,16 @@ class LocalStack:
         wait_until(lambda: httpx.get(f"{self.api_url}/healthz", timeout=3).status_code == 200, "API /healthz", 60,
                    [api])
         self._ok("api", f"{self.api_url} ({self.api_workers} process(es); docs at {self.api_url}/docs)")
+        if self.workers:
+            # Ready = workers hold every partition and the API has loaded what it loads in the background, so the
+            # first requests (a demo's, a benchmark's) do not race those loads.
+            try:
+                wait_until(lambda: httpx.get(f"{self.api_url}/readyz", timeout=3).status_code == 200, "API /readyz",
+                           90, [api])
+                self._ok("ready", f"{self.api_url}/readyz answers 200")
+            except TimeoutError:
+                body = httpx.get(f"{self.api_url}/readyz", timeout=3).text
+                self.console.print(f"[yellow]! not ready after 90 s, serving anyway: {body}[/yellow]")
 
     def _start_dashboard(self) -> None:
         app_file = PROJECT_ROOT / "dashboard" / "app.py"

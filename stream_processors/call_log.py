@@ -2,9 +2,11 @@
 and as it ends, and a routed request is checked for an answer already recorded before a model is called.
 
 Hundreds of concurrent calls must not each hold a database connection: requests queue up and one flush
-(every ``interval_s``) writes all waiting call records in one transaction and answers all waiting checks
-with one query. A call's start record is written before the call (the caller waits for its flush, at most
-``wait_s``), so a worker killed mid-call leaves the call on record as ``started``. When the database is
+writes all waiting call records in one transaction and answers all waiting checks with one query. A caller
+that waits (a start record, an answered check) starts a flush at once when none is running, and those arriving
+during a flush share the next one (group commit): one round trip at low load, batches under load. End records
+wait for the next flush, at most ``interval_s``. A call's start record is written before the call (the caller
+waits for its flush, at most ``wait_s``), so a worker killed mid-call leaves the call on record as ``started``. When the database is
 down, records wait in memory and the calls go ahead; the window in which a call can go unrecorded is a
 worker killed while its records wait (docs/reliability.md).
 """
@@ -12,6 +14,7 @@ worker killed while its records wait (docs/reliability.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,6 +36,8 @@ class CallRecorder:
         self.backlog: list[tuple[str, tuple]] = []  # ("started" | "finished", row)
         self._flushed: list[asyncio.Future] = []
         self._checks: dict[str, list[asyncio.Future]] = {}
+        self._waiting = asyncio.Event()  # set when a caller waits on the next flush
+        self._last_flush_failed = False
         self.errors = RateLimitedLog(log)
 
     async def _settle(self, future: asyncio.Future, default: Any) -> Any:
@@ -45,6 +50,7 @@ class CallRecorder:
         self.backlog.append(("started", row))
         future = asyncio.get_running_loop().create_future()
         self._flushed.append(future)
+        self._waiting.set()
         await self._settle(future, None)
 
     def record_finished(self, row: tuple) -> None:
@@ -54,11 +60,17 @@ class CallRecorder:
         """Whether the request's answer is recorded; False when the database cannot say in time."""
         future = asyncio.get_running_loop().create_future()
         self._checks.setdefault(request_id, []).append(future)
+        self._waiting.set()
         return await self._settle(future, False)
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            if self._last_flush_failed:
+                await asyncio.sleep(self.interval_s)  # the database is down: retry at the interval, not in a spin
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._waiting.wait(), timeout=self.interval_s)
+            self._waiting.clear()
             if self.backlog or self._checks:
                 await self.flush()
 
@@ -76,8 +88,10 @@ class CallRecorder:
                     async with conn.transaction():
                         await write_calls(conn, rows)
             del self.backlog[:len(rows)]
+            self._last_flush_failed = False
             self.errors.clear("model-calls")
         except Exception as exc:  # noqa: BLE001 - kept for the next flush; the calls go ahead
+            self._last_flush_failed = True
             self.errors.warning("model-calls", "%d model call record(s) wait for the database: %s: %s",
                                 len(self.backlog), type(exc).__name__, exc)
         for future in flushed:

@@ -8,8 +8,10 @@ installed) and add ``PERSON`` to ``ROUTER_PII_ENTITIES``.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,15 +34,16 @@ class PiiScanner:
 
     def __init__(self, entities: Sequence[str] = DEFAULT_ENTITIES, spacy_model: str | None = None,
                  min_score: float = 0.4) -> None:
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry  # noqa: PLC0415 - heavy, loaded on use
-        from presidio_analyzer.nlp_engine import SpacyNlpEngine  # noqa: PLC0415
-        from presidio_analyzer.predefined_recognizers import (  # noqa: PLC0415
-            CreditCardRecognizer,
-            EmailRecognizer,
-            IbanRecognizer,
-            PhoneRecognizer,
-            SpacyRecognizer,
-        )
+        with _without_transformers():
+            from presidio_analyzer import AnalyzerEngine, RecognizerRegistry  # noqa: PLC0415 - heavy, loaded on use
+            from presidio_analyzer.nlp_engine import SpacyNlpEngine  # noqa: PLC0415
+            from presidio_analyzer.predefined_recognizers import (  # noqa: PLC0415
+                CreditCardRecognizer,
+                EmailRecognizer,
+                IbanRecognizer,
+                PhoneRecognizer,
+                SpacyRecognizer,
+            )
 
         _offline_public_suffixes()
         self.entities = tuple(entities)
@@ -79,6 +82,23 @@ class PiiScanner:
             cursor = finding.end
         pieces.append(text[cursor:])
         return "".join(pieces)
+
+
+@contextlib.contextmanager
+def _without_transformers() -> Iterator[None]:
+    """Presidio imports Hugging Face transformers (and with it torch) for an optional NER engine this scanner never
+    uses: 6-25 s of imports holding the GIL while the API serves, and hundreds of MB. A ``None`` entry in
+    ``sys.modules`` makes that optional import fail fast, which Presidio handles; a process that has already
+    imported transformers keeps it."""
+    if "transformers" in sys.modules:
+        yield
+        return
+    sys.modules["transformers"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get("transformers", 0) is None:
+            del sys.modules["transformers"]
 
 
 def _offline_public_suffixes() -> None:

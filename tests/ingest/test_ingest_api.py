@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import httpx
@@ -101,8 +103,19 @@ async def test_readyz_when_heartbeats_hold_every_partition(api):
     async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
         await write_heartbeat(conn, worker_id=f"w-{uuid.uuid4().hex[:6]}", app_id=settings.faust_app_id, host="h",
                               pid=1, started_at=utcnow(), assignment=topics)
+        deadline = time.monotonic() + 60  # the PII scanner loads in the background first (seconds)
         ready = await client.get("/readyz")
+        while ready.status_code != 200 and ready.json().get("pii_scanner") == "loading" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text
+        assert ready.json()["pii_scanner"] == "ok"
+        # While a scanner is loading the process takes no traffic: the import holds the GIL for seconds.
+        gatekeeper = client._transport.app.state.gatekeeper
+        gatekeeper.pii_state = "loading"
+        loading = await client.get("/readyz")
+        gatekeeper.pii_state = "ok"
+        assert loading.status_code == 503 and loading.json()["pii_scanner"] == "loading", loading.text
         await conn.execute("UPDATE worker_heartbeats SET beat_at = now() - interval '1 hour'")
     stale = await client.get("/readyz")
     assert stale.status_code == 503 and stale.json()["unassigned_partitions"][settings.topic_prompts] == [0, 1, 2, 3, 4, 5]

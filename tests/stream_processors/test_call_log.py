@@ -81,3 +81,24 @@ async def test_records_wait_in_memory_while_the_database_is_down(pool, clean_db)
         assert recorder.backlog == [] and _calls(clean_db, request_id) == [("d1", 1, "small", "error", 0)]
     finally:
         runner.cancel()
+
+
+async def test_a_waiting_caller_does_not_wait_for_the_interval(pool, clean_db):
+    async def factory():
+        return pool
+
+    # Group commit: a start record or an answered check is flushed at once when no flush is running, so a
+    # request pays one round trip, not the batching interval (which only paces end records).
+    recorder = CallRecorder(factory, interval_s=30, wait_s=10)
+    runner = asyncio.create_task(recorder.run())
+    try:
+        request_id = uuid.uuid4().hex
+        calls = recorder.for_delivery(request_id, "d1")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await recorder.answered(request_id) is False
+        await calls.started(1, _spec())
+        assert loop.time() - started < 5
+        assert _calls(clean_db, request_id) == [("d1", 1, "small", "started", None)]
+    finally:
+        runner.cancel()

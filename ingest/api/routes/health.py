@@ -1,8 +1,9 @@
 """Health: ``/healthz`` is liveness (the process answers), ``/readyz`` is readiness (it can do its job).
 
-``/readyz`` answers 503 unless the broker answers, the database answers, and the workers' heartbeats
+``/readyz`` answers 503 unless the broker answers, the database answers, the workers' heartbeats
 (seen within ``heartbeat_fresh_s``) together hold every partition of the prompts, route and completions
-topics, i.e. every consumer group stage has a consumer with its partitions assigned.
+topics (every consumer group stage has a consumer with its partitions assigned), and the PII scanner's
+background load has ended.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ async def readyz(request: Request) -> JSONResponse:
     broker = "ok" if await bridge.broker_ok() else "down"
     database = await _database_ok(request)
     workers_ok, workers = (await _workers(request)) if database == "ok" else (False, {"error": "no database"})
-    ready = broker == "ok" and database == "ok" and workers_ok
+    # A scanner that failed to load does not block: only tenants with a PII mode need it, and they get the error.
+    pii = request.app.state.gatekeeper.pii_state
+    ready = broker == "ok" and database == "ok" and workers_ok and pii != "loading"
     return JSONResponse(status_code=200 if ready else 503, content={
         "status": "ready" if ready else "not ready", "broker": broker, "database": database,
-        "workers": "ok" if workers_ok else "missing", **workers,
+        "workers": "ok" if workers_ok else "missing", "pii_scanner": pii, **workers,
         "instance": bridge.instance_id, "reply_topic": bridge.reply_topic,
     })
