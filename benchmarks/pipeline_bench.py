@@ -2,7 +2,7 @@
 and the prompts/s the Kafka path sustains with stub providers.
 
     .venv/bin/python -m benchmarks.pipeline_bench [--requests 400] [--concurrency 1 32] [--throughput 3000]
-                                                  [--workers 1] [--profile]
+                                                  [--workers 1] [--model-latency-ms 0] [--profile]
 
 Starts the local stack (Tansu, Postgres, the stub, Faust worker(s), the API; no dashboard) with
 ``config/models.local.yaml``, then in one run:
@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--throughput", type=int, default=3000, help="prompts for the Kafka throughput phase")
     parser.add_argument("--workers", type=int, default=1, help="Faust worker processes")
+    parser.add_argument("--model-latency-ms", type=float, default=0.0,
+                        help="the stub answers every call after this long (1000: a realistic model)")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker during the throughput phase")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -219,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         registry = load_registry(stack.settings)
         stub_url = stack.env["ROUTER_STUB_URL"]
         model_id = registry.ladder[0].provider_model_id
+        if args.model_latency_ms:
+            httpx.post(f"{stub_url.removesuffix('/v1')}/_stub/faults", timeout=5, json={"faults": {
+                spec.provider_model_id: {"delay_s": args.model_latency_ms / 1000} for spec in registry.models}})
         # Idle cost: what the stack burns with no traffic (consumers polling the broker, heartbeats).
         idle_before = cpu_seconds_by_part(stack, data_root)
         time.sleep(10)
