@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +33,7 @@ import numpy as np
 from openai import AsyncOpenAI
 from rich.console import Console
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.bench_stack import benchmark_stack, machine_line
 
 PROMPTS = (
     "What is the capital of France?",
@@ -149,40 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from core.settings import get_settings
-    from stack.runner import LocalStack
-    from stack.services import free_port
-
     console = Console()
-    os.environ.setdefault("ROUTER_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
-    os.environ.setdefault("ROUTER_API_PORT", str(free_port()))
-    os.environ.pop("ROUTER_STUB_URL", None)
-    os.environ["ROUTER_MODELS_CONFIG"] = str(REPO_ROOT / "config" / "models.local.yaml")
-    get_settings.cache_clear()
-    data_root = Path(tempfile.mkdtemp(prefix="router-gateway-bench-"))
-    stack = LocalStack(get_settings(), data_root=data_root, workers=1, dashboard=False, console=console)
     results: dict = {"command": "python -m benchmarks.gateway_bench " + " ".join(argv or sys.argv[1:]),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
-    try:
-        stack.start()
-        from stream_processors.runtime import load_registry
-
-        registry = load_registry(stack.settings)
-        stub_url = stack.env["ROUTER_STUB_URL"]
+                     "machine": machine_line()}
+    with benchmark_stack("router-gateway-bench", console=console) as bench:
+        registry, stub_url, api_key = bench.registry, bench.stub_url, bench.api_key
         cheap = registry.ladder[0]
-        httpx.post(f"{stub_url.removesuffix('/v1')}/_stub/faults", timeout=5, json={"faults": {
-            spec.provider_model_id: {"token_delay_s": args.token_delay_ms / 1000} for spec in registry.models}})
-        from stack.demo import demo_key
-
-        api_key = asyncio.run(demo_key(stack.settings, tenant="benchmark"))
+        bench.set_stub_faults(token_delay_s=args.token_delay_ms / 1000)
         results["latency"] = []
         for concurrency in args.concurrency:
-            row = asyncio.run(latency_phase(stack.api_url, api_key, stub_url, cheap.name, cheap.provider_model_id,
-                                            args.requests, concurrency))
+            row = asyncio.run(latency_phase(bench.stack.api_url, api_key, stub_url, cheap.name,
+                                            cheap.provider_model_id, args.requests, concurrency))
             console.print(row)
             results["latency"].append(row)
-    finally:
-        stack.stop()
     text = json.dumps(results, indent=2)
     console.print(text)
     if args.json:

@@ -23,12 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +36,7 @@ import psycopg
 from openai import AsyncOpenAI
 from rich.console import Console
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.bench_stack import benchmark_stack, machine_line
 
 # A mix the heuristic classifier sends to all three tiers, so every provider agent is on the path.
 PROMPTS = (
@@ -200,30 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from core.settings import get_settings
-    from stack.runner import LocalStack
-    from stack.services import free_port
-
     console = Console()
-    os.environ.setdefault("ROUTER_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
-    os.environ.setdefault("ROUTER_API_PORT", str(free_port()))
-    os.environ.pop("ROUTER_STUB_URL", None)
-    os.environ["ROUTER_MODELS_CONFIG"] = str(REPO_ROOT / "config" / "models.local.yaml")
-    get_settings.cache_clear()
-    data_root = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    stack = LocalStack(get_settings(), data_root=data_root, workers=args.workers, dashboard=False, console=console)
     results: dict = {"command": "python -m benchmarks.pipeline_bench " + " ".join(argv or sys.argv[1:]),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
-    try:
-        stack.start()
-        from stream_processors.runtime import load_registry
-
-        registry = load_registry(stack.settings)
-        stub_url = stack.env["ROUTER_STUB_URL"]
-        model_id = registry.ladder[0].provider_model_id
+                     "machine": machine_line()}
+    with benchmark_stack("router-bench", workers=args.workers, console=console) as bench:
+        stack, data_root, stub_url, api_key = bench.stack, bench.data_root, bench.stub_url, bench.api_key
+        model_id = bench.registry.ladder[0].provider_model_id
         if args.model_latency_ms:
-            httpx.post(f"{stub_url.removesuffix('/v1')}/_stub/faults", timeout=5, json={"faults": {
-                spec.provider_model_id: {"delay_s": args.model_latency_ms / 1000} for spec in registry.models}})
+            bench.set_stub_faults(delay_s=args.model_latency_ms / 1000)
         # Idle cost: what the stack burns with no traffic (consumers polling the broker, heartbeats).
         idle_before = cpu_seconds_by_part(stack, data_root)
         time.sleep(10)
@@ -232,9 +213,6 @@ def main(argv: list[str] | None = None) -> int:
             results["idle_cpu_percent"] = {part: round(10 * (idle_after[part] - idle_before.get(part, 0.0)), 1)
                                            for part in sorted(idle_after) if part != "load generator"}
             console.print({"idle_cpu_percent": results["idle_cpu_percent"]})
-        from stack.demo import demo_key
-
-        api_key = asyncio.run(demo_key(stack.settings, tenant="benchmark"))
         results["latency"] = []
         for concurrency in args.concurrency:
             row = asyncio.run(latency_phase(stack.api_url, api_key, stub_url, model_id, args.requests, concurrency))
@@ -260,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         if profiler is not None:
             profiler.wait(timeout=60)
             results["profile"] = str(data_root / "worker.pyspy.txt")
-    finally:
-        stack.stop()
     text = json.dumps(results, indent=2)
     console.print(text)
     if args.json:
