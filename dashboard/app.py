@@ -24,6 +24,7 @@ if _PROJECT_ROOT not in sys.path:
 from core.settings import Settings, get_settings  # noqa: E402
 from dashboard import queries as q  # noqa: E402
 from dashboard import views  # noqa: E402
+from dashboard.health import stage_health_view  # noqa: E402
 from dashboard.online import experiments_view  # noqa: E402
 
 DATABASE_VIEWS: dict[str, tuple[str, Callable[[str, q.Filters], None]]] = {
@@ -37,8 +38,10 @@ DATABASE_VIEWS: dict[str, tuple[str, Callable[[str, q.Filters], None]]] = {
 DATABASE_VIEWS["experiments"] = ("Experiments (A/B)", experiments_view)
 OFFLINE_VIEW = "offline"
 BUDGETS_VIEW = "budgets"
+HEALTH_VIEW = "health"  # needs no request rows: workers and the pending backlog exist before any answer
 VIEW_TITLES = {slug: title for slug, (title, _) in DATABASE_VIEWS.items()} | {OFFLINE_VIEW: "Offline evaluation",
-                                                                                BUDGETS_VIEW: "Spend vs budget"}
+                                                                                BUDGETS_VIEW: "Spend vs budget",
+                                                                                HEALTH_VIEW: "Stage health and lag"}
 
 
 def choose_view() -> str:
@@ -141,6 +144,12 @@ def main() -> None:
             views.budgets(dsn)
         except psycopg.errors.UndefinedTable:
             st.error("The database has no budget tables yet: run `python -m sql.migrate`.")
+        return
+    if slug == HEALTH_VIEW:
+        try:
+            stage_health_view(dsn)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+            st.error("The database has no heartbeat tables yet: run `python -m sql.migrate`.")
         return
     try:
         filters = choose_filters(dsn)

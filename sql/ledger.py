@@ -125,12 +125,27 @@ async def reconcile(conn: AsyncConnection, *, republish_after_s: float, limit: i
 
 
 async def write_heartbeat(conn: AsyncConnection, *, worker_id: str, app_id: str, host: str, pid: int,
-                          started_at: datetime, assignment: dict[str, Sequence[int]]) -> None:
+                          started_at: datetime, assignment: dict[str, Sequence[int]],
+                          lag: dict[str, dict[int, int]] | None = None) -> None:
+    """``lag``: per topic and partition, how many messages the worker is behind (as it last saw it)."""
     await conn.execute(
-        "INSERT INTO worker_heartbeats (worker_id, app_id, host, pid, started_at, beat_at, assignment)"
-        " VALUES (%s, %s, %s, %s, %s, now(), %s) ON CONFLICT (worker_id) DO UPDATE SET beat_at = now(),"
-        " assignment = EXCLUDED.assignment",
-        (worker_id, app_id, host, pid, started_at, Jsonb({t: sorted(p) for t, p in assignment.items()})))
+        "INSERT INTO worker_heartbeats (worker_id, app_id, host, pid, started_at, beat_at, assignment, lag)"
+        " VALUES (%s, %s, %s, %s, %s, now(), %s, %s) ON CONFLICT (worker_id) DO UPDATE SET beat_at = now(),"
+        " assignment = EXCLUDED.assignment, lag = EXCLUDED.lag",
+        (worker_id, app_id, host, pid, started_at, Jsonb({t: sorted(p) for t, p in assignment.items()}),
+         Jsonb({t: {str(p): n for p, n in sorted(parts.items())} for t, parts in (lag or {}).items()})))
+
+
+async def consumer_lag(conn: AsyncConnection, app_id: str, fresh_s: float) -> dict[str, int]:
+    """Messages behind per topic, summed over the partitions of workers whose heartbeat is fresh."""
+    cursor = await conn.execute(
+        "SELECT lag FROM worker_heartbeats WHERE app_id = %s AND beat_at > now() - make_interval(secs => %s)",
+        (app_id, fresh_s))
+    totals: dict[str, int] = {}
+    for (lag,) in await cursor.fetchall():
+        for topic, partitions in lag.items():
+            totals[topic] = totals.get(topic, 0) + sum(int(n) for n in partitions.values())
+    return totals
 
 
 async def live_assignment(conn: AsyncConnection, app_id: str, fresh_s: float) -> dict[str, set[int]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from core.messages import CompletionMessage
 
@@ -39,6 +39,15 @@ class WorkerMetrics:
                               ["where"], registry=self.registry)
         self.expired = Counter("router_expired_total", "Accepted requests recorded as expired",
                                registry=self.registry)
+        self.consumer_lag = Gauge("router_consumer_lag", "Messages behind per assigned partition, as of the last "
+                                  "heartbeat", ["topic", "partition"], registry=self.registry)
+
+    def set_lag(self, lag: dict[str, dict[int, int]]) -> None:
+        """The gauge holds exactly the partitions assigned now (a revoked one is dropped, not left stale)."""
+        self.consumer_lag.clear()
+        for topic, partitions in lag.items():
+            for partition, behind in partitions.items():
+                self.consumer_lag.labels(topic, str(partition)).set(behind)
 
     def observe_completion(self, completion: CompletionMessage) -> None:
         self.completions.labels(completion.status, completion.final_model or "none").inc()

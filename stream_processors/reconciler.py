@@ -40,6 +40,24 @@ class WorkerDuties:
         self.republished_total = 0
         self.expired_total = 0
 
+    def lag(self) -> dict[str, dict[int, int]]:
+        """Messages behind per assigned partition: the high watermark of the last fetch response minus the next
+        offset to commit, both as Faust's monitor tracks them. A partition with nothing committed yet counts from
+        offset 0; one never fetched from is left out (its end is unknown)."""
+        try:
+            assigned = self.context.app.consumer.assignment()
+            monitor = self.context.app.monitor
+        except Exception:  # noqa: BLE001 - consumer not started yet
+            return {}
+        lag: dict[str, dict[int, int]] = {}
+        for tp in assigned:
+            end = monitor.tp_end_offsets.get(tp)
+            if end is None:
+                continue
+            committed = monitor.tp_committed_offsets.get(tp)
+            lag.setdefault(tp.topic, {})[tp.partition] = max(0, end - (committed or 0))
+        return lag
+
     def assignment(self) -> dict[str, list[int]]:
         try:
             assigned = self.context.app.consumer.assignment()
@@ -51,11 +69,13 @@ class WorkerDuties:
         return held
 
     async def heartbeat_once(self) -> None:
+        lag = self.lag()
+        self.context.metrics.set_lag(lag)
         pool = await self.context.pool()
         async with pool.connection(timeout=5) as conn:
             await write_heartbeat(conn, worker_id=self.worker_id, app_id=self.settings.faust_app_id,
                                   host=socket.gethostname(), pid=os.getpid(), started_at=self.started_at,
-                                  assignment=self.assignment())
+                                  assignment=self.assignment(), lag=lag)
 
     async def reconcile_once(self) -> int:
         pool = await self.context.pool()

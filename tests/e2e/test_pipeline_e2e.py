@@ -290,3 +290,27 @@ async def test_worker_crash_redelivers_unfinished_work_and_keeps_committed_work(
     calls = pipeline.stub_calls()
     assert len([c for c in calls if c["prompt"] == in_flight.prompt]) >= 2  # asked again after the crash
     assert len([c for c in calls if c["prompt"] == finished]) == 1  # committed before the crash: not redone
+
+
+async def test_workers_report_consumer_lag_and_it_drains_to_zero(pipeline):
+    # Lag comes from Faust's monitor (fetch high watermark minus committed offset), not from the broker's
+    # ListOffsets: after traffic every fetched partition of the prompts topic is reported, and caught up.
+    messages = [PromptMessage(request_id=uuid.uuid4().hex, prompt=unique("Name a colour."), max_tokens=16)
+                for _ in range(12)]
+    await produce(pipeline.settings.kafka_bootstrap, pipeline.settings.topic_prompts,
+                  [(m.request_id.encode(), m.to_bytes()) for m in messages])
+    for message in messages:
+        await pipeline.wait_for_row(message.request_id)
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        with psycopg.connect(pipeline.dsn) as conn:
+            lags = [row[0] for row in conn.execute("SELECT lag FROM worker_heartbeats WHERE app_id = %s",
+                                                   (pipeline.env["ROUTER_FAUST_APP_ID"],))]
+        prompts_lag = {p: n for lag in lags for p, n in lag.get(pipeline.settings.topic_prompts, {}).items()}
+        if prompts_lag and all(n == 0 for n in prompts_lag.values()):
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"lag never reached 0: {lags}"
+        await asyncio.sleep(0.5)
+    async with httpx.AsyncClient(timeout=10) as client:
+        ready = (await client.get(f"{pipeline.api_url}/readyz")).json()
+    assert ready["consumer_lag"].get(pipeline.settings.topic_prompts) == 0, ready

@@ -3,7 +3,8 @@
 ``/readyz`` answers 503 unless the broker answers, the database answers, the workers' heartbeats
 (seen within ``heartbeat_fresh_s``) together hold every partition of the prompts, route and completions
 topics (every consumer group stage has a consumer with its partitions assigned), and the PII scanner's
-background load has ended.
+background load has ended. It also reports each topic's consumer lag (messages behind, summed over
+partitions) from the workers' heartbeats.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from core.registry import ModelRegistry
 from core.topics import pipeline_topics
-from sql.ledger import live_assignment
+from sql.ledger import consumer_lag, live_assignment
 
 router = APIRouter(tags=["health"])
 
@@ -46,12 +47,14 @@ async def _workers(request: Request) -> tuple[bool, dict]:
     try:
         async with request.app.state.pool.connection(timeout=3) as conn:
             held = await live_assignment(conn, settings.faust_app_id, settings.heartbeat_fresh_s)
+            lag = await consumer_lag(conn, settings.faust_app_id, settings.heartbeat_fresh_s)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return False, {"error": f"{type(exc).__name__}"}
     unassigned = {topic: sorted(set(range(count)) - held.get(topic, set()))
                   for topic, count in _consumed_topics(request).items()}
     unassigned = {topic: parts for topic, parts in unassigned.items() if parts}
-    return not unassigned, {"unassigned_partitions": unassigned}
+    # Lag informs (a backlog is not unreadiness: the broker holds it); it is per topic, summed over partitions.
+    return not unassigned, {"unassigned_partitions": unassigned, "consumer_lag": lag}
 
 
 @router.get("/healthz")
