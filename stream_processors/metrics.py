@@ -39,6 +39,10 @@ class WorkerMetrics:
                               ["where"], registry=self.registry)
         self.expired = Counter("router_expired_total", "Accepted requests recorded as expired",
                                registry=self.registry)
+        self.parked = Counter("router_parked_total", "Requests parked until a retry because their allowed models "
+                              "were down, by routed model", ["model"], registry=self.registry)
+        self.unparked = Counter("router_unparked_total", "Parked requests published back to their route topic",
+                                registry=self.registry)
 
     def observe_completion(self, completion: CompletionMessage) -> None:
         self.completions.labels(completion.status, completion.final_model or "none").inc()

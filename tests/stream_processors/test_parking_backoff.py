@@ -1,0 +1,42 @@
+"""The parking backoff: exponential with jitter, growing to its cap, and the last retry placed before the deadline."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier, utcnow
+from core.settings import Settings
+from stream_processors.parking import Backoff
+
+
+def _routed(parks: int, deadline_in_s: float) -> RoutedMessage:
+    prompt = PromptMessage(prompt="What is 2 plus 2?", deadline_at=utcnow() + timedelta(seconds=deadline_in_s))
+    decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9}, model="small",
+                               tier=Tier.cheap, reasons=["test"], policy="threshold", classifier="test")
+    return RoutedMessage(prompt=prompt, decision=decision, target_model="small", parks=parks)
+
+
+def _backoff(**overrides) -> Backoff:
+    return Backoff(Settings(_env_file=None).model_copy(update={
+        "park_initial_s": 1.0, "park_max_s": 30.0, "park_sweep_interval_s": 1.0, **overrides}))
+
+
+def test_delays_double_with_jitter_up_to_the_cap():
+    backoff = _backoff()
+    for parks, base in ((0, 1), (1, 2), (2, 4), (3, 8), (4, 16)):
+        delays = {backoff.delay_s(parks) for _ in range(20)}
+        assert all(base <= d <= base + 1 for d in delays), (parks, delays)
+        assert len(delays) > 1  # jittered: parked requests do not all come back at the same instant
+    assert {backoff.delay_s(10) for _ in range(5)} == {30.0}
+
+
+def test_the_last_retry_comes_before_the_deadline_and_none_after_it():
+    backoff = _backoff()
+    now = utcnow()
+    far = _routed(parks=3, deadline_in_s=600)
+    assert timedelta(seconds=8) <= backoff.next_retry(far, now) - now <= timedelta(seconds=9)
+    near = _routed(parks=8, deadline_in_s=5)  # a 30 s wait would pass the deadline: retry just before it
+    retry = backoff.next_retry(near, now)
+    assert retry is not None and retry <= near.prompt.deadline_at - timedelta(seconds=1)
+    assert backoff.next_retry(_routed(parks=1, deadline_in_s=0.5), now) is None  # no time left: fail now
+    assert _backoff(park_enabled=False).next_retry(far, now) is None
