@@ -84,7 +84,10 @@ class LadderExecutor:
         outage = False  # a call failed because its model was unwell, or a circuit was open
         direct = prompt.requested_model is not None
         streamed = False
-        attempts: list[Attempt] = list(routed.attempts)
+        # Calls of earlier tries of a parked request are kept on the record and numbered on from, but the
+        # ladder's choices (what was tried, what to fall back or escalate to) are this try's own.
+        earlier: list[Attempt] = list(routed.attempts)
+        attempts: list[Attempt] = []
         spec = self.registry.get(routed.target_model)
         priced_at = prompt.created_at
         final = complete = None
@@ -109,9 +112,9 @@ class LadderExecutor:
                     outage = True
                     continue
                 if wait_out_open_circuit and not streamed:
-                    return self._failed(routed, attempts, skipped.error, shift, retryable=True)
+                    return self._failed(routed, [*earlier, *attempts], skipped.error, shift, retryable=True)
             if calls is not None:
-                await calls.started(len(attempts) + 1, spec)
+                await calls.started(len(earlier) + len(attempts) + 1, spec)
             on_delta = None
             if stream is not None and self.streams_live(prompt, spec, attempts):
                 async def on_delta(text: str, model: str = spec.name) -> None:
@@ -130,7 +133,7 @@ class LadderExecutor:
                                   latency_ms=exc.latency_ms, retries=exc.retries, error=str(exc))
                 attempts.append(attempt)
                 if calls is not None:
-                    await calls.finished(len(attempts), attempt)
+                    await calls.finished(len(earlier) + len(attempts), attempt)
                 # A requested model is that model or nothing; text already streamed cannot be taken back.
                 spec = None if direct or streamed else self.escalation.next_after_error(spec, attempts, plan)
                 if spec is not None and self._over_cost_cap(routed, spec, attempt):
@@ -155,7 +158,7 @@ class LadderExecutor:
                               usage_reported=result.usage_reported)
             attempts.append(attempt)
             if calls is not None:
-                await calls.finished(len(attempts), attempt)
+                await calls.finished(len(earlier) + len(attempts), attempt)
             final = (spec, result, cost)
             if result.finish_reason != "length":
                 complete = final
@@ -169,11 +172,12 @@ class LadderExecutor:
             spec = next_spec
 
         counterfactual = self.registry.counterfactual_model
-        total_cost = sum(a.cost_micro_usd for a in attempts)
         if final is None:
             # Text already streamed cannot be taken back, so only a request that streamed nothing may be retried.
-            return self._failed(routed, attempts, attempts[-1].error if attempts else "no attempt made", shift,
-                                retryable=outage and not streamed)
+            return self._failed(routed, [*earlier, *attempts], attempts[-1].error if attempts else "no attempt made",
+                                shift, retryable=outage and not streamed)
+        attempts = [*earlier, *attempts]
+        total_cost = sum(a.cost_micro_usd for a in attempts)
         if final[1].finish_reason == "length" and complete is not None:
             final = complete  # a cut-off answer is no answer: return the latest one that finished
         final_spec, result, answered_cost = final

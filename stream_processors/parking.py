@@ -93,6 +93,9 @@ class Parking:
             return completion.model_copy(update={"error": (
                 f"{completion.error}; retried until its deadline {deadline.isoformat(timespec='seconds')}"
                 f" (parked {routed.parks} times)")})
+        if len(completion.attempts) > len(routed.attempts) and completion.attempts[-1].next_reason is None:
+            completion.attempts[-1].next_reason = (f"parked: retry {routed.parks + 1} at "
+                                                   f"{retry_at.isoformat(timespec='seconds')}")
         parked = routed.model_copy(update={"attempts": completion.attempts, "parks": routed.parks + 1})
         try:
             pool = await self.context.calls_pool()

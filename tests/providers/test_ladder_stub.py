@@ -325,3 +325,24 @@ async def test_an_open_circuit_with_no_allowed_fallback_is_waited_out_without_a_
     last = await capped.run(routed_to("small", Tier.cheap))
     assert last.status == "ok" and last.final_model == "small"
     assert "stub-medium" not in [c["model"] for c in stub_calls(stub_server)]
+
+
+async def test_a_parked_request_tries_its_ladder_afresh_and_keeps_the_earlier_calls(registry, stub_server) -> None:
+    failing = {"fail_status": 503, "fail_times": 99}
+    set_faults(stub_server, **{"stub-small": failing, "stub-medium": failing})
+    capped = executor(registry, fallback_cost_cap=3.0)
+    calls = RecordingCallLog()
+    first = await capped.run(routed_to("small", Tier.cheap), calls)
+    assert first.retryable and [a.model for a in first.attempts] == ["small", "medium"]
+    parked = routed_to("small", Tier.cheap).model_copy(update={"attempts": first.attempts, "parks": 1})
+    # Still down: the retry falls back to medium again (earlier tries do not count as tried), never to big.
+    calls = RecordingCallLog()
+    second = await capped.run(parked, calls)
+    assert [a.model for a in second.attempts] == ["small", "medium", "small", "medium"] and second.retryable
+    assert [e[1] for e in calls.events if e[0] == "started"] == [3, 4]  # call numbers go on from the earlier ones
+    set_faults(stub_server, **{"stub-small": {"reply": REPLY}})
+    parked = parked.model_copy(update={"attempts": second.attempts, "parks": 2})
+    answered = await capped.run(parked, RecordingCallLog())
+    assert answered.status == "ok" and answered.final_model == "small"
+    assert [a.status for a in answered.attempts] == ["error"] * 4 + ["ok"]
+    assert answered.cost_micro_usd == answered.attempts[-1].cost_micro_usd > 0
