@@ -198,12 +198,14 @@ class FaultStack:
                 " AND coalesce(error, '') NOT LIKE '%%circuit open%%'", (ids,)).fetchone()
             calls = conn.execute("SELECT request_id, model, status, cost_micro_usd FROM model_calls"
                                  " WHERE request_id = ANY(%s)", (ids,)).fetchall()
-            # A delivery that made a request's first call is its first handling (or a redelivery of it); one that
-            # goes on from earlier calls is a parked request tried again.
-            first_deliveries, resumed_deliveries, requests_called = conn.execute(
-                "SELECT count(*) FILTER (WHERE first_no = 1), count(*) FILTER (WHERE first_no > 1),"
-                " count(DISTINCT request_id) FROM (SELECT request_id, delivery, min(attempt_no) AS first_no"
-                " FROM model_calls WHERE request_id = ANY(%s) GROUP BY request_id, delivery) d", (ids,)).fetchone()
+            # Every handling of a request that made calls is a delivery; beyond its first, one of a request that was
+            # never parked is a redelivery, and one of a parked request is mostly a retry after its park.
+            plain_deliveries, plain_requests, parked_deliveries = conn.execute(
+                "SELECT count(*) FILTER (WHERE p.request_id IS NULL),"
+                " count(DISTINCT d.request_id) FILTER (WHERE p.request_id IS NULL),"
+                " count(*) FILTER (WHERE p.request_id IS NOT NULL) FROM (SELECT DISTINCT request_id, delivery"
+                " FROM model_calls WHERE request_id = ANY(%s)) d"
+                " LEFT JOIN parked_requests p ON p.request_id = d.request_id", (ids,)).fetchone()
             parked = conn.execute("SELECT count(*), coalesce(sum(parks), 0) FROM parked_requests"
                                   " WHERE request_id = ANY(%s)", (ids,)).fetchone()
         on_record = Counter((stream.prompts[request_id], STUB_MODEL[model]) for request_id, model, _s, _c in calls)
@@ -221,9 +223,8 @@ class FaultStack:
             "calls_not_on_record": sum((counted - on_record).values()),
             "records_without_call": sum(max(0, n - errors[k]) for k, n in (on_record - counted).items()),
             "failed_before_reaching_the_model": sum(min(n, errors[k]) for k, n in (on_record - counted).items()),
-            "deliveries": first_deliveries + resumed_deliveries,
-            "redelivered_requests": first_deliveries - requests_called,
-            "requests_parked": parked[0], "parks": parked[1], "parked_retries_with_calls": resumed_deliveries,
+            "deliveries": plain_deliveries + parked_deliveries, "redelivered_requests": plain_deliveries - plain_requests,
+            "requests_parked": parked[0], "parks": parked[1], "deliveries_of_parked_requests": parked_deliveries,
             "answer_attempt_calls": attempts[0],
             "double_paid_calls": len(calls) - attempts[0],
             "calls_cut_off": sum(1 for c in calls if c[2] == "started"),
@@ -233,13 +234,16 @@ class FaultStack:
 
     def fallback_spend(self, request_ids: list[str]) -> dict:
         """Calls to a model other than the one each request was routed to: count, spend, the highest list-price
-        multiple of the routed model's among them, and what the same tokens cost at the routed model's prices."""
+        multiple of the routed model's among them, and what the same tokens cost at the routed model's prices;
+        and the longest time from a request's creation to its terminal row."""
         with psycopg.connect(self.dsn) as conn:
             rows = conn.execute(
-                "SELECT c.model, r.routed_model, count(*), coalesce(sum(c.cost_micro_usd), 0),"
-                " coalesce(sum(c.tokens_in), 0), coalesce(sum(c.tokens_out), 0) FROM model_calls c"
+                "SELECT c.model, r.routed_model, count(*), coalesce(sum(c.cost_micro_usd), 0)::bigint,"
+                " coalesce(sum(c.tokens_in), 0)::bigint, coalesce(sum(c.tokens_out), 0)::bigint FROM model_calls c"
                 " JOIN requests r ON r.request_id = c.request_id WHERE c.request_id = ANY(%s)"
                 " AND c.model <> r.routed_model GROUP BY c.model, r.routed_model", (request_ids,)).fetchall()
+            slowest = conn.execute("SELECT max(completed_at - created_at) FROM requests WHERE request_id = ANY(%s)",
+                                   (request_ids,)).fetchone()[0]
         prices = yaml.safe_load(MODELS_YAML)["models"]
         unit = {m["name"]: (m["prices"]["input"], m["prices"]["output"]) for m in prices}
         return {
@@ -250,6 +254,7 @@ class FaultStack:
             "fallback_max_price_multiple": round(max((LIST_PRICE[model] / LIST_PRICE[routed]
                                                       for model, routed, *_ in rows), default=0.0), 2),
             "fallback_models": sorted({model for model, *_ in rows}),
+            "slowest_request_s": round(slowest.total_seconds(), 1),
         }
 
     def deadlines(self, request_ids: list[str]) -> list:
