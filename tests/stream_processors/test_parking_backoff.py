@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier, utcnow
+from core.messages import CompletionMessage, PromptMessage, RoutedMessage, RoutingDecision, Tier, utcnow
 from core.settings import Settings
-from stream_processors.parking import Backoff
+from stream_processors.parking import Backoff, Parking
 
 
 def _routed(parks: int, deadline_in_s: float) -> RoutedMessage:
@@ -40,3 +40,27 @@ def test_the_last_retry_comes_before_the_deadline_and_none_after_it():
     assert retry is not None and retry <= near.prompt.deadline_at - timedelta(seconds=1)
     assert backoff.next_retry(_routed(parks=1, deadline_in_s=0.5), now) is None  # no time left: fail now
     assert _backoff(park_enabled=False).next_retry(far, now) is None
+
+
+class _Context:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+
+def _failed(routed: RoutedMessage, *, retryable: bool) -> CompletionMessage:
+    return CompletionMessage(request_id=routed.prompt.request_id, prompt=routed.prompt, decision=routed.decision,
+                             attempts=routed.attempts, status="failed", final_model=None, response=None,
+                             error="small: 503", retryable=retryable)
+
+
+async def test_past_its_deadline_a_parked_request_fails_for_good_saying_how_long_it_was_retried():
+    settings = Settings(_env_file=None).model_copy(update={"pg_dsn": "postgresql://unused/db"})
+    parking = Parking(_Context(settings))
+    late = _routed(parks=6, deadline_in_s=0.5)
+    final = await parking.park_or_give_up(late, _failed(late, retryable=True))
+    assert final is not None and final.status == "failed"
+    assert "retried until its deadline" in final.error and "parked 6 times" in final.error
+    # A failure no retry can mend is published as it is, whatever the deadline.
+    fresh = _routed(parks=0, deadline_in_s=600)
+    refused = _failed(fresh, retryable=False)
+    assert await parking.park_or_give_up(fresh, refused) is refused
