@@ -243,6 +243,9 @@ class RoutedMessage(_Message):
     target_model: str
     attempts: list[Attempt] = Field(default_factory=list)
     routed_at: datetime = Field(default_factory=utcnow)
+    # Times this request was parked because its allowed models were down (stream_processors/parking.py); its
+    # ``attempts`` then hold every call made so far, and the ladder starts again from ``target_model``.
+    parks: int = Field(0, ge=0)
 
 
 CompletionStatus = Literal["ok", "failed"]
@@ -282,6 +285,10 @@ class CompletionMessage(_Message):
     overhead_micro_usd: int = 0
     # Replay only: False when no model had a recorded answer and the stub answered (ungraded).
     recorded: bool | None = None
+    # Set by the ladder on a failure that a later try may not meet (the allowed models were down: outage errors,
+    # open circuits, a fallback beyond the cost cap); the provider agent parks such a request until its deadline.
+    # Never serialised: it only passes from the executor to the agent.
+    retryable: bool = Field(False, exclude=True)
 
     @property
     def latency_ms(self) -> float:

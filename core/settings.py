@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     # Fallback after a model error or an open circuit goes at most to a model whose list price (input + output
     # per 1M tokens) is this many times the routed model's; beyond it the request fails instead (0: no cap).
     fallback_cost_cap: float = Field(3.0, ge=0)
+    # Provider-outage parking (docs/reliability.md): a request whose allowed models are all down waits in Postgres
+    # and is retried with exponential backoff and jitter (park_initial_s, doubling, at most park_max_s apart) until
+    # its deadline (``deadline_at``, else created_at + request_deadline_s); a sweeper in each worker releases due
+    # requests every park_sweep_interval_s. park_enabled=False: such a request fails at once.
+    park_enabled: bool = True
+    park_initial_s: float = Field(1.0, gt=0)
+    park_max_s: float = Field(30.0, gt=0)
+    park_sweep_interval_s: float = Field(1.0, gt=0)
     # Prometheus /metrics of a Faust worker (0: off; the API serves its own on its port).
     worker_metrics_port: int = Field(0, ge=0, le=65535)
     # Access, budgets and limits on what comes in (docs/security.md)

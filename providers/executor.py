@@ -18,7 +18,7 @@ from core.messages import SIMULATED_TIME_KEY, Attempt, CompletionMessage, Routed
 from core.registry import ModelRegistry, ModelSpec
 from providers.base import Provider, ProviderError, ProviderResult
 from providers.costs import CostBook
-from providers.health import CircuitBreaker
+from providers.health import CircuitBreaker, is_outage
 from routing.answer_checks import Answer
 from routing.escalation import Escalation
 
@@ -72,13 +72,22 @@ class LadderExecutor:
         return self.escalation.next_after_rejection(spec, [*attempts, rejected]) is None
 
     async def run(self, routed: RoutedMessage, calls: CallLog | None = None,
-                  stream: StreamSink | None = None) -> CompletionMessage:
+                  stream: StreamSink | None = None, *, wait_out_open_circuit: bool = False) -> CompletionMessage:
         """Run the ladder. ``calls`` hears of every paid call; with ``stream``, an attempt that ``streams_live``
-        passes its text to it as generated."""
+        passes its text to it as generated.
+
+        A failure caused by the allowed models being down is marked ``retryable``. With
+        ``wait_out_open_circuit`` (the caller can park the request and try again later), a model whose circuit
+        is open and that has no allowed fallback is not called at all: the request fails at once, retryable,
+        with no new attempt. Without it such a model is called anyway (half-open), as a last try."""
         prompt = routed.prompt
+        outage = False  # a call failed because its model was unwell, or a circuit was open
         direct = prompt.requested_model is not None
         streamed = False
-        attempts: list[Attempt] = list(routed.attempts)
+        # Calls of earlier tries of a parked request are kept on the record and numbered on from, but the
+        # ladder's choices (what was tried, what to fall back or escalate to) are this try's own.
+        earlier: list[Attempt] = list(routed.attempts)
+        attempts: list[Attempt] = []
         spec = self.registry.get(routed.target_model)
         priced_at = prompt.created_at
         final = complete = None
@@ -100,9 +109,12 @@ class LadderExecutor:
                     skipped.record_next(next_spec.name, "circuit_open", "circuit open")
                     attempts.append(skipped)
                     spec = next_spec
+                    outage = True
                     continue
+                if wait_out_open_circuit and not streamed:
+                    return self._failed(routed, [*earlier, *attempts], skipped.error, shift, retryable=True)
             if calls is not None:
-                await calls.started(len(attempts) + 1, spec)
+                await calls.started(len(earlier) + len(attempts) + 1, spec)
             on_delta = None
             if stream is not None and self.streams_live(prompt, spec, attempts):
                 async def on_delta(text: str, model: str = spec.name) -> None:
@@ -116,11 +128,12 @@ class LadderExecutor:
                     prompt, budgets.get(spec.name, budgets.get(spec.tier.value)), **live)
             except ProviderError as exc:
                 self.breaker.record_failure(spec.name, exc.status)
+                outage = outage or exc.timed_out or is_outage(exc.status)
                 attempt = Attempt(model=spec.name, tier=spec.tier, status="error", started_at=started,
                                   latency_ms=exc.latency_ms, retries=exc.retries, error=str(exc))
                 attempts.append(attempt)
                 if calls is not None:
-                    await calls.finished(len(attempts), attempt)
+                    await calls.finished(len(earlier) + len(attempts), attempt)
                 # A requested model is that model or nothing; text already streamed cannot be taken back.
                 spec = None if direct or streamed else self.escalation.next_after_error(spec, attempts, plan)
                 if spec is not None and self._over_cost_cap(routed, spec, attempt):
@@ -145,7 +158,7 @@ class LadderExecutor:
                               usage_reported=result.usage_reported)
             attempts.append(attempt)
             if calls is not None:
-                await calls.finished(len(attempts), attempt)
+                await calls.finished(len(earlier) + len(attempts), attempt)
             final = (spec, result, cost)
             if result.finish_reason != "length":
                 complete = final
@@ -159,15 +172,12 @@ class LadderExecutor:
             spec = next_spec
 
         counterfactual = self.registry.counterfactual_model
-        total_cost = sum(a.cost_micro_usd for a in attempts)
         if final is None:
-            return CompletionMessage(
-                request_id=prompt.request_id, prompt=prompt, decision=routed.decision, attempts=attempts,
-                status="failed", final_model=None, response=None, cost_micro_usd=total_cost,
-                counterfactual_model=counterfactual.name,
-                error=attempts[-1].error if attempts else "no attempt made", overhead_micro_usd=total_cost,
-                completed_at=utcnow() + shift,
-            )
+            # Text already streamed cannot be taken back, so only a request that streamed nothing may be retried.
+            return self._failed(routed, [*earlier, *attempts], attempts[-1].error if attempts else "no attempt made",
+                                shift, retryable=outage and not streamed)
+        attempts = [*earlier, *attempts]
+        total_cost = sum(a.cost_micro_usd for a in attempts)
         if final[1].finish_reason == "length" and complete is not None:
             final = complete  # a cut-off answer is no answer: return the latest one that finished
         final_spec, result, answered_cost = final
@@ -187,6 +197,16 @@ class LadderExecutor:
             overhead_micro_usd=max(0, total_cost - answered_cost),
             recorded=result.recorded,
             completed_at=utcnow() + shift,
+        )
+
+    def _failed(self, routed: RoutedMessage, attempts: list[Attempt], error: str | None, shift: timedelta, *,
+                retryable: bool) -> CompletionMessage:
+        total_cost = sum(a.cost_micro_usd for a in attempts)
+        return CompletionMessage(
+            request_id=routed.prompt.request_id, prompt=routed.prompt, decision=routed.decision, attempts=attempts,
+            status="failed", final_model=None, response=None, cost_micro_usd=total_cost,
+            counterfactual_model=self.registry.counterfactual_model.name, error=error,
+            overhead_micro_usd=total_cost, completed_at=utcnow() + shift, retryable=retryable,
         )
 
     def _over_cost_cap(self, routed: RoutedMessage, candidate: ModelSpec, attempt: Attempt) -> bool:

@@ -20,6 +20,7 @@ from core.settings import Settings
 from core.topics import route_topic
 from stream_processors.call_log import CallRecorder
 from stream_processors.metrics import WorkerMetrics
+from stream_processors.parking import Parking
 from stream_processors.reconciler import WorkerDuties
 from stream_processors.runtime import Runtime
 
@@ -74,6 +75,7 @@ class PipelineContext(Service):
         # Request ids whose ladder this worker is running now (copies of one request share its partition).
         self.in_flight: set[str] = set()
         self.calls = CallRecorder(self.calls_pool)
+        self.parking = Parking(self)
 
     @Service.task
     async def _flush_calls(self) -> None:
@@ -93,6 +95,11 @@ class PipelineContext(Service):
     async def _reconcile(self) -> None:
         if self.settings.pg_dsn:
             await self.duties.run_forever("reconciler", self.duties.reconcile_once, self.settings.reconcile_interval_s)
+
+    @Service.task
+    async def _release_parked(self) -> None:
+        if self.parking.enabled:
+            await self.parking.sweep_forever()
 
     async def reply_producer(self) -> AIOKafkaProducer:
         """A producer of its own for the API processes' reply topics. Kept apart from Faust's producer because

@@ -41,6 +41,10 @@ class WorkerMetrics:
                                registry=self.registry)
         self.consumer_lag = Gauge("router_consumer_lag", "Messages behind per assigned partition, as of the last "
                                   "heartbeat", ["topic", "partition"], registry=self.registry)
+        self.parked = Counter("router_parked_total", "Requests parked until a retry because their allowed models "
+                              "were down, by routed model", ["model"], registry=self.registry)
+        self.unparked = Counter("router_unparked_total", "Parked requests published back to their route topic",
+                                registry=self.registry)
 
     def set_lag(self, lag: dict[str, dict[int, int]]) -> None:
         """The gauge holds exactly the partitions assigned now (a revoked one is dropped, not left stale)."""

@@ -104,7 +104,14 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
     prompt = routed.prompt
     stream = ReplyStream(context, prompt.request_id, prompt.reply_to) if prompt.stream and prompt.reply_to else None
     try:
-        completion = await context.runtime.executor_for(routed.decision).run(routed, calls, stream=stream)
+        # While the request can still be parked and retried, an open circuit with no allowed fallback is waited
+        # out rather than called; a failure because the allowed models are down parks it (stream_processors/
+        # parking.py) instead of recording it failed, until no retry fits before its deadline.
+        completion = await context.runtime.executor_for(routed.decision).run(
+            routed, calls, stream=stream, wait_out_open_circuit=context.parking.may_wait(routed))
+        completion = await context.parking.park_or_give_up(routed, completion)
+        if completion is None:
+            return  # parked: acknowledged, published back to its route topic at its retry time
         if stream is not None:
             await stream.flush()
             first_token_at = stream.first_at or utcnow()  # held back for its checks: the completion is the first

@@ -204,7 +204,8 @@ async def test_generate_on_stalled_provider_returns_504_and_row_lands_later(pipe
 
 
 async def test_generate_when_every_model_fails_returns_503_with_retry_after_and_records_the_failure(pipeline):
-    failing = {"fail_status": 503, "fail_times": 100}
+    # Every model refuses the request (a 4xx: the same on every try, so it is not parked for a later one).
+    failing = {"fail_status": 400, "fail_times": 100}
     pipeline.stub_faults({"stub-small": failing, "stub-medium": failing, "stub-big": failing})
     try:
         async with httpx.AsyncClient(timeout=60, headers=pipeline.auth_headers) as client:
@@ -214,13 +215,39 @@ async def test_generate_when_every_model_fails_returns_503_with_retry_after_and_
     assert response.status_code == 503, response.text
     assert int(response.headers["retry-after"]) > 0
     body = response.json()
-    assert body["status"] == "failed" and body["model"] is None and "503" in body["error"]
+    assert body["status"] == "failed" and body["model"] is None and "400" in body["error"]
     # Fell back up the ladder as far as the cost cap allows (3x the routed model's price: medium, not big).
     assert [a["model"] for a in body["attempts"]] == ["small", "medium"]
     assert body["attempts"][-1]["next_reason_kind"] == "cost_cap" and body["attempts"][-1]["next_model"] is None
     row = pipeline.row(body["request_id"])  # recorded before the answer was sent
     assert row["status"] == "failed" and row["fell_back"] and row["attempt_count"] == 2
     assert attempt_count(pipeline.dsn, body["request_id"]) == 2
+
+
+async def test_generate_for_a_request_parked_by_an_outage_answers_504_and_the_request_is_answered_later(pipeline):
+    # The cheap and mid models are down for their next three calls; the expensive one is beyond the cost cap.
+    failing = {"fail_status": 503, "fail_times": 3}
+    pipeline.stub_faults({"stub-small": failing, "stub-medium": failing})
+    try:
+        async with httpx.AsyncClient(timeout=60, headers=pipeline.auth_headers) as client:
+            response = await client.post(f"{pipeline.api_url}/generate",
+                                         json={"prompt": unique("Say yes."), "timeout_s": 2})
+        # Parked, not failed: the caller's own timeout passes first, and it is told to look the request up later.
+        assert response.status_code == 504, response.text
+        assert int(response.headers["retry-after"]) > 0
+        request_id = response.json()["request_id"]
+        row = await pipeline.wait_for_row(request_id, timeout_s=120, where=lambda r: r["status"] != "expired")
+    finally:
+        pipeline.stub_faults({})
+    assert row["status"] == "ok" and row["final_model"] == "small", row
+    attempts = row["attempts"]
+    assert [a["status"] for a in attempts][-1] == "ok" and all(a["status"] == "error" for a in attempts[:-1])
+    assert len(attempts) >= 3 and "big" not in {a["model"] for a in attempts}
+    assert any((a.get("next_reason") or "").startswith("parked: retry") for a in attempts)
+    assert attempt_count(pipeline.dsn, request_id) == len(attempts)
+    with psycopg.connect(pipeline.dsn) as conn:
+        parks = conn.execute("SELECT parks FROM parked_requests WHERE request_id = %s", (request_id,)).fetchone()
+    assert parks is not None and parks[0] >= 1
 
 
 async def test_several_api_processes_each_get_their_own_replies(pipeline):

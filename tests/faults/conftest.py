@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import yaml
 
 from core.settings import Settings
 from core.topics import ensure_pipeline_topics
@@ -56,6 +57,8 @@ models:
      prices: {input: 2.5, output: 10.0}, timeout_s: 30, max_retries: 0}
 """
 STUB_MODEL = {"small": "stub-small", "medium": "stub-medium", "big": "stub-big"}
+# List price (input + output per 1M tokens) of each model: what the fallback cost cap compares.
+LIST_PRICE = {m["name"]: m["prices"]["input"] + m["prices"]["output"] for m in yaml.safe_load(MODELS_YAML)["models"]}
 TERMINAL = ("ok", "failed", "expired")
 
 
@@ -195,8 +198,16 @@ class FaultStack:
                 " AND coalesce(error, '') NOT LIKE '%%circuit open%%'", (ids,)).fetchone()
             calls = conn.execute("SELECT request_id, model, status, cost_micro_usd FROM model_calls"
                                  " WHERE request_id = ANY(%s)", (ids,)).fetchall()
-            deliveries = conn.execute("SELECT count(*) FROM (SELECT DISTINCT request_id, delivery FROM model_calls"
-                                      " WHERE request_id = ANY(%s)) d", (ids,)).fetchone()[0]
+            # Every handling of a request that made calls is a delivery; beyond its first, one of a request that was
+            # never parked is a redelivery, and one of a parked request is mostly a retry after its park.
+            plain_deliveries, plain_requests, parked_deliveries = conn.execute(
+                "SELECT count(*) FILTER (WHERE p.request_id IS NULL),"
+                " count(DISTINCT d.request_id) FILTER (WHERE p.request_id IS NULL),"
+                " count(*) FILTER (WHERE p.request_id IS NOT NULL) FROM (SELECT DISTINCT request_id, delivery"
+                " FROM model_calls WHERE request_id = ANY(%s)) d"
+                " LEFT JOIN parked_requests p ON p.request_id = d.request_id", (ids,)).fetchone()
+            parked = conn.execute("SELECT count(*), coalesce(sum(parks), 0) FROM parked_requests"
+                                  " WHERE request_id = ANY(%s)", (ids,)).fetchone()
         on_record = Counter((stream.prompts[request_id], STUB_MODEL[model]) for request_id, model, _s, _c in calls)
         # A call that failed before it reached the model (connection refused, timed out on the way) is on record
         # as an error, and the stub never saw it.
@@ -212,13 +223,44 @@ class FaultStack:
             "calls_not_on_record": sum((counted - on_record).values()),
             "records_without_call": sum(max(0, n - errors[k]) for k, n in (on_record - counted).items()),
             "failed_before_reaching_the_model": sum(min(n, errors[k]) for k, n in (on_record - counted).items()),
-            "deliveries": deliveries, "redelivered_requests": deliveries - len(rows),
+            "deliveries": plain_deliveries + parked_deliveries, "redelivered_requests": plain_deliveries - plain_requests,
+            "requests_parked": parked[0], "parks": parked[1], "deliveries_of_parked_requests": parked_deliveries,
             "answer_attempt_calls": attempts[0],
             "double_paid_calls": len(calls) - attempts[0],
             "calls_cut_off": sum(1 for c in calls if c[2] == "started"),
             "cost_micro_usd": sum(row["cost_micro_usd"] for row in rows.values()),
             "calls_cost_micro_usd": sum(c[3] or 0 for c in calls),
         }
+
+    def fallback_spend(self, request_ids: list[str]) -> dict:
+        """Calls to a model other than the one each request was routed to: count, spend, the highest list-price
+        multiple of the routed model's among them, and what the same tokens cost at the routed model's prices;
+        and the longest time from a request's creation to its terminal row."""
+        with psycopg.connect(self.dsn) as conn:
+            rows = conn.execute(
+                "SELECT c.model, r.routed_model, count(*), coalesce(sum(c.cost_micro_usd), 0)::bigint,"
+                " coalesce(sum(c.tokens_in), 0)::bigint, coalesce(sum(c.tokens_out), 0)::bigint FROM model_calls c"
+                " JOIN requests r ON r.request_id = c.request_id WHERE c.request_id = ANY(%s)"
+                " AND c.model <> r.routed_model GROUP BY c.model, r.routed_model", (request_ids,)).fetchall()
+            slowest = conn.execute("SELECT max(completed_at - created_at) FROM requests WHERE request_id = ANY(%s)",
+                                   (request_ids,)).fetchone()[0]
+        prices = yaml.safe_load(MODELS_YAML)["models"]
+        unit = {m["name"]: (m["prices"]["input"], m["prices"]["output"]) for m in prices}
+        return {
+            "fallback_calls": sum(n for _m, _r, n, *_ in rows),
+            "fallback_spend_micro_usd": sum(cost for *_, cost, _ti, _to in rows),
+            "fallback_at_routed_prices_micro_usd": round(sum(ti * unit[routed][0] + to * unit[routed][1]
+                                                             for _m, routed, _n, _c, ti, to in rows)),
+            "fallback_max_price_multiple": round(max((LIST_PRICE[model] / LIST_PRICE[routed]
+                                                      for model, routed, *_ in rows), default=0.0), 2),
+            "fallback_models": sorted({model for model, *_ in rows}),
+            "slowest_request_s": round(slowest.total_seconds(), 1),
+        }
+
+    def deadlines(self, request_ids: list[str]) -> list:
+        with psycopg.connect(self.dsn) as conn:
+            return [row[0] for row in conn.execute("SELECT deadline_at FROM accepted_requests"
+                                                   " WHERE request_id = ANY(%s)", (request_ids,)).fetchall()]
 
     def save_figures(self, name: str, figures: dict) -> None:
         FIGURES.mkdir(parents=True, exist_ok=True)
@@ -237,7 +279,8 @@ def _supervise(stack: FaultStack, stop: threading.Event) -> None:
 
 @pytest.fixture()
 def fault_stack(request, pg_admin_dsn: str, tmp_path: Path) -> Iterator[FaultStack]:
-    """``@pytest.mark.dedicated_postgres``: the test gets a Postgres server of its own (it stops it)."""
+    """``@pytest.mark.dedicated_postgres``: the test gets a Postgres server of its own (it stops it). Parametrized
+    indirectly, the parameter is a dict of environment settings for this stack's processes."""
     dedicated = request.node.get_closest_marker("dedicated_postgres") is not None
     suffix = uuid.uuid4().hex[:8]
     lines: list[str] = []
@@ -264,6 +307,7 @@ def fault_stack(request, pg_admin_dsn: str, tmp_path: Path) -> Iterator[FaultSta
         # Faster than production so a test sees republishing within its run.
         "ROUTER_REPUBLISH_AFTER_S": "60", "ROUTER_RECONCILE_INTERVAL_S": "2", "ROUTER_REQUEST_DEADLINE_S": "300",
         "ROUTER_HEARTBEAT_INTERVAL_S": "1",
+        **getattr(request, "param", {}),
     }
     env.pop("PG_DSN", None)
     env.pop("ROUTER_CLASSIFIER_ARTIFACT", None)

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import pytest
 
+from core.messages import utcnow
 from tests.faults.conftest import FaultStack
 
 PROMPTS = 300
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 
 
-def check(stack: FaultStack, name: str, stream, *, exact_calls: bool = True) -> dict:
+def check(stack: FaultStack, name: str, stream, *, exact_calls: bool = True, extra: dict | None = None) -> dict:
     assert len(stream.prompts) >= PROMPTS
     assert len(stream.accepted) == PROMPTS, f"only {len(stream.accepted)} of {PROMPTS} were ever accepted"
     rows = stack.wait_terminal(stream.accepted)
-    figures = stack.accounting(stream, rows)
+    figures = {**stack.accounting(stream, rows), **(extra or {})}
     stack.save_figures(name, {**figures, "restarts": stack.restarts})
     # Exactly one terminal row per accepted request (request_id is the primary key: at most one row).
     assert figures["recorded"] == figures["accepted"]
@@ -86,17 +88,46 @@ async def test_postgres_outage_of_20_seconds(fault_stack: FaultStack):
     assert stream.refusals > 0  # no ledger row, no acceptance: the client was told 503 and retried
 
 
+@pytest.mark.parametrize("fault_stack", [
+    # The cap lets the cheap model fall back to the mid one (about 2.1x its list price): requests fall back.
+    pytest.param({"ROUTER_FALLBACK_COST_CAP": "3"}, id="fallback_within_cap"),
+    # The cap allows no fallback at all: requests routed to the cheap model are parked until it is back.
+    pytest.param({"ROUTER_FALLBACK_COST_CAP": "2"}, id="parked_beyond_cap"),
+], indirect=True)
 async def test_outage_of_one_models_endpoint_for_15_seconds(fault_stack: FaultStack):
+    cap = float(fault_stack.env["ROUTER_FALLBACK_COST_CAP"])
+    ended = {}
+
     async def outage() -> None:
         fault_stack.stub_faults({"stub-small": {"fail_status": 503, "fail_times": 1_000_000}})
         await asyncio.sleep(15)
         fault_stack.stub_faults({})
+        ended["at"] = utcnow()
 
     stream = await fault_stack.stream(PROMPTS, at=100, fault=outage)
-    figures = check(fault_stack, "endpoint_outage_15s", stream)
-    assert figures["stub_calls"] > PROMPTS  # failed calls to the cheap model, then fallbacks
-    # Fallback spend stays within the cap (3x the routed model's price): the mid model, never the expensive one.
+    rows = fault_stack.wait_terminal(stream.accepted)
+    fallback = fault_stack.fallback_spend(list(rows))
+    name = "endpoint_outage_15s" if cap >= 3 else "endpoint_outage_15s_parked"
+    figures = check(fault_stack, name, stream, extra=fallback)
+    assert figures["stub_calls"] > PROMPTS  # failed calls to the cheap model, then fallbacks or later retries
+    # The outage ended before every request's deadline, so no request failed permanently (check: all 300 ok).
+    assert all(deadline > ended["at"] for deadline in fault_stack.deadlines(stream.accepted))
+    assert figures["statuses"] == {"ok": PROMPTS}
+    # Fallback spend stays within the cap: no call went to a model priced above cap x the routed model's list
+    # price (the expensive model is about 19x the cheap one).
+    assert fallback["fallback_max_price_multiple"] <= cap, fallback
     assert not [c for c in fault_stack.stub_calls() if c["model"] == "stub-big"]
+    if cap >= 3:
+        assert fallback["fallback_models"] == ["medium"] and fallback["fallback_spend_micro_usd"] > 0, fallback
+    else:
+        # Nothing it may fall back to: the requests the outage caught were parked, and answered by the cheap model
+        # once it was back, with no fallback spend at all.
+        assert fallback["fallback_calls"] == 0 and fallback["fallback_spend_micro_usd"] == 0, fallback
+        assert figures["requests_parked"] > 0 and figures["deliveries_of_parked_requests"] >= figures["requests_parked"]
+        with psycopg.connect(fault_stack.dsn) as conn:
+            finals = conn.execute("SELECT final_model, count(*) FROM requests WHERE request_id = ANY(%s)"
+                                  " GROUP BY final_model", (stream.accepted,)).fetchall()
+        assert finals == [("small", PROMPTS)]
 
 
 async def test_slow_endpoint_10_seconds_per_call(fault_stack: FaultStack):

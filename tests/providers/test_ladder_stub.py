@@ -291,3 +291,58 @@ async def test_fallback_beyond_the_cost_cap_is_refused_and_recorded(registry, st
     set_faults(stub_server, **{"stub-small": failing, "stub-medium": failing, "stub-big": {"reply": REPLY}})
     uncapped = await executor(registry).run(routed_to("small", Tier.cheap))
     assert [a.model for a in uncapped.attempts] == ["small", "medium", "big"] and uncapped.status == "ok"
+
+
+async def test_a_failure_because_the_allowed_models_are_down_is_retryable(registry, stub_server) -> None:
+    failing = {"fail_status": 503, "fail_times": 99}
+    set_faults(stub_server, **{"stub-small": failing, "stub-medium": failing})
+    outage = await executor(registry, fallback_cost_cap=3.0).run(routed_to("small", Tier.cheap))
+    assert outage.status == "failed" and outage.retryable
+    assert "retryable" not in outage.model_dump_json()  # it never leaves the worker
+    # A request the models refuse (a 4xx) would fail the same way on every try: not retryable.
+    refused = {"fail_status": 400, "fail_times": 99}
+    set_faults(stub_server, **{"stub-small": refused, "stub-medium": refused})
+    bad_request = await executor(registry, fallback_cost_cap=3.0).run(routed_to("small", Tier.cheap))
+    assert bad_request.status == "failed" and not bad_request.retryable
+
+
+async def test_an_open_circuit_with_no_allowed_fallback_is_waited_out_without_a_call(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 503, "fail_times": 99}})
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=60)
+    capped = executor(registry, fallback_cost_cap=1.5, breaker=breaker)  # medium (about 2x) is beyond the cap
+    first = await capped.run(routed_to("small", Tier.cheap), wait_out_open_circuit=True)
+    assert [a.model for a in first.attempts] == ["small"] and first.retryable
+    assert first.attempts[0].next_reason_kind == "cost_cap"
+    assert breaker.is_open("small")
+    calls_before = len(stub_calls(stub_server))
+    # The circuit is open and no fallback is allowed: a request that can wait is not sent to the model.
+    waited = await capped.run(routed_to("small", Tier.cheap), wait_out_open_circuit=True)
+    assert waited.status == "failed" and waited.retryable and waited.attempts == []
+    assert "circuit open" in waited.error
+    assert len(stub_calls(stub_server)) == calls_before
+    # Its last try before the deadline calls the model anyway (half-open), and succeeds once it is back.
+    set_faults(stub_server, **{"stub-small": {"reply": REPLY}})
+    last = await capped.run(routed_to("small", Tier.cheap))
+    assert last.status == "ok" and last.final_model == "small"
+    assert "stub-medium" not in [c["model"] for c in stub_calls(stub_server)]
+
+
+async def test_a_parked_request_tries_its_ladder_afresh_and_keeps_the_earlier_calls(registry, stub_server) -> None:
+    failing = {"fail_status": 503, "fail_times": 99}
+    set_faults(stub_server, **{"stub-small": failing, "stub-medium": failing})
+    capped = executor(registry, fallback_cost_cap=3.0)
+    calls = RecordingCallLog()
+    first = await capped.run(routed_to("small", Tier.cheap), calls)
+    assert first.retryable and [a.model for a in first.attempts] == ["small", "medium"]
+    parked = routed_to("small", Tier.cheap).model_copy(update={"attempts": first.attempts, "parks": 1})
+    # Still down: the retry falls back to medium again (earlier tries do not count as tried), never to big.
+    calls = RecordingCallLog()
+    second = await capped.run(parked, calls)
+    assert [a.model for a in second.attempts] == ["small", "medium", "small", "medium"] and second.retryable
+    assert [e[1] for e in calls.events if e[0] == "started"] == [3, 4]  # call numbers go on from the earlier ones
+    set_faults(stub_server, **{"stub-small": {"reply": REPLY}})
+    parked = parked.model_copy(update={"attempts": second.attempts, "parks": 2})
+    answered = await capped.run(parked, RecordingCallLog())
+    assert answered.status == "ok" and answered.final_model == "small"
+    assert [a.status for a in answered.attempts] == ["error"] * 4 + ["ok"]
+    assert answered.cost_micro_usd == answered.attempts[-1].cost_micro_usd > 0
