@@ -331,6 +331,17 @@ class FeedbackMessage(_Message):
         return self
 
 
+class ParkedNotice(_Message):
+    """Told to the waiting API process (on its reply topic) when a request is parked because every model it may use
+    is down: a caller that times out meanwhile gets 503 with Retry-After instead of a bare timeout."""
+
+    request_id: str
+    retry_at: datetime
+    deadline_at: datetime
+    parks: int = Field(ge=1)
+    error: str | None = None
+
+
 class ChunkMessage(_Message):
     """Part of an answer streamed to the waiting API process on its reply topic, keyed by request id.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from core.messages import ChunkMessage, CompletionMessage, PromptMessage
+from core.messages import ChunkMessage, CompletionMessage, ParkedNotice, PromptMessage, utcnow
 from core.settings import Settings
 from core.topics import TopicSpec, create_topics, delete_topics
 
@@ -35,10 +36,26 @@ def new_instance_id() -> str:
 
 
 class GenerateTimeout(Exception):
-    def __init__(self, request_id: str, timeout_s: float) -> None:
+    """No completion in time. ``parked``: the latest notice that the request waits for its models to come back."""
+
+    def __init__(self, request_id: str, timeout_s: float, parked: ParkedNotice | None = None) -> None:
         super().__init__(f"no completion for {request_id} within {timeout_s:g}s")
         self.request_id = request_id
         self.timeout_s = timeout_s
+        self.parked = parked
+
+    def retry_after_s(self) -> int:
+        """Seconds until the parked request's next try (at least 1)."""
+        assert self.parked is not None
+        return max(1, math.ceil((self.parked.retry_at - utcnow()).total_seconds()))
+
+    def parked_detail(self) -> str:
+        notice = self.parked
+        assert notice is not None
+        return (f"every model this request may use is down ({notice.error or 'no answer'}); it is parked and retried "
+                f"until {notice.deadline_at.isoformat(timespec='seconds')} (next try "
+                f"{notice.retry_at.isoformat(timespec='seconds')}, parked {notice.parks} time(s)), then recorded: "
+                f"GET /requests/{self.request_id}")
 
 
 # Conversations whose models this process remembers (the latest ones), for keeping a conversation on its model
@@ -58,6 +75,7 @@ class KafkaBridge:
         self.reply_topic = f"{settings.topic_replies_prefix}{self.instance_id}"
         self._waiters: dict[str, asyncio.Future[CompletionMessage]] = {}
         self._streams: dict[str, asyncio.Queue[ChunkMessage | CompletionMessage]] = {}
+        self._parked: dict[str, ParkedNotice] = {}  # the latest parked notice of a request someone waits for
         self._conversation_models: OrderedDict[tuple[str, str | None], set[str]] = OrderedDict()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -112,7 +130,11 @@ class KafkaBridge:
                     self._deliver(record.value, record.headers)
 
     def _deliver(self, raw: bytes | None, headers=()) -> None:
-        is_chunk = dict(headers or ()).get("type") == b"chunk"
+        kind = dict(headers or ()).get("type")
+        if kind == b"parked":
+            self._note_parked(raw)
+            return
+        is_chunk = kind == b"chunk"
         try:
             message = (ChunkMessage if is_chunk else CompletionMessage).from_bytes(raw or b"")
         except (ValidationError, ValueError) as exc:
@@ -127,6 +149,18 @@ class KafkaBridge:
         waiter = self._waiters.get(message.request_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(message)
+
+    def _note_parked(self, raw: bytes | None) -> None:
+        try:
+            notice = ParkedNotice.from_bytes(raw or b"")
+        except (ValidationError, ValueError) as exc:
+            log.warning("ignoring unreadable parked notice on %s: %s", self.reply_topic, exc)
+            return
+        if self.is_waiting(notice.request_id):  # kept only while someone waits: the map cannot grow unbounded
+            self._parked[notice.request_id] = notice
+
+    def _timeout(self, request_id: str, timeout_s: float) -> GenerateTimeout:
+        return GenerateTimeout(request_id, timeout_s, parked=self._parked.get(request_id))
 
     def _remember_conversation(self, completion: CompletionMessage) -> None:
         key = conversation_key(completion.prompt.metadata, completion.prompt.user)
@@ -162,7 +196,7 @@ class KafkaBridge:
                 try:
                     message = await asyncio.wait_for(queue.get(), timeout=max(deadline - time.monotonic(), 0))
                 except TimeoutError:
-                    raise GenerateTimeout(prompt.request_id, timeout_s) from None
+                    raise self._timeout(prompt.request_id, timeout_s) from None
                 if isinstance(message, CompletionMessage):
                     if held:  # chunks lost on the way: what arrived still goes out in order
                         log.warning("stream %s: %d chunk(s) missing", prompt.request_id,
@@ -180,6 +214,7 @@ class KafkaBridge:
         finally:
             if self._streams.get(prompt.request_id) is queue:
                 del self._streams[prompt.request_id]
+            self._parked.pop(prompt.request_id, None)
 
     async def publish(self, prompt: PromptMessage,
                       on_error: Callable[[str], Awaitable[None]] | None = None) -> None:
@@ -207,10 +242,11 @@ class KafkaBridge:
             try:
                 return await asyncio.wait_for(waiter, timeout=timeout_s)
             except TimeoutError:
-                raise GenerateTimeout(prompt.request_id, timeout_s) from None
+                raise self._timeout(prompt.request_id, timeout_s) from None
         finally:
             if self._waiters.get(prompt.request_id) is waiter:
                 del self._waiters[prompt.request_id]
+            self._parked.pop(prompt.request_id, None)
 
     async def broker_ok(self, timeout_s: float = 3.0) -> bool:
         if self._producer is None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from core.logs import RateLimitedLog
-from core.messages import CompletionMessage, RoutedMessage, utcnow
+from core.messages import CompletionMessage, ParkedNotice, RoutedMessage, utcnow
 from core.settings import Settings
 from sql.parking import DueRequest, park, release_due
 
@@ -80,9 +81,12 @@ class Parking:
         """Whether a failure now could still be retried later (so an open circuit is waited out, not called)."""
         return self.enabled and self.backoff.next_retry(routed) is not None
 
-    async def park_or_give_up(self, routed: RoutedMessage, completion: CompletionMessage) -> CompletionMessage | None:
+    async def park_or_give_up(self, routed: RoutedMessage, completion: CompletionMessage,
+                              on_parked: Callable[[ParkedNotice], Awaitable[None]] | None = None
+                              ) -> CompletionMessage | None:
         """Park a retryable failure until its next retry (None: parked, publish nothing), or return the terminal
-        completion to publish: the failure itself, saying how long it was retried, when no retry is left."""
+        completion to publish: the failure itself, saying how long it was retried, when no retry is left.
+        ``on_parked`` hears of each park (the worker tells the waiting API process)."""
         if not (completion.status == "failed" and completion.retryable and self.enabled):
             return completion
         retry_at = self.backoff.next_retry(routed)
@@ -97,6 +101,10 @@ class Parking:
             completion.attempts[-1].next_reason = (f"parked: retry {routed.parks + 1} at "
                                                    f"{retry_at.isoformat(timespec='seconds')}")
         parked = routed.model_copy(update={"attempts": completion.attempts, "parks": routed.parks + 1})
+        if on_parked is not None:
+            await on_parked(ParkedNotice(request_id=routed.prompt.request_id, retry_at=retry_at,
+                                         deadline_at=self.backoff.deadline(routed), parks=parked.parks,
+                                         error=completion.error))
         try:
             pool = await self.context.calls_pool()
             async with pool.connection(timeout=5) as conn:

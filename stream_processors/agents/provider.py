@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from core.messages import ChunkMessage, CompletionMessage, RoutedMessage, utcnow
+from core.messages import ChunkMessage, CompletionMessage, ParkedNotice, RoutedMessage, utcnow
 from core.registry import ModelSpec
 from stream_processors.context import PipelineContext
 
@@ -32,6 +32,21 @@ async def publish_reply(context: PipelineContext, completion: CompletionMessage)
 # Record headers telling the API process which message type a reply is.
 CHUNK_HEADERS = [("type", b"chunk")]
 COMPLETION_HEADERS = [("type", b"completion")]
+PARKED_HEADERS = [("type", b"parked")]
+
+
+async def publish_parked(context: PipelineContext, reply_to: str | None, notice: ParkedNotice) -> None:
+    """Best effort, like the reply: tells a waiting /generate or gateway call that its request is parked."""
+    if not reply_to:
+        return
+    try:
+        producer = await context.reply_producer()
+        await asyncio.wait_for(producer.send_and_wait(reply_to, notice.to_bytes(), notice.request_id.encode(),
+                                                      partition=0, headers=PARKED_HEADERS),
+                               timeout=context.settings.reply_publish_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - the caller then sees a plain timeout
+        log.warning("parked notice for %s to %s not delivered: %s: %s", notice.request_id, reply_to,
+                    type(exc).__name__, exc)
 
 
 class ReplyStream:
@@ -109,7 +124,8 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
         # parking.py) instead of recording it failed, until no retry fits before its deadline.
         completion = await context.runtime.executor_for(routed.decision).run(
             routed, calls, stream=stream, wait_out_open_circuit=context.parking.may_wait(routed))
-        completion = await context.parking.park_or_give_up(routed, completion)
+        completion = await context.parking.park_or_give_up(
+            routed, completion, on_parked=lambda notice: publish_parked(context, prompt.reply_to, notice))
         if completion is None:
             return  # parked: acknowledged, published back to its route topic at its retry time
         if stream is not None:

@@ -224,7 +224,7 @@ async def test_generate_when_every_model_fails_returns_503_with_retry_after_and_
     assert attempt_count(pipeline.dsn, body["request_id"]) == 2
 
 
-async def test_generate_for_a_request_parked_by_an_outage_answers_504_and_the_request_is_answered_later(pipeline):
+async def test_generate_for_a_request_parked_by_an_outage_answers_503_and_the_request_is_answered_later(pipeline):
     # The cheap and mid models are down for their next three calls; the expensive one is beyond the cost cap.
     failing = {"fail_status": 503, "fail_times": 3}
     pipeline.stub_faults({"stub-small": failing, "stub-medium": failing})
@@ -232,10 +232,13 @@ async def test_generate_for_a_request_parked_by_an_outage_answers_504_and_the_re
         async with httpx.AsyncClient(timeout=60, headers=pipeline.auth_headers) as client:
             response = await client.post(f"{pipeline.api_url}/generate",
                                          json={"prompt": unique("Say yes."), "timeout_s": 2})
-        # Parked, not failed: the caller's own timeout passes first, and it is told to look the request up later.
-        assert response.status_code == 504, response.text
-        assert int(response.headers["retry-after"]) > 0
-        request_id = response.json()["request_id"]
+        # Parked, not failed: the worker tells the waiting API process, so when the caller's own timeout passes it
+        # gets 503 (its models are down, not slow) with Retry-After until the next try, and looks the request up later.
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["code"] == "models_unavailable" and "parked" in body["detail"] and body["retry_at"]
+        assert int(response.headers["retry-after"]) >= 1
+        request_id = body["request_id"]
         row = await pipeline.wait_for_row(request_id, timeout_s=120, where=lambda r: r["status"] != "expired")
     finally:
         pipeline.stub_faults({})

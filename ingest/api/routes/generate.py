@@ -54,8 +54,9 @@ async def record_before_answering(pool, completion: CompletionMessage, settings:
 @router.post("/generate", response_model=GenerateOut,
              responses={400: {"model": ErrorOut}, 403: {"model": ErrorOut}, 409: {"model": ErrorOut},
                         429: {"model": ErrorOut, "description": "rate_limit_exceeded or budget_exceeded"},
-                        503: {"description": "every model failed (Retry-After says when to try again), or the "
-                                             "broker or database cannot accept the prompt"},
+                        503: {"description": "every model failed, or every model the request may use is down and "
+                                             "it is parked until its deadline (Retry-After says when to look "
+                                             "again), or the broker or database cannot accept the prompt"},
                         504: {"description": "no answer in time; the request is still processed and recorded"}})
 async def generate(body: GenerateIn, key: CurrentKey, settings: SettingsDep, bridge: BridgeDep,
                    gatekeeper: GatekeeperDep, pool: OptionalPoolDep):
@@ -80,6 +81,12 @@ async def generate(body: GenerateIn, key: CurrentKey, settings: SettingsDep, bri
     try:
         completion = await bridge.generate(message, timeout_s, on_publish_error=gatekeeper.release)
     except GenerateTimeout as exc:
+        if exc.parked is not None:
+            return JSONResponse(status_code=503, headers={**headers, "Retry-After": str(exc.retry_after_s())},
+                                content={"request_id": exc.request_id, "code": "models_unavailable",
+                                         "retry_at": exc.parked.retry_at.isoformat(),
+                                         "deadline_at": exc.parked.deadline_at.isoformat(),
+                                         "detail": exc.parked_detail()})
         return JSONResponse(status_code=504, headers={**headers, "Retry-After": str(max(1, round(exc.timeout_s)))},
                             content={
             "request_id": exc.request_id,

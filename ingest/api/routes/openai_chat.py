@@ -124,6 +124,9 @@ def failure(completion: CompletionMessage, fields: dict[str, Any]) -> OpenAIErro
 
 
 def timeout_error(exc: GenerateTimeout) -> OpenAIError:
+    if exc.parked is not None:  # the models are down, not slow: 503 with when to look again
+        return OpenAIError(503, exc.parked_detail(), type="server_error", code="models_unavailable",
+                           headers={"x-router-request-id": exc.request_id, "Retry-After": str(exc.retry_after_s())})
     return OpenAIError(504, f"No answer within {exc.timeout_s:g}s; the request is still being processed and will be "
                             f"recorded: GET /requests/{exc.request_id}", type="timeout", code="timeout",
                        headers={"x-router-request-id": exc.request_id})
