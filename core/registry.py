@@ -56,6 +56,10 @@ class ModelSpec(BaseModel):
     # Per HTTP try; the SDK retries 408/409/429/5xx, timeouts and connection errors up to max_retries times.
     timeout_s: float = Field(30.0, gt=0)
     max_retries: int = Field(2, ge=0)
+    # When set, transient errors are retried by time instead of by count: backoff with jitter (Retry-After
+    # honoured) while the next try can start within this many seconds of the call's start and before the
+    # request's deadline; max_retries is then not used.
+    retry_budget_s: float | None = Field(None, gt=0)
     # Sent with every request, e.g. Azure's {"api-version": "..."} query or a gateway's headers.
     default_headers: dict[str, str] = Field(default_factory=dict)
     default_query: dict[str, str] = Field(default_factory=dict)

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Ingest API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Idle keep-alive connections are kept this long (uvicorn's default is 5 s). Longer than the idle timeout of the
+    # clients and load balancers in front (60 s is common), so they never reuse a connection the API just closed.
+    api_keep_alive_s: int = Field(75, ge=1)
     max_prompt_chars: int = Field(32_000, ge=1)
     default_max_tokens: int = Field(512, ge=1)
     generate_timeout_s: float = Field(60.0, gt=0)

@@ -1,10 +1,11 @@
 """Provider for any OpenAI-compatible endpoint (OpenAI, Azure, vLLM, Ollama, Groq, Together), on the openai SDK.
 
-One ``AsyncOpenAI`` client per model, with the model's own timeout (per HTTP attempt) and retry budget.
-Retries are the SDK's own: exponential backoff with jitter on 408/409/429/5xx, timeouts and
-connection errors, honouring ``Retry-After`` / ``retry-after-ms`` (up to the SDK's cap). There is no
-second retry loop around it, so a call makes at most ``max_retries + 1`` HTTP requests; an httpx
-event hook counts them so every attempt records how many retries it took.
+One ``AsyncOpenAI`` client per model, with the model's own timeout (per HTTP attempt) and retries of
+408/409/429/5xx, timeouts and connection errors, with exponential backoff and jitter honouring ``Retry-After``.
+By count (``max_retries``, the SDK's own retries) unless the model has a ``retry_budget_s``: then by time
+(tenacity, with the SDK's retries off): a retry is made while it can start within the budget from the call's
+start and before the request's ``deadline_at``, and a streamed call is not retried once text has gone out.
+An httpx event hook counts the HTTP requests so every attempt records how many retries it took.
 
 When the endpoint reports no ``usage``, tokens are counted with the model family's tokenizer
 (``providers.tokens``): the prompt as the chat endpoint frames it, and the answer.
@@ -22,8 +23,9 @@ import time
 
 import openai
 from openai import AsyncOpenAI
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, wait_exponential_jitter
 
-from core.messages import PromptMessage
+from core.messages import PromptMessage, utcnow
 from core.registry import ModelSpec
 from providers.base import DeltaCallback, Provider, ProviderError, ProviderResult
 from providers.tokens import count_chat_prompt_tokens, count_tokens
@@ -73,6 +75,35 @@ def resolve_api_key(spec: ModelSpec) -> str:
     return key
 
 
+def transient(exc: BaseException) -> bool:
+    """The errors the SDK itself would retry: 408, 409, 429, 5xx, timeouts and connection errors."""
+    if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is one
+        return True
+    return isinstance(exc, openai.APIStatusError) and (exc.status_code in (408, 409, 429) or exc.status_code >= 500)
+
+
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """The server's Retry-After (seconds or retry-after-ms), when it sent one."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:  # an HTTP date: fall back to the backoff
+        return None
+    return None
+
+
+def wait_retry_after_or(backoff):
+    """Wait what the server asked for (capped at 60 s), never less than the backoff."""
+    def wait(retry_state: RetryCallState) -> float:
+        asked = retry_after_s(retry_state.outcome.exception() if retry_state.outcome else None)
+        return max(min(asked or 0.0, 60.0), backoff(retry_state))
+    return wait
+
+
 class OpenAICompatibleProvider(Provider):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
@@ -85,7 +116,7 @@ class OpenAICompatibleProvider(Provider):
             base_url=spec.base_url,
             api_key=resolve_api_key(spec),
             timeout=spec.timeout_s,
-            max_retries=spec.max_retries,
+            max_retries=0 if spec.retry_budget_s else spec.max_retries,
             default_headers=spec.default_headers or None,
             default_query=spec.default_query or None,
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_count_request]}),
@@ -103,11 +134,7 @@ class OpenAICompatibleProvider(Provider):
             "max_tokens": self.output_limit(prompt, max_output_tokens),
         }
         try:
-            if on_delta is None:
-                response = await self.client.chat.completions.create(**request)
-                text, finish_reason, tool_calls, usage = self._read_response(response, counter, started)
-            else:
-                text, finish_reason, tool_calls, usage = await self._read_stream(request, on_delta)
+            text, finish_reason, tool_calls, usage = await self._call(prompt, request, counter, started, on_delta)
         except openai.APIStatusError as exc:
             raise ProviderError(f"{self.spec.name}: HTTP {exc.status_code}: {exc.message}", status=exc.status_code,
                                 retries=max(counter[0] - 1, 0),
@@ -139,6 +166,32 @@ class OpenAICompatibleProvider(Provider):
             retries=max(counter[0] - 1, 0),
             tool_calls=tool_calls,
         )
+
+    async def _call(self, prompt: PromptMessage, request: dict, counter: list[int], started: float,
+                    on_delta: DeltaCallback | None):
+        streamed = False
+
+        async def passing_on(text: str) -> None:
+            nonlocal streamed
+            streamed = True  # text went out: a retry would repeat it
+            await on_delta(text)
+
+        async def once():
+            if on_delta is None:
+                response = await self.client.chat.completions.create(**request)
+                return self._read_response(response, counter, started)
+            return await self._read_stream(request, passing_on)
+
+        if not self.spec.retry_budget_s:
+            return await once()
+        budget_s = self.spec.retry_budget_s
+        if prompt.deadline_at is not None:
+            budget_s = min(budget_s, (prompt.deadline_at - utcnow()).total_seconds())
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda exc: transient(exc) and not streamed),
+            wait=wait_retry_after_or(wait_exponential_jitter(initial=0.5, max=8, jitter=0.5)),
+            stop=stop_before_delay(max(budget_s, 0)), reraise=True)
+        return await retrying(once)
 
     def _read_response(self, response, counter: list[int], started: float):
         if not response.choices:

@@ -7,13 +7,13 @@ the list prices: cheap 130/520, mid 590/790, expensive 2500/10000 micro-USD per 
 from __future__ import annotations
 
 import time
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier
+from core.messages import PromptMessage, RoutedMessage, RoutingDecision, Tier, utcnow
 from core.registry import ModelRegistry
 from providers.base import ProviderError
 from providers.costs import RegistryCostBook
@@ -346,3 +346,45 @@ async def test_a_parked_request_tries_its_ladder_afresh_and_keeps_the_earlier_ca
     assert answered.status == "ok" and answered.final_model == "small"
     assert [a.status for a in answered.attempts] == ["error"] * 4 + ["ok"]
     assert answered.cost_micro_usd == answered.attempts[-1].cost_micro_usd > 0
+
+
+def _budgeted(registry: ModelRegistry, name: str, budget_s: float) -> OpenAICompatibleProvider:
+    return OpenAICompatibleProvider(registry.get(name).model_copy(update={"retry_budget_s": budget_s}))
+
+
+async def test_with_a_retry_budget_errors_are_retried_by_time_not_by_count(registry, stub_server) -> None:
+    # max_retries is 2 for this model; with a budget the count does not stop it: six failures, then the answer.
+    set_faults(stub_server, **{"stub-small": {"fail_status": 503, "fail_times": 6, "reply": REPLY}})
+    result = await _budgeted(registry, "small", 30).complete(PromptMessage(prompt=PROMPT))
+    assert result.text == REPLY and result.retries == 6 and len(stub_calls(stub_server)) == 7
+
+
+async def test_a_retry_budget_ends_the_call_and_no_retry_starts_after_it(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 503, "fail_times": 99}})
+    started = time.perf_counter()
+    with pytest.raises(ProviderError) as caught:
+        await _budgeted(registry, "small", 2.0).complete(PromptMessage(prompt=PROMPT))
+    elapsed = time.perf_counter() - started
+    assert caught.value.status == 503 and caught.value.retries >= 1
+    assert elapsed < 2.0 + 0.5 * 3  # the last try started within the budget (plus one try's timeout and slack)
+    assert len(stub_calls(stub_server)) == caught.value.retries + 1
+
+
+async def test_a_retry_budget_stops_at_the_request_deadline_and_4xx_is_not_retried(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 503, "fail_times": 99}})
+    soon = PromptMessage(prompt=PROMPT, deadline_at=utcnow() + timedelta(seconds=1))
+    started = time.perf_counter()
+    with pytest.raises(ProviderError):
+        await _budgeted(registry, "small", 60).complete(soon)
+    assert time.perf_counter() - started < 3  # the request's deadline, not the 60 s budget
+    set_faults(stub_server, **{"stub-small": {"fail_status": 400, "fail_times": 99}})
+    with pytest.raises(ProviderError) as refused:
+        await _budgeted(registry, "small", 60).complete(PromptMessage(prompt=PROMPT))
+    assert refused.value.status == 400 and refused.value.retries == 0 and len(stub_calls(stub_server)) == 1
+
+
+async def test_a_retry_budget_honours_retry_after(registry, stub_server) -> None:
+    set_faults(stub_server, **{"stub-small": {"fail_status": 429, "fail_times": 1, "retry_after_s": 1.5}})
+    started = time.perf_counter()
+    result = await _budgeted(registry, "small", 30).complete(PromptMessage(prompt=PROMPT))
+    assert time.perf_counter() - started >= 1.5 and result.retries == 1
