@@ -123,3 +123,19 @@ def router_label(classifier: str | None, router_version: str | None) -> str:
     if router_version and router_version.startswith("artifact:"):
         return f"trained {classifier or 'classifier'} {router_version}"
     return " ".join(part for part in (classifier, router_version) if part) or "unknown router"
+
+
+def paired_delta_ci95(graded: int, delta: float | None, discordant: int) -> tuple[float, float] | None:
+    """Normal-approximation 95 % interval of the accuracy delta over ``graded`` paired requests, ``discordant`` of
+    which the router and the expensive model graded differently (per request the difference is -1, 0 or +1, so
+    its mean square is discordant / graded). None with fewer than two graded requests."""
+    if delta is None or graded < 2:
+        return None
+    variance = max(discordant / graded - delta * delta, 0.0) * graded / (graded - 1)
+    half = 1.959964 * (variance / graded) ** 0.5
+    return delta - half, delta + half
+
+
+def format_delta_ci95(interval: tuple[float, float] | None) -> str:
+    """The interval as the savings line's suffix ("" when there is none)."""
+    return "" if interval is None else f"; accuracy delta 95% CI {100 * interval[0]:+.1f} to {100 * interval[1]:+.1f} pt"

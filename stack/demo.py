@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from core.messages import SIMULATED_TIME_KEY, PromptMessage, new_request_id
 from core.outcomes import load_outcomes, outcome_files
-from core.savings import SavingsTotals, router_label
+from core.savings import SavingsTotals, format_delta_ci95, paired_delta_ci95, router_label
 from core.settings import Settings
 from sql.keys import create_key
 from sql.repository import BILLED_BY_MODEL_SQL, savings_totals_columns
+from stack.demo_router import DemoRouter
 from stream_processors.runtime import load_registry
 
 # Embedded defaults: a spread of easy lookups, everyday tasks and hard multi-step work.
@@ -138,7 +139,8 @@ async def push_prompts(settings: Settings, api_url: str, prompts: list[str], con
     return summary
 
 
-async def summarize(settings: Settings, summary: DemoSummary, console: Console, timeout_s: float = 120) -> None:
+async def summarize(settings: Settings, summary: DemoSummary, console: Console, timeout_s: float = 120,
+                    demo_router: DemoRouter | None = None) -> None:
     assert settings.pg_dsn
     summary.recorded = await _wait_for_rows(settings.pg_dsn, summary.request_ids, timeout_s)
     async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
@@ -158,21 +160,22 @@ async def summarize(settings: Settings, summary: DemoSummary, console: Console, 
         summary.counterfactual_micro_usd += int(counterfactual)
     console.print(table)
     async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
-        router, savings = await read_savings(conn, summary.request_ids)
+        router, savings = await read_savings(conn, summary.request_ids, demo_router)
     if savings.savings_ratio is not None:
         # Stub answers have no grade: the line says so ("ungraded") rather than showing an accuracy.
-        console.print(f"[bold]{savings.line(router, 'the expensive model')}[/bold]")
+        console.print(f"[bold]{savings.line(router, 'the expensive model')}{router_note(demo_router)}[/bold]")
 
 
 async def run_demo(settings: Settings, api_url: str, *, console: Console | None = None,
-                   limit: int | None = None, api_key: str | None = None) -> DemoSummary:
+                   limit: int | None = None, api_key: str | None = None,
+                   demo_router: DemoRouter | None = None) -> DemoSummary:
     """Push the demo prompts through the running stack and print a summary read back from Postgres."""
     console = console or Console()
     prompts = list(DEMO_PROMPTS)
     if limit is not None:
         prompts = [prompts[i % len(prompts)] for i in range(limit)]
     summary = await push_prompts(settings, api_url, prompts, console, api_key)
-    await summarize(settings, summary, console)
+    await summarize(settings, summary, console, demo_router=demo_router)
     if summary.recorded < len(summary.request_ids):
         raise RuntimeError(f"only {summary.recorded} of {len(summary.request_ids)} demo requests reached Postgres")
     return summary
@@ -194,6 +197,7 @@ class ReplaySummary:
     baseline_model: str
     router: str
     savings: SavingsTotals
+    delta_ci95: tuple[float, float] | None = None  # the accuracy delta's 95 % interval on the graded requests
 
     @property
     def spend_micro_usd(self) -> int:
@@ -205,7 +209,21 @@ class ReplaySummary:
         return 100.0 * ratio if ratio is not None else 0.0
 
 
-async def read_savings(conn: psycopg.AsyncConnection, request_ids: list[str]) -> tuple[str, SavingsTotals]:
+def name_router(classifier: str | None, router_version: str | None, demo_router: DemoRouter | None = None) -> str:
+    """How the savings line names the router of these rows: the demo's own label for the router it trained
+    (trained, on how many prompts), else ``core.savings.router_label``."""
+    if demo_router is not None and demo_router.version is not None and router_version == demo_router.version:
+        return demo_router.label
+    return router_label(classifier, router_version)
+
+
+def router_note(demo_router: DemoRouter | None) -> str:
+    """The savings line's suffix when the demo could not route with a trained router: what was missing."""
+    return f" [no trained router: {demo_router.note}]" if demo_router is not None and demo_router.note else ""
+
+
+async def read_savings(conn: psycopg.AsyncConnection, request_ids: list[str],
+                       demo_router: DemoRouter | None = None) -> tuple[str, SavingsTotals]:
     """The savings of these requests by the one definition (core/savings.py), and the router(s) that decided."""
     cursor = await conn.execute(
         f"SELECT r.classifier, r.router_version, {savings_totals_columns()} FROM requests r"
@@ -215,16 +233,40 @@ async def read_savings(conn: psycopg.AsyncConnection, request_ids: list[str]) ->
     parts = [SavingsTotals.from_row(row) for row in rows]
     total = SavingsTotals(**{name: sum(getattr(p, name) for p in parts)
                              for name in SavingsTotals.__dataclass_fields__})
-    return " + ".join(router_label(r["classifier"], r["router_version"]) for r in rows) or "no router", total
+    return " + ".join(name_router(r["classifier"], r["router_version"], demo_router) for r in rows) or "no router", total
 
 
-def replay_sample(data_dir, registry, sample: int, seed: int = 7):
-    """A seeded random sample of outcomes records that every ladder model has an answer for."""
+EARLY_LINE_SHARE = 0.9  # the replay demo prints a partial savings line once this share of requests is recorded
+
+
+async def recorded_ids(conn: psycopg.AsyncConnection, request_ids: list[str]) -> list[str]:
+    cursor = await conn.execute("SELECT request_id FROM requests WHERE request_id = ANY(%s)", (request_ids,))
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def read_delta_ci95(conn: psycopg.AsyncConnection, request_ids: list[str],
+                          savings: SavingsTotals) -> tuple[float, float] | None:
+    """The 95 % interval of the accuracy delta on these requests' graded pairs (``core.savings.paired_delta_ci95``)."""
+    cursor = await conn.execute(
+        "SELECT count(*) FILTER (WHERE r.correct IS NOT NULL AND r.counterfactual_correct IS NOT NULL"
+        " AND r.correct <> r.counterfactual_correct) FROM requests r WHERE r.request_id = ANY(%s)", (request_ids,))
+    (discordant,) = await cursor.fetchone()
+    return paired_delta_ci95(savings.graded, savings.accuracy_delta, int(discordant))
+
+
+def ladder_records(data_dir, registry):
+    """The outcomes records (of the replayed sources) that every ladder model has an answer for."""
     files = [f for f in outcome_files([data_dir / "outcomes"]) if f.name.split(".")[0] in REPLAY_LADDER_SOURCES]
     ids = [m.provider_model_id for m in registry.models]
     records = [r for r in load_outcomes(files) if all(i in r.outcomes for i in ids)]
     if not records:
         raise RuntimeError(f"no outcomes under {data_dir}/outcomes answered by all of {ids}")
+    return records
+
+
+def replay_sample(data_dir, registry, sample: int, seed: int = 7, records=None):
+    """A seeded random sample of outcomes records that every ladder model has an answer for."""
+    records = list(records if records is not None else ladder_records(data_dir, registry))
     random.Random(seed).shuffle(records)
     return records[:sample]
 
@@ -237,7 +279,8 @@ def simulated_times(count: int, days: int, seed: int = 7) -> list[datetime]:
 
 
 async def run_replay_demo(settings: Settings, *, console: Console | None = None, sample: int = 200,
-                          seed: int = 7, timeout_s: float = 300, simulate_days: int = 0) -> ReplaySummary:
+                          seed: int = 7, timeout_s: float = 300, simulate_days: int = 0,
+                          demo_router: DemoRouter | None = None) -> ReplaySummary:
     """Stream a sample of outcomes prompts through the running stack (replay providers answer with the real
     recorded responses and token counts), then print spend, accuracy and savings vs always-expensive from Postgres."""
     console = console or Console()
@@ -264,6 +307,7 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
 
     assert settings.pg_dsn
     deadline = time.monotonic() + timeout_s
+    early_at = int(EARLY_LINE_SHARE * len(request_ids))
     with tqdm(total=len(request_ids), desc="recorded in Postgres", unit="req") as progress:
         async with await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True) as conn:
             while True:
@@ -273,6 +317,16 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
                 progress.update(found - progress.n)
                 if found >= len(request_ids) or time.monotonic() > deadline:
                     break
+                if early_at and found >= early_at:
+                    # The last few answers are the longest (the latency model): the line on what is recorded
+                    # comes now, marked as partial; the final line follows on every request.
+                    early_at = 0
+                    done = await recorded_ids(conn, request_ids)
+                    router, partial = await read_savings(conn, done, demo_router)
+                    ci = await read_delta_ci95(conn, done, partial)
+                    progress.write(f"so far, {len(done)} of {len(request_ids)} recorded: "
+                                   f"{partial.line(router, registry.counterfactual_model.name)}"
+                                   f"{format_delta_ci95(ci)}{router_note(demo_router)}")
                 await asyncio.sleep(0.25)
             cursor = await conn.execute(
                 "SELECT coalesce(r.final_model, '(failed)'), count(*), sum(r.cost_micro_usd)::bigint,"
@@ -282,14 +336,15 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
             rows = await cursor.fetchall()
             cursor = await conn.execute(BILLED_BY_MODEL_SQL, {"ids": request_ids})
             billed = await cursor.fetchall()
-            router, savings = await read_savings(conn, request_ids)
+            router, savings = await read_savings(conn, request_ids, demo_router)
+            delta_ci95 = await read_delta_ci95(conn, request_ids, savings)
 
     expensive = registry.counterfactual_model
     summary = ReplaySummary(
         sent=len(records), recorded=sum(r[1] for r in rows), by_model={r[0]: r[1] for r in rows},
         billed_by_model={model: int(cost) for model, _, cost in billed},
         escalated=sum(r[5] for r in rows), fell_back=sum(r[6] for r in rows), baseline_model=expensive.name,
-        router=router, savings=savings)
+        router=router, savings=savings, delta_ci95=delta_ci95)
 
     table = Table(title=f"replay demo: {summary.recorded}/{summary.sent} requests recorded in Postgres")
     for column in ("answered by", "requests", "correct"):
@@ -310,7 +365,8 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
                   f"{savings.overhead_micro_usd / 1e6:.6f} USD")
     console.print(f"always {expensive.name}: spend {savings.baseline_micro_usd / 1e6:.6f} USD, accuracy "
                   f"{(savings.baseline_accuracy or 0):.1%} ({savings.baseline_correct}/{savings.graded})")
-    console.print(f"[bold]{savings.line(router, expensive.name)}[/bold]")
+    console.print(f"[bold]{savings.line(router, expensive.name)}{format_delta_ci95(delta_ci95)}"
+                  f"{router_note(demo_router)}[/bold]")
     if summary.recorded < summary.sent:
         raise RuntimeError(f"only {summary.recorded} of {summary.sent} replayed requests reached Postgres")
     return summary

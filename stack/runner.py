@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -61,8 +62,11 @@ def _port_in_use(host: str, port: int) -> bool:
 
 class LocalStack:
     def __init__(self, settings: Settings, *, data_root: Path, workers: int = 1, api_workers: int = 1,
-                 dashboard: bool = True, console: Console | None = None) -> None:
+                 dashboard: bool = True, console: Console | None = None,
+                 router_ready: Callable[[], Path | None] | None = None) -> None:
         self.settings = settings
+        # Called before the workers start: waits for the router the demo trains meanwhile, and gives its artifact.
+        self.router_ready = router_ready
         self.data_root = data_root
         self.log_dir = data_root / "logs"
         self.workers = workers
@@ -87,6 +91,9 @@ class LocalStack:
         self._start_broker()
         self._start_database()
         self._start_stub()
+        if self.router_ready is not None and (artifact := self.router_ready()) is not None:
+            self.env["ROUTER_CLASSIFIER_ARTIFACT"] = str(artifact)
+            self.settings = self.settings.model_copy(update={"classifier_artifact": artifact})
         # From here on every child and this process read the same settings.
         self.settings = self.settings.model_copy(update={
             "kafka_bootstrap": self.env["ROUTER_KAFKA_BOOTSTRAP"], "pg_dsn": self.env["ROUTER_PG_DSN"]})
@@ -269,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                              "config/models.demo-pool.yaml routes across the whole math/code pool)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="--replay: the outcomes data folder (default: ROUTER_DATA_DIR)")
+    parser.add_argument("--router", choices=("trained", "heuristic"), default="trained",
+                        help="--replay: route with a router trained from the data at start (cached under "
+                             "<data root>/demo-router/; the default) or with the seed heuristic. "
+                             "ROUTER_CLASSIFIER_ARTIFACT, when set, is used instead of either")
     args = parser.parse_args(argv)
     settings = get_settings()
     data_dir = args.data_dir or settings.data_dir
@@ -285,12 +296,19 @@ def main(argv: list[str] | None = None) -> int:
                                                "data_dir": Path(os.environ["ROUTER_DATA_DIR"])})
 
     console = Console()
+    demo_router, training = plan_router(args, settings, data_dir, console)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     # A shell starting us in the background without job control leaves SIGINT ignored, and Python then
     # keeps it ignored; Ctrl-C (or `kill -INT`) must still stop the stack.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    def router_ready() -> Path | None:
+        nonlocal demo_router
+        if training is not None:
+            demo_router = training.wait()
+        return demo_router.artifact if demo_router is not None else None
+
     stack = LocalStack(settings, data_root=args.data_root, workers=args.workers, api_workers=args.api_workers,
-                       dashboard=not args.no_dashboard, console=console)
+                       dashboard=not args.no_dashboard, console=console, router_ready=router_ready)
     code = 0
     try:
         console.rule("[bold]starting the local stack")
@@ -300,12 +318,13 @@ def main(argv: list[str] | None = None) -> int:
 
             console.rule("[bold]replay demo")
             asyncio.run(run_replay_demo(stack.settings, console=console, sample=args.sample,
-                                        simulate_days=args.simulate_days))
+                                        simulate_days=args.simulate_days, demo_router=demo_router))
         elif not args.no_demo:
             from stack.demo import run_demo  # noqa: PLC0415
 
             console.rule("[bold]demo")
-            asyncio.run(run_demo(stack.settings, stack.api_url, console=console, limit=args.demo_prompts))
+            asyncio.run(run_demo(stack.settings, stack.api_url, console=console, limit=args.demo_prompts,
+                                 demo_router=demo_router))
         console.rule("[bold]running")
         console.print(f"API        {stack.api_url}   (docs {stack.api_url}/docs; every route but /healthz needs a "
                       f"key: python -m ingest.keys create --tenant you)")
@@ -324,5 +343,42 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {exc}")
         code = 1
     finally:
+        if training is not None:
+            training.stop()
         stack.stop()
     return code
+
+
+def plan_router(args: argparse.Namespace, settings: Settings, data_dir: Path | None, console: Console):
+    """Which router the demo routes with: ``(DemoRouter or None, DemoRouterTraining or None)``.
+
+    Replay with the data: a router trained from it (started here, in a child process, while the stack starts),
+    unless ``--router heuristic`` or ROUTER_CLASSIFIER_ARTIFACT (the user's own artifact: named from its rows).
+    Otherwise the seed heuristic, with what is missing said here and in the savings line."""
+    from stack.demo import REPLAY_LADDER_SOURCES, ladder_records, replay_sample  # noqa: PLC0415
+    from stack.demo_router import MIN_TRAIN_PROMPTS, DemoRouterTraining, heuristic_router  # noqa: PLC0415
+
+    if settings.classifier_artifact:
+        return None, None
+    if not args.replay:
+        reason = ("--stub: the stub models have no recorded answers to train on" if args.stub else
+                  "no outcomes data to train it on: set ROUTER_DATA_DIR or pass --data-dir")
+        console.print(f"[yellow]no trained router[/yellow] ({reason}); routing with the seed heuristic")
+        return heuristic_router(reason), None
+    if args.router == "heuristic":
+        return heuristic_router("chosen with --router heuristic"), None
+    registry = load_registry(settings)
+    if registry.pool:
+        console.print("[yellow]no demo router for a pool registry[/yellow]: train one with `python -m training.train "
+                      "--pool ...` and set ROUTER_CLASSIFIER_ARTIFACT; routing with the seed heuristic")
+        return heuristic_router("the demo trains ladder routers only; see docs/classifier.md for pools"), None
+    records = ladder_records(Path(data_dir), registry)
+    held_out = [record.id for record in replay_sample(Path(data_dir), registry, args.sample, records=records)]
+    if len(records) - len(held_out) < MIN_TRAIN_PROMPTS:
+        reason = (f"only {len(records) - len(held_out)} recorded prompts beside the {len(held_out)} replayed to "
+                  f"train on (it needs {MIN_TRAIN_PROMPTS})")
+        console.print(f"[yellow]no trained router[/yellow] ({reason}); routing with the seed heuristic")
+        return heuristic_router(reason), None
+    training = DemoRouterTraining(registry, Path(data_dir), REPLAY_LADDER_SOURCES, held_out, args.data_root,
+                                  console, args.data_root / "logs")
+    return None, training.start()

@@ -554,14 +554,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-kind-prompts", type=int, default=MIN_KIND_PROMPTS)
     p.add_argument("--no-topics", action="store_true", help="do not learn a topic model from the records' category")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exclude-ids", type=Path, metavar="FILE",
+                   help="a file of record ids (one per line) left out of training, e.g. the prompts a demo replays")
     return p
+
+
+def read_excluded_ids(path: Path) -> set[str]:
+    try:
+        return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
+    except OSError as exc:
+        raise SystemExit(f"--exclude-ids: cannot read {path}: {exc}") from None
 
 
 def train_pool(args: argparse.Namespace, argv: Sequence[str] | None, staging: Path) -> dict[str, Any]:
     started = time.time()
     prices = load_prices(args.prices)
     models = parse_pool(args.pool, args.reference)
-    data = load_pool_data(args.data, models, args.reference, prices)
+    records = load_outcomes(args.data)
+    excluded = read_excluded_ids(args.exclude_ids) if args.exclude_ids else set()
+    if excluded:  # e.g. the local demo's replay sample: its figures stay out-of-sample
+        records = [r for r in records if r.id not in excluded]
+    data = build_pool_data(records, models, args.reference, prices)
     if data.n < 4 * args.folds:
         raise SystemExit(f"only {data.n} prompts with outcomes for {models}: too few to train on")
     log.info("%d prompts answered by all of %s (%d skipped)", data.n, models, data.skipped_incomplete)
@@ -598,7 +611,8 @@ def train_pool(args: argparse.Namespace, argv: Sequence[str] | None, staging: Pa
         "prices_usd_per_1m": {m: prices[m].model_dump() for m in models},
         "data": {"files": [str(p) for p in args.data], "n": data.n, "fingerprint": data.fingerprint(),
                  "skipped_incomplete": data.skipped_incomplete,
-                 "per_source": {s: data.sources.count(s) for s in sorted(set(data.sources))}},
+                 "per_source": {s: data.sources.count(s) for s in sorted(set(data.sources))},
+                 "excluded_ids": {"file": str(args.exclude_ids), "count": len(excluded)} if excluded else None},
         "guard": {**spec.as_json(), "eval_size_from": eval_size_from, "sequence": cal.table,
                   "policies_searched": cal.candidates, "chosen_on_calibration_part": cal.chosen_figures,
                   "statement": (f"with probability >= {spec.confidence:.0%}, accuracy >= {args.reference} "

@@ -19,12 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from training import FINE_TUNE_MODULES, require_train_modules
 
-from core.messages import LABELS
+require_train_modules(FINE_TUNE_MODULES)  # before the imports below fail with a bare ModuleNotFoundError
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+from core.messages import LABELS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
