@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -65,19 +66,29 @@ async def timed_round(settings, records, tag: str) -> dict:
             "prompts_per_s": round(found / elapsed, 1), "model_calls_per_prompt": round(calls / max(found, 1), 2)}
 
 
+PROJECT_PACKAGES = ("routing/", "providers/", "classifier/", "stream_processors/agents", "stream_processors/call_log",
+                    "stream_processors/context", "core/", "sql/")
+
+
 def top_functions(raw_profile: Path, limit: int = 15) -> list[tuple[str, float]]:
-    """Share of py-spy samples in which each function is on the stack (inclusive), highest first."""
+    """The project's functions by share of py-spy samples with them on the stack (inclusive), highest first; the
+    share of samples spent waiting in the event loop's select comes first, as ``(idle) select``."""
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in raw_profile.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
+        frames = stack.split(";")
         total += int(count)
-        for frame in {f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
-                      for f in stack.split(";")}:
-            inclusive[frame] += int(count)
-    return [(frame, round(count / total, 3)) for frame, count in inclusive.most_common(limit)] if total else []
+        idle += int(count) if frames[-1].startswith("EpollSelector.select") else 0
+        for function in {re.sub(r":\d+\)$", ")", frame) for frame in frames}:  # a function, not its lines
+            if any(package in function for package in PROJECT_PACKAGES):
+                inclusive[function] += int(count)
+    if not total:
+        return []
+    return [("(idle) select", round(idle / total, 3)),
+            *((frame, round(count / total, 3)) for frame, count in inclusive.most_common(limit))]
 
 
 def main(argv: list[str] | None = None) -> int:
