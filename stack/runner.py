@@ -91,27 +91,42 @@ class LocalStack:
         self._start_broker()
         self._start_database()
         self._start_stub()
-        if self.router_ready is not None and (artifact := self.router_ready()) is not None:
-            self.env["ROUTER_CLASSIFIER_ARTIFACT"] = str(artifact)
-            self.settings = self.settings.model_copy(update={"classifier_artifact": artifact})
         # From here on every child and this process read the same settings.
         self.settings = self.settings.model_copy(update={
             "kafka_bootstrap": self.env["ROUTER_KAFKA_BOOTSTRAP"], "pg_dsn": self.env["ROUTER_PG_DSN"]})
         os.environ["ROUTER_STUB_URL"] = self.env["ROUTER_STUB_URL"]  # the registry file may refer to it
         registry = load_registry(self.settings)
+        if self.router_ready is None:
+            self._check_artifact(registry)
+            self._create_topics_and_report(registry)
+            self._start_workers()
+            self._start_api()
+            self._start_dashboard()
+            return
+        # The router is still training: the parts that do not route start meanwhile, the workers once it is there.
+        self._create_topics_and_report(registry)
+        api = self._start_api(wait_ready=False)
+        self._start_dashboard()
+        if (artifact := self.router_ready()) is not None:
+            self.env["ROUTER_CLASSIFIER_ARTIFACT"] = str(artifact)
+            self.settings = self.settings.model_copy(update={"classifier_artifact": artifact})
+        self._check_artifact(registry)
+        self._start_workers()
+        self._wait_ready(api)
+
+    def _check_artifact(self, registry) -> None:
         if self.settings.classifier_artifact:
             # Refuse a mismatched artifact here, with its message, rather than as a worker that died.
             from routing.artifact import check_artifact_ladder  # noqa: PLC0415
 
             check_artifact_ladder(self.settings.classifier_artifact, registry,
                                   allow_mismatch=self.settings.allow_artifact_mismatch)
+
+    def _create_topics_and_report(self, registry) -> None:
         created = self._create_topics()
         self._ok("topics", f"{len(created)} created ({self.settings.topic_prompts}, "
                            f"{', '.join(self.settings.topic_route_prefix + m.name for m in registry.models)}, "
                            f"{self.settings.topic_completions}, {self.settings.topic_dead_letter})")
-        self._start_workers()
-        self._start_api()
-        self._start_dashboard()
 
     def _watch(self, managed: ManagedProcess, restart, after_restart=None) -> ManagedProcess:
         self.children.add(managed)
@@ -193,7 +208,7 @@ class LocalStack:
         self._ok("workers", f"{self.workers} Faust worker(s): classify, provider x{len(load_registry(self.settings).models)}"
                             f", sink (logs {self.log_dir}/worker-*.log)")
 
-    def _start_api(self) -> None:
+    def _start_api(self, wait_ready: bool = True) -> ManagedProcess:
         def start() -> ManagedProcess:
             return spawn("api", [sys.executable, "-m", "ingest", "--host", self.settings.api_host, "--port",
                                  str(self.settings.api_port), "--workers", str(self.api_workers)],
@@ -203,6 +218,11 @@ class LocalStack:
         wait_until(lambda: httpx.get(f"{self.api_url}/healthz", timeout=3).status_code == 200, "API /healthz", 60,
                    [api])
         self._ok("api", f"{self.api_url} ({self.api_workers} process(es); docs at {self.api_url}/docs)")
+        if wait_ready:
+            self._wait_ready(api)
+        return api
+
+    def _wait_ready(self, api: ManagedProcess) -> None:
         if self.workers:
             # Ready = workers hold every partition and the API has loaded what it loads in the background, so the
             # first requests (a demo's, a benchmark's) do not race those loads.
