@@ -324,7 +324,7 @@ async def run_replay_demo(settings: Settings, *, console: Console | None = None,
                     done = await recorded_ids(conn, request_ids)
                     router, partial = await read_savings(conn, done, demo_router)
                     ci = await read_delta_ci95(conn, done, partial)
-                    progress.write(f"so far, {len(done)} of {len(request_ids)} recorded: "
+                    progress.write(f"so far, {len(done)} of {len(request_ids)} recorded (the longest answers still to come): "
                                    f"{partial.line(router, registry.counterfactual_model.name)}"
                                    f"{format_delta_ci95(ci)}{router_note(demo_router)}")
                 await asyncio.sleep(0.25)
