@@ -189,7 +189,7 @@ class OpenAICompatibleProvider(Provider):
             budget_s = min(budget_s, (prompt.deadline_at - utcnow()).total_seconds())
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda exc: transient(exc) and not streamed),
-            wait=wait_retry_after_or(wait_exponential_jitter(initial=0.5, max=8, jitter=0.5)),
+            wait=wait_retry_after_or(wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5)),
             stop=stop_before_delay(max(budget_s, 0)), reraise=True)
         return await retrying(once)
 

@@ -35,7 +35,7 @@ class Backoff:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.wait = wait_exponential_jitter(initial=settings.park_initial_s, max=settings.park_max_s,
+        self.wait = wait_exponential_jitter(multiplier=settings.park_initial_s, max=settings.park_max_s,
                                             jitter=settings.park_initial_s)
         # A released request may reach its consumer up to one sweep late: the last retry is aimed that far ahead
         # of the deadline.
