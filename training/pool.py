@@ -584,13 +584,13 @@ def train_pool(args: argparse.Namespace, argv: Sequence[str] | None, staging: Pa
 
     topics, topic_report = None, None
     if not args.no_topics:
-        from training.topic import fit_topic_model, out_of_fold_topics, record_topics  # noqa: PLC0415
+        from training.topic import fit_topic_models, record_topics  # noqa: PLC0415
 
         true_topics = record_topics(data.records)
         if true_topics is not None:
-            texts = [r.prompt for r in data.records]
-            topics = out_of_fold_topics(texts, true_topics, args.folds, args.seed)
-            fit_topic_model(texts, true_topics).save(staging)
+            topics, topic_model = fit_topic_models([r.prompt for r in data.records], true_topics, args.folds,
+                                                   args.seed)
+            topic_model.save(staging)
             topic_report = {"out_of_fold_accuracy": float(np.mean([a == b for a, b in zip(topics, true_topics,
                                                                                           strict=True)]))}
     kinds = prompt_kinds(data, topics)

@@ -32,7 +32,7 @@ from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices
 from training.procedure_check import SAFETY_GRID, procedure_check, safety_from_check
 from training.prompt_model import DEFAULT_BASE, FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba
 from training.reader import fit_reader, out_of_fold_reader_logits
-from training.topic import fit_topic_model, out_of_fold_topics, record_topics
+from training.topic import fit_topic_models, record_topics
 from training.verifier_fit import answer_matrices, fit_verifier, out_of_fold_verifier_scores
 
 log = logging.getLogger("training.train")
@@ -209,8 +209,8 @@ def fit_topics(args: argparse.Namespace, data: Any, texts: list[str], staging: P
     true_topics = record_topics(data.records) if args.policy == "cascade" and not args.no_topics else None
     if true_topics is None:
         return None, None
-    oof_topics = out_of_fold_topics(texts, true_topics, args.verifier_folds, args.seed)
-    fit_topic_model(texts, true_topics).save(staging)
+    oof_topics, topic_model = fit_topic_models(texts, true_topics, args.verifier_folds, args.seed)
+    topic_model.save(staging)
     topic_report = {"topics": sorted(set(true_topics)), "folds": args.verifier_folds,
                     "out_of_fold_accuracy": float(np.mean([a == b for a, b in zip(oof_topics, true_topics, strict=True)]))}
     log.info("topic model: %d topics, out-of-fold accuracy %.3f", len(topic_report["topics"]),

@@ -90,3 +90,33 @@ def test_calibration_groups_use_topics_then_surface_kind_then_default() -> None:
         DEFAULT_KIND: [5, 6, 7],  # history (2) and the general prompt (1): too few, even by surface kind
     }
     assert record_topics([Record("x", None)] * 3) is None  # no categories: no topic model
+
+
+def test_topic_fits_hash_once_and_run_side_by_side_without_changing_a_fit() -> None:
+    from training.data import kfold_by_source
+    from training.topic import fit_topic_models
+
+    texts, topics = _prompts(60, seed=3)
+    texts = [t + (" war acid" if i % 7 == 0 else "") for i, t in enumerate(texts)]  # some wrong-looking prompts
+    # Each fold fitted on its own texts, one at a time: the reference the shared matrix must reproduce.
+    fold = kfold_by_source(topics, 3, 5)
+    expected = [""] * len(texts)
+    for k in range(3):
+        model = fit_topic_model([t for t, f in zip(texts, fold, strict=True) if f != k],
+                                [t for t, f in zip(topics, fold, strict=True) if f != k])
+        for i, topic in zip(np.where(fold == k)[0], model.predict([texts[i] for i in np.where(fold == k)[0]]),
+                            strict=True):
+            expected[i] = topic
+    alone = fit_topic_model(texts, topics)
+    for jobs in (1, 2):
+        oof, full = fit_topic_models(texts, topics, folds=3, seed=5, n_jobs=jobs)
+        assert oof == expected
+        assert full.topics == alone.topics
+        assert full.weights.shape == alone.weights.shape
+        if jobs == 1:  # the same computation in the same process: the same bits
+            assert np.array_equal(full.weights, alone.weights) and np.array_equal(full.bias, alone.bias)
+        else:  # a worker's BLAS may sum in another order
+            assert np.allclose(full.weights, alone.weights, rtol=1e-5, atol=1e-6)
+            assert np.allclose(full.bias, alone.bias, rtol=1e-5, atol=1e-6)
+        assert full.predict(texts) == alone.predict(texts)
+    assert out_of_fold_topics(texts, topics, folds=3, seed=5, n_jobs=2) == expected
