@@ -33,7 +33,7 @@ def _copied(columns: tuple[str, ...], replace: dict[str, str]) -> str:
 
 
 def fill(conn: psycopg.Connection, requests: int, days: int, last_day: date | None = None, seed: int = 7,
-         progress: bool = True) -> dict[str, int]:
+         progress: bool = True, base_requests: int = BASE_REQUESTS) -> dict[str, int]:
     """Write ``requests`` synthetic requests (and their attempts and grades) over ``days`` UTC days ending
     ``last_day``; returns the row count per table. The database must hold no requests yet."""
     if requests < 1 or days < 1:
@@ -41,7 +41,7 @@ def fill(conn: psycopg.Connection, requests: int, days: int, last_day: date | No
     if conn.execute("SELECT EXISTS (SELECT 1 FROM requests)").fetchone()[0]:
         raise ValueError("the database already holds requests; fill an empty one")
     last_day = last_day or datetime.now(UTC).date()
-    base = min(requests, BASE_REQUESTS)
+    base = min(requests, base_requests)
     started = time.perf_counter()
     generate(conn, base, days, last_day, seed=seed, progress=progress)
     conn.commit()

@@ -60,6 +60,19 @@ CREATE TABLE attempts_hourly (
 
 CREATE TABLE attempts_hourly_delta (LIKE attempts_hourly);
 
+-- Graded answers per UTC hour of evaluated_at, graded model and difficulty (the quality view's filters).
+CREATE TABLE evals_hourly (
+    hour           timestamptz NOT NULL,
+    model          text NOT NULL,
+    difficulty     text,
+    graded         bigint NOT NULL,
+    correct        bigint NOT NULL,
+    cost_micro_usd bigint NOT NULL,
+    UNIQUE NULLS NOT DISTINCT (hour, model, difficulty)
+);
+
+CREATE TABLE evals_hourly_delta (LIKE evals_hourly);
+
 -- ---------------------------------------------------------------- contributions of request rows
 
 CREATE FUNCTION dashboard_requests_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -181,9 +194,41 @@ CREATE TRIGGER attempts_rollup_update AFTER UPDATE ON request_attempts
 CREATE TRIGGER attempts_rollup_delete AFTER DELETE ON request_attempts REFERENCING OLD TABLE AS old_attempts
     FOR EACH STATEMENT EXECUTE FUNCTION dashboard_attempts_rollup();
 
+-- ---------------------------------------------------------------- contributions of graded answers
+
+CREATE FUNCTION dashboard_evals_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        INSERT INTO evals_hourly_delta
+        SELECT date_trunc('hour', e.evaluated_at, 'UTC'), e.model, e.difficulty, -count(*),
+               -count(*) FILTER (WHERE e.correct), -coalesce(sum(e.cost_micro_usd), 0)
+        FROM old_evals e GROUP BY 1, 2, 3;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO evals_hourly_delta
+        SELECT date_trunc('hour', e.evaluated_at, 'UTC'), e.model, e.difficulty, count(*),
+               count(*) FILTER (WHERE e.correct), coalesce(sum(e.cost_micro_usd), 0)
+        FROM new_evals e GROUP BY 1, 2, 3;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER evals_rollup_insert AFTER INSERT ON model_eval REFERENCING NEW TABLE AS new_evals
+    FOR EACH STATEMENT EXECUTE FUNCTION dashboard_evals_rollup();
+CREATE TRIGGER evals_rollup_update AFTER UPDATE ON model_eval
+    REFERENCING OLD TABLE AS old_evals NEW TABLE AS new_evals
+    FOR EACH STATEMENT EXECUTE FUNCTION dashboard_evals_rollup();
+CREATE TRIGGER evals_rollup_delete AFTER DELETE ON model_eval REFERENCING OLD TABLE AS old_evals
+    FOR EACH STATEMENT EXECUTE FUNCTION dashboard_evals_rollup();
+
 -- TRUNCATE fires no row or delete trigger: it empties the rollups of what it emptied.
 CREATE FUNCTION dashboard_truncate_rollups() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_TABLE_NAME = 'model_eval' THEN
+        DELETE FROM evals_hourly;
+        DELETE FROM evals_hourly_delta;
+        RETURN NULL;
+    END IF;
     IF TG_TABLE_NAME = 'requests' THEN
         DELETE FROM requests_hourly;
         DELETE FROM requests_hourly_delta;
@@ -196,6 +241,8 @@ END $$;
 CREATE TRIGGER requests_rollup_truncate AFTER TRUNCATE ON requests
     FOR EACH STATEMENT EXECUTE FUNCTION dashboard_truncate_rollups();
 CREATE TRIGGER attempts_rollup_truncate AFTER TRUNCATE ON request_attempts
+    FOR EACH STATEMENT EXECUTE FUNCTION dashboard_truncate_rollups();
+CREATE TRIGGER evals_rollup_truncate AFTER TRUNCATE ON model_eval
     FOR EACH STATEMENT EXECUTE FUNCTION dashboard_truncate_rollups();
 
 -- ---------------------------------------------------------------- folding the deltas in
@@ -244,6 +291,16 @@ BEGIN
         cost_micro_usd = attempts_hourly.cost_micro_usd + EXCLUDED.cost_micro_usd,
         example_reason = least(attempts_hourly.example_reason, EXCLUDED.example_reason);
     DELETE FROM attempts_hourly WHERE calls = 0;
+
+    WITH moved AS (DELETE FROM evals_hourly_delta RETURNING *)
+    INSERT INTO evals_hourly
+    SELECT hour, model, difficulty, sum(graded), sum(correct), sum(cost_micro_usd)
+    FROM moved GROUP BY 1, 2, 3
+    ON CONFLICT (hour, model, difficulty) DO UPDATE SET
+        graded = evals_hourly.graded + EXCLUDED.graded,
+        correct = evals_hourly.correct + EXCLUDED.correct,
+        cost_micro_usd = evals_hourly.cost_micro_usd + EXCLUDED.cost_micro_usd;
+    DELETE FROM evals_hourly WHERE graded = 0;
     RETURN true;
 END $$;
 
@@ -272,4 +329,24 @@ SELECT date_trunc('hour', r.created_at, 'UTC'), r.tenant, r.difficulty, r.final_
 FROM request_attempts a JOIN requests r USING (request_id)
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8;
 
+INSERT INTO evals_hourly_delta
+SELECT date_trunc('hour', e.evaluated_at, 'UTC'), e.model, e.difficulty, count(*), count(*) FILTER (WHERE e.correct),
+       coalesce(sum(e.cost_micro_usd), 0)
+FROM model_eval e GROUP BY 1, 2, 3;
+
 SELECT dashboard_fold_rollups();
+
+-- The request explorer's prompt search (ILIKE '%text%') through a trigram index instead of a scan of every prompt.
+-- pg_trgm ships with Postgres (contrib) and is a trusted extension; where it is missing or may not be created,
+-- the search still works, as a scan.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm') THEN
+        CREATE EXTENSION IF NOT EXISTS pg_trgm;
+        CREATE INDEX requests_prompt_trgm_idx ON requests USING gin (prompt gin_trgm_ops);
+    ELSE
+        RAISE NOTICE 'pg_trgm is not available: the dashboard''s prompt search scans the requests';
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'pg_trgm may not be created here: the dashboard''s prompt search scans the requests';
+END $$;
