@@ -7,7 +7,8 @@ Seeds a throwaway database (on ``--admin-dsn``, else ``ROUTER_TEST_PG_DSN``, els
 temporary folder) with synthetic traffic from :mod:`dashboard.sample_bulk` (a base built row by row by
 :mod:`dashboard.sample_data`, copied in bulk by Postgres), then runs the real app script
 with streamlit's AppTest once per view and run: *cold* clears the query cache first (every SQL query runs),
-*warm* reruns with the cache filled (what a user sees moving between views within the cache TTL).
+*warm* reruns with the cache filled (what a user sees moving between views within the cache TTL). The *SQL*
+column times the view's queries alone (``dashboard.queries`` with the cache cleared), without Streamlit.
 Each figure is the median of ``--runs`` runs of the whole script (queries, DataFrames, Altair specs,
 Streamlit elements), as a user's page load minus the browser's drawing. ``--browser`` adds the
 browser's side: seconds from navigation until every chart is drawn in headless Chromium. ``--json`` writes
@@ -50,6 +51,48 @@ SCENARIOS = [
 ]
 # Views that draw no chart on the benchmark's data (the explorer's search draws a table).
 CHARTLESS_VIEWS = {"offline", "experiments", "budgets"}
+
+
+def view_queries(dsn: str) -> dict[str, list]:
+    """Each view's SQL, as the view calls it (dashboard.queries), over the whole data range."""
+    from dashboard import queries as q
+    from dashboard.online import experiment_choices
+
+    first, last = q.data_bounds(dsn)
+    whole = q.Filters(start=first, end=last)
+    tenant = q.Filters(start=first, end=last, tenants=("globex",), difficulties=("complex",))
+    common = [lambda: q.data_bounds(dsn), lambda: q.filter_choices(dsn), lambda: q.simulated_requests(dsn, whole)]
+    return {
+        "Overview": [*common, lambda: q.overview(dsn, whole), lambda: q.savings_by_router(dsn, whole)],
+        "Model mix": [*common, lambda: q.mix_daily(dsn, whole), lambda: q.routed_vs_final(dsn, whole),
+                      lambda: q.billed_by_model(dsn, whole)],
+        "Latency": [*common, lambda: q.latency_by_model(dsn, whole), lambda: q.latency_daily(dsn, whole),
+                    lambda: q.end_to_end_latency(dsn, whole)],
+        "Quality vs cost": [*common, lambda: q.quality_daily(dsn, whole), lambda: q.quality_by_model(dsn, whole)],
+        "Escalations and fallbacks": [*common, lambda: q.escalation_daily(dsn, whole),
+                                      lambda: q.transitions(dsn, whole)],
+        "Request explorer (newest)": [*common, lambda: q.search_requests(dsn, whole, "")],
+        "Request explorer (search prompt text)": [*common, lambda: q.search_requests(dsn, whole, "topic 42")],
+        "Overview, tenant + difficulty filter": [lambda: q.overview(dsn, tenant), lambda: q.savings_by_router(dsn, tenant)],
+        "Latency, tenant filter (join)": [lambda: q.latency_by_model(dsn, tenant), lambda: q.latency_daily(dsn, tenant),
+                                          lambda: q.end_to_end_latency(dsn, tenant)],
+        "Experiments (none yet)": [*common, lambda: experiment_choices(dsn)],
+        "Spend vs budget": [lambda: q.budget_report(dsn)],
+    }
+
+
+def time_queries(calls: list, runs: int) -> list[float]:
+    """Seconds for a view's queries, run one after the other with the cache cleared (what a cold render waits on)."""
+    import streamlit as st
+
+    times = []
+    for _ in range(runs):
+        st.cache_data.clear()
+        started = time.perf_counter()
+        for call in calls:
+            call()
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def run_view(view: str, search: str | None, filters: dict[str, list[str]], cold: bool) -> float:
@@ -215,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["ROUTER_DASHBOARD_REPORTS_DIR"] = tempfile.mkdtemp(prefix="dashboard-bench-reports-")
         get_settings.cache_clear()
         run_view("overview", None, {}, cold=True)  # first run pays imports and the pool; not measured
+        sql_times = {label: statistics.median(time_queries(calls, args.runs))
+                     for label, calls in view_queries(dsn).items()}
+        for label, seconds in sql_times.items():
+            print(f"{label}: SQL median {seconds:.3f} s", file=sys.stderr)
 
         rows = []
         load_before = os.getloadavg()
@@ -233,11 +280,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{counts['model_eval']:,} graded answers; {args.runs} runs per view.\n")
     print(f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after the AppTest runs; "
           f"{os.cpu_count()} CPUs.\n")
-    print("| view | cold median (s) | cold max (s) | warm median (s) | ≤ 1 s cold |")
-    print("|---|---:|---:|---:|:---:|")
+    print("| view | SQL median (s) | cold median (s) | cold max (s) | warm median (s) | ≤ 1 s cold |")
+    print("|---|---:|---:|---:|---:|:---:|")
     for label, cold_median, cold_max, warm_median in rows:
         ok = "yes" if cold_median <= TARGET_S else "**no**"
-        print(f"| {label} | {cold_median:.3f} | {cold_max:.3f} | {warm_median:.3f} | {ok} |")
+        sql = f"{sql_times[label]:.3f}" if label in sql_times else "–"
+        print(f"| {label} | {sql} | {cold_median:.3f} | {cold_max:.3f} | {warm_median:.3f} | {ok} |")
     if browser:
         print("\nIn headless Chromium, until every chart of the view is drawn. switch: clicking the view in the "
               "sidebar, first visit since the server started (its SQL runs; the page and its chart code are "
@@ -255,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": counts, "runs": args.runs,
             "cpus": os.cpu_count(), "load_average_before": load_before[0], "load_average_after": load_after[0],
             "target_s": TARGET_S,
-            "views": [{"view": label, "cold_p50_s": cold_median, "cold_max_s": cold_max, "warm_p50_s": warm_median}
+            "views": [{"view": label, "sql_p50_s": sql_times.get(label), "cold_p50_s": cold_median,
+                       "cold_max_s": cold_max, "warm_p50_s": warm_median}
                       for label, cold_median, cold_max, warm_median in rows],
             "browser": {way: {view: statistics.median(seconds) for view, seconds in times.items()}
                         for way, times in browser.items()},
