@@ -21,12 +21,13 @@ from psycopg_pool import ConnectionPool
 
 from core.savings import SavingsTotals
 from core.settings import get_settings
-from sql.repository import ATTEMPTS_BY_ID_SQL, EVAL_BY_ID_SQL, REQUEST_BY_ID_SQL, savings_totals_columns
+from sql.repository import ATTEMPTS_BY_ID_SQL, EVAL_BY_ID_SQL, REQUEST_BY_ID_SQL
 
 # Short enough that the demo's replayed traffic shows up within a refresh, long enough that
 # switching views and moving filters back and forth is served from cache.
 CACHE_TTL_S = 30
 STATEMENT_TIMEOUT_MS = 15_000
+WORK_MEM = "64MB"
 # How long the first page waits for the database before it says it cannot reach it.
 POOL_OPEN_TIMEOUT_S = 5
 MICRO = 1_000_000.0
@@ -66,6 +67,10 @@ def _configure(conn: Any) -> None:
     # Day buckets are UTC days whatever the server's timezone; runaway queries are cut off.
     conn.execute("SET TIME ZONE 'UTC'")
     conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+    # The latency percentiles sort every call in range: in memory, not in temporary files; and no JIT
+    # compilation, which costs more than it saves on these short queries.
+    conn.execute(f"SET work_mem = '{WORK_MEM}'")
+    conn.execute("SET jit = off")
 
 
 @st.cache_resource(show_spinner=False)
@@ -140,6 +145,49 @@ def _scoped_where(
     return " AND ".join(clauses), params, needs_requests
 
 
+# The hourly rollups (migration 0008): exact sums kept by triggers, a few rows per hour instead of every request.
+# Writers add signed deltas; a read sums rollup + delta, so it sees every committed write.
+_REQUESTS_ROLLUP = "(SELECT * FROM requests_hourly UNION ALL SELECT * FROM requests_hourly_delta) AS h"
+_ATTEMPTS_ROLLUP = "(SELECT * FROM attempts_hourly UNION ALL SELECT * FROM attempts_hourly_delta) AS h"
+_EVALS_ROLLUP = "(SELECT * FROM evals_hourly UNION ALL SELECT * FROM evals_hourly_delta) AS e"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def fold_rollups(dsn: str) -> bool:
+    """Move the writers' deltas into the rollups, at most once per cache period (a read is exact either way;
+    folding keeps the delta tables short)."""
+    return bool(_fetch(dsn, "SELECT dashboard_fold_rollups() AS folded").iloc[0]["folded"])
+
+
+def _rollup_where(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """WHERE clause over a rollup ``h``: the same selection as :func:`_request_where` on the requests (hours
+    are UTC and the range is whole UTC days, so an hour is either wholly in or wholly out)."""
+    clauses = ["h.hour >= %(start)s", "h.hour < %(end)s"]
+    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket}
+    if filters.models:
+        clauses.append("h.final_model = ANY(%(models)s)")
+        params["models"] = list(filters.models)
+    if filters.difficulties:
+        clauses.append("h.difficulty = ANY(%(difficulties)s)")
+        params["difficulties"] = list(filters.difficulties)
+    if filters.tenants:
+        clauses.append("h.tenant = ANY(%(tenants)s)")
+        params["tenants"] = list(filters.tenants)
+    return " AND ".join(clauses), params
+
+
+def _rollup_fetch(dsn: str, query: str, params: dict[str, Any]) -> pd.DataFrame:
+    fold_rollups(dsn)
+    return _fetch(dsn, query, params)
+
+
+# The savings sums of sql.repository.savings_totals_columns, from the rollup's per-group sums.
+_ROLLUP_SAVINGS_COLUMNS = ",\n".join(
+    f"coalesce(sum(h.{name}), 0)::bigint AS s_{name}"
+    for name in ("requests", "spend_micro_usd", "comparable_requests", "comparable_spend_micro_usd",
+                 "baseline_micro_usd", "graded", "correct", "baseline_correct", "overhead_micro_usd"))
+
+
 # ----------------------------------------------------------------------------- filter choices
 
 
@@ -202,18 +250,16 @@ def filter_choices(dsn: str) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------- overview
 
 _SPEND_COLUMNS = f"""
-    count(*)::bigint AS requests,
-    count(*) FILTER (WHERE r.status = 'ok')::bigint AS ok_requests,
-    coalesce(sum(r.cost_micro_usd), 0)::float8 / {MICRO} AS spend_usd,
-    coalesce(sum(r.cost_micro_usd) FILTER (WHERE r.counterfactual_cost_micro_usd IS NOT NULL), 0)::float8
-        / {MICRO} AS comparable_spend_usd,
-    coalesce(sum(r.counterfactual_cost_micro_usd), 0)::float8 / {MICRO} AS counterfactual_spend_usd,
-    count(r.counterfactual_cost_micro_usd)::bigint AS comparable_requests,
-    coalesce(sum(r.cost_micro_usd), 0)::float8 / {MICRO} / nullif(count(*), 0) AS cost_per_request_usd,
-    1 - sum(r.cost_micro_usd) FILTER (WHERE r.counterfactual_cost_micro_usd IS NOT NULL)::float8
-        / nullif(sum(r.counterfactual_cost_micro_usd), 0) AS savings_ratio,
-    count(*) FILTER (WHERE r.escalated)::bigint AS escalated,
-    count(*) FILTER (WHERE r.fell_back)::bigint AS fell_back
+    coalesce(sum(h.requests), 0)::bigint AS requests,
+    coalesce(sum(h.requests) FILTER (WHERE h.status = 'ok'), 0)::bigint AS ok_requests,
+    coalesce(sum(h.spend_micro_usd), 0)::float8 / {MICRO} AS spend_usd,
+    coalesce(sum(h.comparable_spend_micro_usd), 0)::float8 / {MICRO} AS comparable_spend_usd,
+    coalesce(sum(h.baseline_micro_usd), 0)::float8 / {MICRO} AS counterfactual_spend_usd,
+    coalesce(sum(h.comparable_requests), 0)::bigint AS comparable_requests,
+    coalesce(sum(h.spend_micro_usd), 0)::float8 / {MICRO} / nullif(sum(h.requests), 0)::bigint AS cost_per_request_usd,
+    1 - sum(h.comparable_spend_micro_usd)::float8 / nullif(sum(h.baseline_micro_usd), 0) AS savings_ratio,
+    coalesce(sum(h.escalated), 0)::bigint AS escalated,
+    coalesce(sum(h.fell_back), 0)::bigint AS fell_back
 """
 
 
@@ -224,20 +270,22 @@ def overview(dsn: str, filters: Filters) -> tuple[dict[str, Any], pd.DataFrame]:
     Savings = 1 − spend / counterfactual spend, over the requests that have a counterfactual (a failed
     request has none). ``counterfactual_model`` is the expensive model the sink priced against.
     """
-    where, params = _request_where(filters)
-    frame = _fetch(
+    where, params = _rollup_where(filters)
+    frame = _rollup_fetch(
         dsn,
         f"""
-        SELECT date_trunc(%(bucket)s, r.created_at) AS period, GROUPING(date_trunc(%(bucket)s, r.created_at)) = 1
+        SELECT date_trunc(%(bucket)s, h.hour) AS period, GROUPING(date_trunc(%(bucket)s, h.hour)) = 1
                    AS is_total,
                {_SPEND_COLUMNS},
-               max(r.counterfactual_model) AS counterfactual_model,
-               {savings_totals_columns("s_")},
-               count(*) FILTER (WHERE r.recorded IS FALSE)::bigint AS unrecorded,
-               coalesce(sum(r.tokens_in), 0)::bigint AS tokens_in,
-               coalesce(sum(r.tokens_out), 0)::bigint AS tokens_out
-        FROM requests r WHERE {where}
-        GROUP BY GROUPING SETS ((date_trunc(%(bucket)s, r.created_at)), ())
+               max(h.counterfactual_model) AS counterfactual_model,
+               {_ROLLUP_SAVINGS_COLUMNS},
+               coalesce(sum(h.unrecorded), 0)::bigint AS unrecorded,
+               coalesce(sum(h.tokens_in), 0)::bigint AS tokens_in,
+               coalesce(sum(h.tokens_out), 0)::bigint AS tokens_out
+        FROM {_REQUESTS_ROLLUP} WHERE {where}
+        GROUP BY GROUPING SETS ((date_trunc(%(bucket)s, h.hour)), ())
+        -- A group whose requests were all rewritten elsewhere sums to nothing: not a bucket of its own.
+        HAVING coalesce(sum(h.requests), 0) <> 0 OR GROUPING(date_trunc(%(bucket)s, h.hour)) = 1
         ORDER BY is_total, period
         """,
         params,
@@ -257,23 +305,23 @@ def overview(dsn: str, filters: Filters) -> tuple[dict[str, Any], pd.DataFrame]:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def simulated_requests(dsn: str, filters: Filters) -> int:
     """Requests whose timestamps the demo spread over simulated days (``--simulate-days``)."""
-    where, params = _request_where(filters)
-    frame = _fetch(dsn, f"SELECT count(*)::bigint AS n FROM requests r WHERE {where} AND r.metadata ? 'simulated_time'",
-                   params)
+    where, params = _rollup_where(filters)
+    frame = _rollup_fetch(dsn, f"SELECT coalesce(sum(h.requests), 0)::bigint AS n FROM {_REQUESTS_ROLLUP} "
+                               f"WHERE {where} AND h.simulated", params)
     return int(frame.iloc[0]["n"])
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def savings_by_router(dsn: str, filters: Filters) -> pd.DataFrame:
     """The savings sums per deciding router (classifier and artifact version), newest first."""
-    where, params = _request_where(filters)
-    return _fetch(
+    where, params = _rollup_where(filters)
+    return _rollup_fetch(
         dsn,
         f"""
-        SELECT r.classifier, r.router_version, max(r.counterfactual_model) AS counterfactual_model,
-               min(r.created_at) AS first_request, {savings_totals_columns("s_")}
-        FROM requests r WHERE {where}
-        GROUP BY 1, 2 ORDER BY max(r.created_at) DESC
+        SELECT h.classifier, h.router_version, max(h.counterfactual_model) AS counterfactual_model,
+               min(h.first_created) AS first_request, {_ROLLUP_SAVINGS_COLUMNS}
+        FROM {_REQUESTS_ROLLUP} WHERE {where}
+        GROUP BY 1, 2 HAVING sum(h.requests) <> 0 ORDER BY max(h.last_created) DESC
         """,
         params,
     )
@@ -283,16 +331,16 @@ def savings_by_router(dsn: str, filters: Filters) -> pd.DataFrame:
 def billed_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
     """Spend attributed to every model billed, attempt by attempt, for the requests the filters select
     (so the models' spend sums to the Overview's spend)."""
-    where, params = _request_where(filters)
-    return _fetch(
+    where, params = _rollup_where(filters)
+    return _rollup_fetch(
         dsn,
         f"""
-        SELECT a.model, count(*)::bigint AS calls,
-               count(*) FILTER (WHERE a.status = 'rejected')::bigint AS rejected,
-               coalesce(sum(a.cost_micro_usd), 0)::bigint AS billed_micro_usd
-        FROM request_attempts a JOIN requests r ON r.request_id = a.request_id
+        SELECT h.model, sum(h.calls)::bigint AS calls,
+               coalesce(sum(h.calls) FILTER (WHERE h.status = 'rejected'), 0)::bigint AS rejected,
+               coalesce(sum(h.cost_micro_usd), 0)::bigint AS billed_micro_usd
+        FROM {_ATTEMPTS_ROLLUP}
         WHERE {where}
-        GROUP BY a.model ORDER BY billed_micro_usd DESC
+        GROUP BY h.model HAVING sum(h.calls) <> 0 ORDER BY billed_micro_usd DESC
         """,
         params,
     )
@@ -304,16 +352,16 @@ def billed_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def mix_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     """Per day, answering model and predicted difficulty: request counts (one pass, both breakdowns)."""
-    where, params = _request_where(filters)
-    return _fetch(
+    where, params = _rollup_where(filters)
+    return _rollup_fetch(
         dsn,
         f"""
-        SELECT date_trunc(%(bucket)s, r.created_at) AS period,
-               coalesce(r.final_model, %(failed)s) AS model, r.difficulty,
-               count(*)::bigint AS requests,
-               coalesce(sum(r.cost_micro_usd), 0)::float8 / {MICRO} AS spend_usd
-        FROM requests r WHERE {where}
-        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+        SELECT date_trunc(%(bucket)s, h.hour) AS period,
+               coalesce(h.final_model, %(failed)s) AS model, h.difficulty,
+               sum(h.requests)::bigint AS requests,
+               coalesce(sum(h.spend_micro_usd), 0)::float8 / {MICRO} AS spend_usd
+        FROM {_REQUESTS_ROLLUP} WHERE {where}
+        GROUP BY 1, 2, 3 HAVING sum(h.requests) <> 0 ORDER BY 1, 2, 3
         """,
         {**params, "failed": FAILED_MODEL_LABEL},
     )
@@ -322,13 +370,13 @@ def mix_daily(dsn: str, filters: Filters) -> pd.DataFrame:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def routed_vs_final(dsn: str, filters: Filters) -> pd.DataFrame:
     """How often the model the policy chose is the one that answered."""
-    where, params = _request_where(filters)
-    return _fetch(
+    where, params = _rollup_where(filters)
+    return _rollup_fetch(
         dsn,
         f"""
-        SELECT r.routed_model, coalesce(r.final_model, %(failed)s) AS final_model, count(*)::bigint AS requests
-        FROM requests r WHERE {where}
-        GROUP BY 1, 2 ORDER BY 1, 2
+        SELECT h.routed_model, coalesce(h.final_model, %(failed)s) AS final_model, sum(h.requests)::bigint AS requests
+        FROM {_REQUESTS_ROLLUP} WHERE {where}
+        GROUP BY 1, 2 HAVING sum(h.requests) <> 0 ORDER BY 1, 2
         """,
         {**params, "failed": FAILED_MODEL_LABEL},
     )
@@ -410,6 +458,23 @@ def _eval_from(needs_requests: bool) -> str:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def quality_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     """Per day from ``model_eval``: graded answers, pass rate, cost and cost per graded answer."""
+    if not filters.tenants:
+        # numeric sums divided as avg() divides them: the same figures as over the graded rows.
+        where, params, _ = _scoped_where(filters, "e.hour", "e.model", "e.difficulty")
+        return _rollup_fetch(
+            dsn,
+            f"""
+            SELECT date_trunc(%(bucket)s, e.hour) AS period,
+                   sum(e.graded)::bigint AS graded,
+                   (sum(e.correct) / sum(e.graded))::float8 AS pass_rate,
+                   sum(e.cost_micro_usd)::float8 / {MICRO} AS cost_usd,
+                   (sum(e.cost_micro_usd) / sum(e.graded))::float8 / {MICRO} AS cost_per_answer_usd
+            FROM {_EVALS_ROLLUP} WHERE {where}
+            GROUP BY 1 HAVING sum(e.graded) <> 0 ORDER BY 1
+            """,
+            params,
+        )
+    # The tenant is the request's: join the graded rows to their requests.
     where, params, needs_requests = _scoped_where(filters, "e.evaluated_at", "e.model", "e.difficulty")
     return _fetch(
         dsn,
@@ -429,6 +494,22 @@ def quality_daily(dsn: str, filters: Filters) -> pd.DataFrame:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def quality_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
     """Per model and per (model, difficulty): pass rate and average cost of graded answers."""
+    if not filters.tenants:
+        where, params, _ = _scoped_where(filters, "e.hour", "e.model", "e.difficulty")
+        return _rollup_fetch(
+            dsn,
+            f"""
+            SELECT e.model, coalesce(e.difficulty, 'all') AS difficulty,
+                   sum(e.graded)::bigint AS graded,
+                   (sum(e.correct) / sum(e.graded))::float8 AS pass_rate,
+                   (sum(e.cost_micro_usd) / sum(e.graded))::float8 / {MICRO} AS cost_per_answer_usd,
+                   GROUPING(e.difficulty) = 1 AS is_model_total
+            FROM {_EVALS_ROLLUP} WHERE {where}
+            GROUP BY GROUPING SETS ((e.model), (e.model, e.difficulty)) HAVING sum(e.graded) <> 0
+            ORDER BY e.model, is_model_total DESC, difficulty
+            """,
+            params,
+        )
     where, params, needs_requests = _scoped_where(filters, "e.evaluated_at", "e.model", "e.difficulty")
     return _fetch(
         dsn,
@@ -452,19 +533,20 @@ def quality_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def escalation_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     """Per day: requests, escalated and fell-back counts and rates (from the requests' flags)."""
-    where, params = _request_where(filters)
-    return _fetch(
+    where, params = _rollup_where(filters)
+    # numeric sum / numeric count: the same division avg(flag::int) makes, so the same rates to the last digit.
+    return _rollup_fetch(
         dsn,
         f"""
-        SELECT date_trunc(%(bucket)s, r.created_at) AS period,
-               count(*)::bigint AS requests,
-               count(*) FILTER (WHERE r.escalated)::bigint AS escalated,
-               count(*) FILTER (WHERE r.fell_back)::bigint AS fell_back,
-               count(*) FILTER (WHERE r.status = 'failed')::bigint AS failed,
-               avg(r.escalated::int)::float8 AS escalation_rate,
-               avg(r.fell_back::int)::float8 AS fallback_rate
-        FROM requests r WHERE {where}
-        GROUP BY 1 ORDER BY 1
+        SELECT date_trunc(%(bucket)s, h.hour) AS period,
+               sum(h.requests)::bigint AS requests,
+               sum(h.escalated)::bigint AS escalated,
+               sum(h.fell_back)::bigint AS fell_back,
+               coalesce(sum(h.requests) FILTER (WHERE h.status = 'failed'), 0)::bigint AS failed,
+               (sum(h.escalated) / sum(h.requests))::float8 AS escalation_rate,
+               (sum(h.fell_back) / sum(h.requests))::float8 AS fallback_rate
+        FROM {_REQUESTS_ROLLUP} WHERE {where}
+        GROUP BY 1 HAVING sum(h.requests) <> 0 ORDER BY 1
         """,
         params,
     )
@@ -477,16 +559,16 @@ _KIND_SQL = "CASE WHEN a.status = 'rejected' THEN 'escalation' ELSE 'fallback' E
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def transitions(dsn: str, filters: Filters) -> pd.DataFrame:
     """Each hop of an escalation or fallback chain: kind, from which model, to which, why, how often."""
-    where, params = _request_where(filters)
-    return _fetch(
+    where, params = _rollup_where(filters)
+    return _rollup_fetch(
         dsn,
         f"""
-        SELECT {_KIND_SQL} AS kind, a.model AS from_model, a.next_model AS to_model,
-               coalesce(a.next_reason_kind, 'other') AS reason_kind, count(*)::bigint AS hops,
-               min(left(a.next_reason, 120)) AS example_reason
-        FROM request_attempts a JOIN requests r ON r.request_id = a.request_id
-        WHERE a.next_model IS NOT NULL AND {where}
-        GROUP BY 1, 2, 3, 4 ORDER BY hops DESC, kind, from_model
+        SELECT {_KIND_SQL.replace("a.", "h.")} AS kind, h.model AS from_model, h.next_model AS to_model,
+               coalesce(h.next_reason_kind, 'other') AS reason_kind, sum(h.calls)::bigint AS hops,
+               min(h.example_reason) AS example_reason
+        FROM {_ATTEMPTS_ROLLUP}
+        WHERE h.next_model IS NOT NULL AND {where}
+        GROUP BY 1, 2, 3, 4 HAVING sum(h.calls) <> 0 ORDER BY hops DESC, kind, from_model
         """,
         params,
     )
