@@ -63,3 +63,20 @@ def write_jsonl_gz(path: Path, records: list[dict]) -> Path:
         for record in records:
             handle.write(json.dumps(record) + "\n")
     return path
+
+
+def make_mixed_records(n: int, source: str, seed: int) -> list[dict]:
+    """``make_records`` with three prompt kinds (math notation, code, general text) and 10 % of each model's
+    correctness flipped, so that per-kind calibration, budgets and margins all have something to choose."""
+    rng = random.Random(seed + 100)
+    records = make_records(n, source, seed)
+    for record in records:
+        draw = rng.random()
+        if draw < 0.3:
+            record["prompt"] = "Evaluate $x^{2}$ first. " + record["prompt"]
+        elif draw < 0.5:
+            record["prompt"] = "```python\nprint(1)\n```\n" + record["prompt"]
+        for outcome in record["outcomes"].values():
+            if rng.random() < 0.1:
+                outcome["correct"] = not outcome["correct"]
+    return records
