@@ -213,6 +213,10 @@ class FaultStack:
         # as an error, and the stub never saw it.
         errors = Counter((stream.prompts[request_id], STUB_MODEL[model]) for request_id, model, status, _c in calls
                          if status == "error")
+        # A start record is written before its call: a worker killed between the two leaves a call on record as
+        # "started" (cut off) that the stub never saw. Only such records, and errors, may lack a stub call.
+        cut_off = Counter((stream.prompts[request_id], STUB_MODEL[model]) for request_id, model, status, _c in calls
+                          if status == "started")
         ours = set(stream.prompts.values())
         counted = Counter((c["prompt"], c["model"]) for c in self.stub_calls() if c["prompt"] in ours)
         return {
@@ -221,8 +225,10 @@ class FaultStack:
             "client_retries": stream.retries, "stream_s": round(stream.seconds, 1),
             "stub_calls": sum(counted.values()), "calls_on_record": len(calls),
             "calls_not_on_record": sum((counted - on_record).values()),
-            "records_without_call": sum(max(0, n - errors[k]) for k, n in (on_record - counted).items()),
+            "records_without_call": sum(max(0, n - errors[k] - cut_off[k]) for k, n in (on_record - counted).items()),
             "failed_before_reaching_the_model": sum(min(n, errors[k]) for k, n in (on_record - counted).items()),
+            "cut_off_before_reaching_the_model": sum(min(max(0, n - errors[k]), cut_off[k])
+                                                     for k, n in (on_record - counted).items()),
             "deliveries": plain_deliveries + parked_deliveries, "redelivered_requests": plain_deliveries - plain_requests,
             "requests_parked": parked[0], "parks": parked[1], "deliveries_of_parked_requests": parked_deliveries,
             "answer_attempt_calls": attempts[0],
