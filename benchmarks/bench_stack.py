@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import tempfile
@@ -38,6 +39,14 @@ class BenchStack:
 
 def machine_line() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def report(results: dict, console: Console, json_path: Path | None) -> None:
+    """Print the results as JSON, and write them to ``json_path`` when one was given."""
+    text = json.dumps(results, indent=2)
+    console.print(text)
+    if json_path:
+        json_path.write_text(text + "\n")
 
 
 @contextmanager

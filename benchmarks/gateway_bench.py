@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from openai import AsyncOpenAI
 from rich.console import Console
 
-from benchmarks.bench_stack import benchmark_stack, machine_line
+from benchmarks.bench_stack import benchmark_stack, machine_line, report
 
 PROMPTS = (
     "What is the capital of France?",
@@ -159,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                                             cheap.provider_model_id, args.requests, concurrency))
             console.print(row)
             results["latency"].append(row)
-    text = json.dumps(results, indent=2)
-    console.print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(results, console, args.json)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import psycopg
 from openai import AsyncOpenAI
 from rich.console import Console
 
-from benchmarks.bench_stack import benchmark_stack, machine_line
+from benchmarks.bench_stack import benchmark_stack, machine_line, report
 
 # A mix the heuristic classifier sends to all three tiers, so every provider agent is on the path.
 PROMPTS = (
@@ -238,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if profiler is not None:
             profiler.wait(timeout=60)
             results["profile"] = str(data_root / "worker.pyspy.txt")
-    text = json.dumps(results, indent=2)
-    console.print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(results, console, args.json)
     return 0
 
 

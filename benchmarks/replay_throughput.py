@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -34,6 +32,8 @@ from pathlib import Path
 
 import psycopg
 from rich.console import Console
+
+from benchmarks.bench_stack import machine_line, report
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SAMPLE = 200  # the demo's default --sample: the trained artifact is the one the demo trains and caches
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = replay_sample(Path(data_dir), registry, args.warmup, seed=12, records=records)
 
     results: dict = {"command": "python -m benchmarks.replay_throughput " + " ".join(argv or sys.argv[1:]),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                     "machine": machine_line(),
                      "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                      "trained_router": router.label, "prompts": len(prompts), "rounds": {}}
     stacks: dict[str, LocalStack] = {}
@@ -175,10 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     results["median_prompts_per_s"] = rates
     if rates.get("heuristic"):
         results["trained_over_heuristic"] = round(rates.get("trained", 0.0) / rates["heuristic"], 3)
-    text = json.dumps(results, indent=2)
-    console.print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(results, console, args.json)
     return 0
 
 
