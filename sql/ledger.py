@@ -136,28 +136,26 @@ async def write_heartbeat(conn: AsyncConnection, *, worker_id: str, app_id: str,
          Jsonb({t: {str(p): n for p, n in sorted(parts.items())} for t, parts in (lag or {}).items()})))
 
 
-async def consumer_lag(conn: AsyncConnection, app_id: str, fresh_s: float) -> dict[str, int]:
-    """Messages behind per topic, summed over the partitions of workers whose heartbeat is fresh."""
-    cursor = await conn.execute(
-        "SELECT lag FROM worker_heartbeats WHERE app_id = %s AND beat_at > now() - make_interval(secs => %s)",
-        (app_id, fresh_s))
-    totals: dict[str, int] = {}
-    for (lag,) in await cursor.fetchall():
-        for topic, partitions in lag.items():
-            totals[topic] = totals.get(topic, 0) + sum(int(n) for n in partitions.values())
-    return totals
+@dataclass
+class LiveWorkers:
+    """What the workers of one app whose heartbeat is fresh report together."""
+
+    held: dict[str, set[int]]  # partitions held, per topic
+    lag: dict[str, int]  # messages behind per topic, summed over partitions
 
 
-async def live_assignment(conn: AsyncConnection, app_id: str, fresh_s: float) -> dict[str, set[int]]:
-    """The partitions held by workers of ``app_id`` whose last heartbeat is at most ``fresh_s`` old."""
+async def live_workers(conn: AsyncConnection, app_id: str, fresh_s: float) -> LiveWorkers:
+    """The partitions held and the lag of workers of ``app_id`` whose last heartbeat is at most ``fresh_s`` old."""
     cursor = await conn.execute(
-        "SELECT assignment FROM worker_heartbeats WHERE app_id = %s AND beat_at > now() - make_interval(secs => %s)",
-        (app_id, fresh_s))
-    held: dict[str, set[int]] = {}
-    for (assignment,) in await cursor.fetchall():
+        "SELECT assignment, lag FROM worker_heartbeats WHERE app_id = %s"
+        " AND beat_at > now() - make_interval(secs => %s)", (app_id, fresh_s))
+    live = LiveWorkers(held={}, lag={})
+    for assignment, lag in await cursor.fetchall():
         for topic, partitions in assignment.items():
-            held.setdefault(topic, set()).update(partitions)
-    return held
+            live.held.setdefault(topic, set()).update(partitions)
+        for topic, partitions in lag.items():
+            live.lag[topic] = live.lag.get(topic, 0) + sum(int(n) for n in partitions.values())
+    return live
 
 
 CALL_STARTED_SQL = ("INSERT INTO model_calls (request_id, delivery, attempt_no, model) VALUES (%s, %s, %s, %s)"

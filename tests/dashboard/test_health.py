@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from sql.ledger import consumer_lag, write_heartbeat
+from sql.ledger import live_workers, write_heartbeat
 from tests.dashboard.test_app import metrics, run_view  # noqa: F401 - the fixture
 
 
@@ -34,7 +34,7 @@ def test_lag_per_topic_sums_live_workers_only(clean_db: str) -> None:
 
     async def read() -> dict[str, int]:
         async with await psycopg.AsyncConnection.connect(clean_db, autocommit=True) as conn:
-            return await consumer_lag(conn, "cost-router", 15)
+            return (await live_workers(conn, "cost-router", 15)).lag
 
     assert asyncio.run(read()) == {"prompts": 17, "route.small": 1}
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from core.registry import ModelRegistry
 from core.topics import pipeline_topics
-from sql.ledger import consumer_lag, live_assignment
+from sql.ledger import live_workers
 
 router = APIRouter(tags=["health"])
 
@@ -46,15 +46,14 @@ async def _workers(request: Request) -> tuple[bool, dict]:
     settings = request.app.state.settings
     try:
         async with request.app.state.pool.connection(timeout=3) as conn:
-            held = await live_assignment(conn, settings.faust_app_id, settings.heartbeat_fresh_s)
-            lag = await consumer_lag(conn, settings.faust_app_id, settings.heartbeat_fresh_s)
+            live = await live_workers(conn, settings.faust_app_id, settings.heartbeat_fresh_s)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return False, {"error": f"{type(exc).__name__}"}
-    unassigned = {topic: sorted(set(range(count)) - held.get(topic, set()))
+    unassigned = {topic: sorted(set(range(count)) - live.held.get(topic, set()))
                   for topic, count in _consumed_topics(request).items()}
     unassigned = {topic: parts for topic, parts in unassigned.items() if parts}
     # Lag informs (a backlog is not unreadiness: the broker holds it); it is per topic, summed over partitions.
-    return not unassigned, {"unassigned_partitions": unassigned, "consumer_lag": lag}
+    return not unassigned, {"unassigned_partitions": unassigned, "consumer_lag": live.lag}
 
 
 @router.get("/healthz")
