@@ -11,10 +11,12 @@ Costs are stored as integer micro-USD; conversion to USD happens here so that ev
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 from psycopg_pool import ConnectionPool
@@ -156,7 +158,8 @@ _EVALS_ROLLUP = "(SELECT * FROM evals_hourly UNION ALL SELECT * FROM evals_hourl
 def fold_rollups(dsn: str) -> bool:
     """Move the writers' deltas into the rollups, at most once per cache period (a read is exact either way;
     folding keeps the delta tables short)."""
-    return bool(_fetch(dsn, "SELECT dashboard_fold_rollups() AS folded").iloc[0]["folded"])
+    folded = _fetch(dsn, "SELECT dashboard_fold_rollups() AS folded, dashboard_fold_latency() AS latency_folded")
+    return bool(folded.iloc[0]["folded"]) and bool(folded.iloc[0]["latency_folded"])
 
 
 def _rollup_where(filters: Filters) -> tuple[str, dict[str, Any]]:
@@ -389,29 +392,100 @@ def _attempts_from(needs_requests: bool) -> str:
     return "request_attempts a JOIN requests r ON r.request_id = a.request_id" if needs_requests else "request_attempts a"
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def latency_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
-    """p50/p95/p99 per model over answered calls (status ok or rejected; errors are counted, not timed)."""
-    where, params, needs_requests = _scoped_where(filters, "a.started_at", "a.model", None)
-    return _fetch(
+# Latency percentiles come from the daily histograms of migration 0012 (relative-error bins: bin i holds
+# (γ^(i-1), γ^i] ms and reads back as 2γ^i/(γ+1), within 0.99 % of every latency in it), so a view sums a few
+# thousand bins per day instead of sorting every call in range. The one-day view's hourly trend reads the raw calls.
+LATENCY_BIN_GAMMA = 1.02
+ZERO_LATENCY_BIN = -2_147_483_648
+_LATENCY_HISTOGRAM = "(SELECT * FROM latency_daily UNION ALL SELECT * FROM latency_daily_delta) AS h"
+
+
+def latency_bin_value(bins: np.ndarray) -> np.ndarray:
+    """The latency (ms) a histogram bin reads back as: within 0.99 % of every latency in the bin."""
+    bins = np.asarray(bins, dtype=np.int64)
+    values = 2.0 * np.power(LATENCY_BIN_GAMMA, bins.astype(float)) / (LATENCY_BIN_GAMMA + 1.0)
+    return np.where(bins == ZERO_LATENCY_BIN, 0.0, values)
+
+
+def histogram_percentiles(counts: pd.DataFrame, by: list[str], quantiles: dict[str, float]) -> pd.DataFrame:
+    """Percentiles per group of ``by`` from rows (``*by``, ``bin``, ``n``), as ``percentile_cont`` defines them
+    (the value at rank q·(N−1), interpolated between the two ranks around it), each rank read from its bin."""
+    rows = []
+    for key, group in counts.groupby(by, sort=True, dropna=False) if by else [((), counts)]:
+        group = group[group["n"] > 0].sort_values("bin")
+        cumulative = np.cumsum(group["n"].to_numpy(dtype=np.int64))
+        values = latency_bin_value(group["bin"].to_numpy())
+        total = int(cumulative[-1]) if len(cumulative) else 0
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
+        for name, quantile in quantiles.items():
+            if not total:
+                row[name] = None
+                continue
+            rank = quantile * (total - 1)
+            low, high = math.floor(rank), math.ceil(rank)
+            # the value at 0-based rank k lies in the first bin whose cumulative count exceeds k
+            value_low = values[np.searchsorted(cumulative, low, side="right")]
+            value_high = values[np.searchsorted(cumulative, high, side="right")]
+            row[name] = float(value_low + (rank - low) * (value_high - value_low))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*by, *quantiles])
+
+
+def _histogram_where(filters: Filters, measures: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """The sidebar's selection over the histograms: whole UTC days, the model (called or answering, as the
+    measure says), the request's difficulty and tenant."""
+    clauses = ["h.day >= %(first_day)s", "h.day <= %(last_day)s", "h.measure = ANY(%(measures)s)"]
+    params: dict[str, Any] = {"first_day": filters.start, "last_day": filters.end, "measures": list(measures)}
+    if filters.models:
+        clauses.append("h.model = ANY(%(models)s)")
+        params["models"] = list(filters.models)
+    if filters.difficulties:
+        clauses.append("h.difficulty = ANY(%(difficulties)s)")
+        params["difficulties"] = list(filters.difficulties)
+    if filters.tenants:
+        clauses.append("h.tenant = ANY(%(tenants)s)")
+        params["tenants"] = list(filters.tenants)
+    return " AND ".join(clauses), params
+
+
+def _histogram_counts(dsn: str, filters: Filters, measures: tuple[str, ...], by: tuple[str, ...]) -> pd.DataFrame:
+    """Calls or requests per bin and group of ``by`` (select expressions) in the selection."""
+    where, params = _histogram_where(filters, measures)
+    positions = ", ".join(str(position) for position in range(1, len(by) + 2))
+    return _rollup_fetch(
         dsn,
-        f"""
-        SELECT a.model,
-               count(*) FILTER (WHERE a.status <> 'error')::bigint AS calls,
-               count(*) FILTER (WHERE a.status = 'error')::bigint AS errors,
-               percentile_cont(0.50) WITHIN GROUP (ORDER BY a.latency_ms) FILTER (WHERE a.status <> 'error') AS p50_ms,
-               percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency_ms) FILTER (WHERE a.status <> 'error') AS p95_ms,
-               percentile_cont(0.99) WITHIN GROUP (ORDER BY a.latency_ms) FILTER (WHERE a.status <> 'error') AS p99_ms
-        FROM {_attempts_from(needs_requests)} WHERE {where}
-        GROUP BY a.model ORDER BY a.model
-        """,
+        f"SELECT {', '.join(by)}, h.bin, sum(h.n)::bigint AS n FROM {_LATENCY_HISTOGRAM} WHERE {where} "
+        f"GROUP BY {positions} HAVING sum(h.n) <> 0",
         params,
     )
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def latency_by_model(dsn: str, filters: Filters) -> pd.DataFrame:
+    """p50/p95/p99 per model over answered calls (status ok or rejected; errors are counted, not timed)."""
+    counts = _histogram_counts(dsn, filters, ("call", "call_error"), ("h.measure", "h.model"))
+    if counts.empty:
+        return pd.DataFrame(columns=["model", "calls", "errors", "p50_ms", "p95_ms", "p99_ms"])
+    per_measure = counts.pivot_table(index="model", columns="measure", values="n", aggfunc="sum", fill_value=0)
+    answered = counts[counts["measure"] == "call"]
+    percentiles = histogram_percentiles(answered, ["model"], {"p50_ms": 0.50, "p95_ms": 0.95, "p99_ms": 0.99})
+    frame = pd.DataFrame({
+        "model": per_measure.index,
+        "calls": per_measure.get("call", pd.Series(0, index=per_measure.index)).to_numpy(dtype=np.int64),
+        "errors": per_measure.get("call_error", pd.Series(0, index=per_measure.index)).to_numpy(dtype=np.int64),
+    })
+    return frame.merge(percentiles, on="model", how="left").sort_values("model").reset_index(drop=True)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def latency_daily(dsn: str, filters: Filters) -> pd.DataFrame:
-    """Per day and model: p50 and p95 of answered calls."""
+    """Per day (per hour on a one-day range) and model: p50 and p95 of answered calls."""
+    if filters.bucket == "day":
+        counts = _histogram_counts(dsn, filters, ("call",), ("h.day AS period", "h.model"))
+        frame = histogram_percentiles(counts, ["period", "model"], {"p50_ms": 0.50, "p95_ms": 0.95})
+        frame["period"] = pd.to_datetime(frame["period"])
+        return frame
+    # One day in hours: that day's calls alone, read exactly from the raw rows (a day's calls, not the range's).
     where, params, needs_requests = _scoped_where(filters, "a.started_at", "a.model", None)
     return _fetch(
         dsn,
@@ -428,24 +502,16 @@ def latency_daily(dsn: str, filters: Filters) -> pd.DataFrame:
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def end_to_end_latency(dsn: str, filters: Filters) -> dict[str, Any]:
-    """p50/p95/p99 of whole requests (every attempt of the chain), as the caller saw it."""
-    where, params = _request_where(filters)
-    frame = _fetch(
-        dsn,
-        f"""
-        SELECT count(*)::bigint AS requests,
-               percentile_cont(0.50) WITHIN GROUP (ORDER BY r.latency_ms) AS p50_ms,
-               percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms) AS p95_ms,
-               percentile_cont(0.99) WITHIN GROUP (ORDER BY r.latency_ms) AS p99_ms,
-               -- Streamed requests only (ttft_ms is NULL otherwise; percentiles skip NULLs).
-               count(r.ttft_ms)::bigint AS streamed,
-               percentile_cont(0.50) WITHIN GROUP (ORDER BY r.ttft_ms) AS ttft_p50_ms,
-               percentile_cont(0.95) WITHIN GROUP (ORDER BY r.ttft_ms) AS ttft_p95_ms
-        FROM requests r WHERE {where}
-        """,
-        params,
-    )
-    return frame.iloc[0].to_dict()
+    """p50/p95/p99 of whole requests (every attempt of the chain), as the caller saw it; time to first token of
+    streamed requests."""
+    counts = _histogram_counts(dsn, filters, ("request", "ttft"), ("h.measure",))
+    requests = counts[counts["measure"] == "request"]
+    ttft = counts[counts["measure"] == "ttft"]
+    figures: dict[str, Any] = {"requests": int(requests["n"].sum()), "streamed": int(ttft["n"].sum())}
+    figures.update(histogram_percentiles(requests, [], {"p50_ms": 0.50, "p95_ms": 0.95, "p99_ms": 0.99})
+                   .iloc[0].to_dict())
+    figures.update(histogram_percentiles(ttft, [], {"ttft_p50_ms": 0.50, "ttft_p95_ms": 0.95}).iloc[0].to_dict())
+    return figures
 
 
 # ----------------------------------------------------------------------------- quality vs cost
