@@ -11,7 +11,6 @@ Costs are stored as integer micro-USD; conversion to USD happens here so that ev
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -409,26 +408,31 @@ def latency_bin_value(bins: np.ndarray) -> np.ndarray:
 
 def histogram_percentiles(counts: pd.DataFrame, by: list[str], quantiles: dict[str, float]) -> pd.DataFrame:
     """Percentiles per group of ``by`` from rows (``*by``, ``bin``, ``n``), as ``percentile_cont`` defines them
-    (the value at rank q·(N−1), interpolated between the two ranks around it), each rank read from its bin."""
-    rows = []
-    for key, group in counts.groupby(by, sort=True, dropna=False) if by else [((), counts)]:
-        group = group[group["n"] > 0].sort_values("bin")
-        cumulative = np.cumsum(group["n"].to_numpy(dtype=np.int64))
-        values = latency_bin_value(group["bin"].to_numpy())
-        total = int(cumulative[-1]) if len(cumulative) else 0
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
-        for name, quantile in quantiles.items():
-            if not total:
-                row[name] = None
-                continue
-            rank = quantile * (total - 1)
-            low, high = math.floor(rank), math.ceil(rank)
-            # the value at 0-based rank k lies in the first bin whose cumulative count exceeds k
-            value_low = values[np.searchsorted(cumulative, low, side="right")]
-            value_high = values[np.searchsorted(cumulative, high, side="right")]
-            row[name] = float(value_low + (rank - low) * (value_high - value_low))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[*by, *quantiles])
+    (the value at rank q·(N−1), interpolated between the two ranks around it), each rank read from its bin.
+    With no ``by``, one row (``None`` where there is nothing to rank)."""
+    keys = by or ["_all"]
+    counts = counts[counts["n"] > 0].assign(_all=0).sort_values([*keys, "bin"])
+    if counts.empty:
+        return pd.DataFrame([dict.fromkeys(quantiles)] if not by else [], columns=[*by, *quantiles])
+    groups = counts.groupby(keys, sort=False, dropna=False)
+    cumulative = groups["n"].cumsum().to_numpy(dtype=np.int64)
+    total = groups["n"].transform("sum").to_numpy(dtype=np.int64)
+    values = latency_bin_value(counts["bin"].to_numpy())
+    frame = counts[keys].copy()
+    columns = {}
+    for name, quantile in quantiles.items():
+        rank = quantile * (total - 1)
+        low, high = np.floor(rank), np.ceil(rank)
+        # the value at 0-based rank k lies in the first bin whose cumulative count exceeds k
+        frame["_low"] = np.where(cumulative > low, values, np.nan)
+        frame["_high"] = np.where(cumulative > high, values, np.nan)
+        frame["_fraction"] = rank - low
+        first = frame.groupby(keys, sort=True, dropna=False)[["_low", "_high", "_fraction"]].first()
+        columns[name] = first["_low"] + first["_fraction"] * (first["_high"] - first["_low"])
+    result = pd.DataFrame(columns).reset_index()
+    if not by:
+        return result[list(quantiles)]
+    return result[[*by, *quantiles]]
 
 
 def _histogram_where(filters: Filters, measures: tuple[str, ...]) -> tuple[str, dict[str, Any]]:

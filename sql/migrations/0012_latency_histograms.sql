@@ -28,7 +28,7 @@ CREATE TABLE latency_daily (
     difficulty text NOT NULL,
     model      text,
     bin        integer NOT NULL,
-    n          bigint NOT NULL,
+    n          integer NOT NULL,  -- integer: sums of it aggregate as bigint, not numeric
     UNIQUE NULLS NOT DISTINCT (day, measure, tenant, difficulty, model, bin)
 );
 
