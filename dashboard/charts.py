@@ -198,6 +198,22 @@ def escalation_rates(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
     )
 
 
+def fallback_spend(daily: pd.DataFrame, bucket: str = "day") -> alt.Chart:
+    """Fallback spend per bucket (bars) and its share of all spend (line)."""
+    base = alt.Chart(daily, title=f"Fallback spend and its share of spend, per {bucket}").encode(
+        x=period_x(bucket, daily["period"]))
+    bars = base.mark_bar(opacity=0.5).encode(
+        y=alt.Y("fallback_usd:Q", title="Fallback spend (USD)"),
+        tooltip=[period_tooltip(bucket), alt.Tooltip("fallback_usd:Q", format="$,.6f", title="fallback spend"),
+                 alt.Tooltip("fallback_calls:Q", title="fallback calls")],
+    )
+    line = base.mark_line(point=True, color="#d62728").encode(
+        y=alt.Y("fallback_share:Q", title="Share of spend", axis=alt.Axis(format="%")),
+        tooltip=[period_tooltip(bucket), alt.Tooltip("fallback_share:Q", format=".1%", title="share of spend")],
+    )
+    return alt.layer(bars, line).resolve_scale(y="independent").properties(height=CHART_HEIGHT)
+
+
 def transition_matrix(hops: pd.DataFrame) -> alt.Chart:
     """From which model to which, split by escalation (bad answer) and fallback (error)."""
     totals = hops.groupby(["kind", "from_model", "to_model"], as_index=False)["hops"].sum()

@@ -644,6 +644,63 @@ def transitions(dsn: str, filters: Filters) -> pd.DataFrame:
     )
 
 
+# Fallback calls (migration 0013): the calls a fallback hop named after a failed call or an open circuit.
+_FALLBACK_ROLLUP = "(SELECT * FROM fallback_hourly UNION ALL SELECT * FROM fallback_hourly_delta) AS h"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def fold_fallback_rollup(dsn: str) -> bool:
+    """Move the writers' fallback deltas into ``fallback_hourly`` (as :func:`fold_rollups` does for 0008's)."""
+    return bool(_fetch(dsn, "SELECT dashboard_fold_fallback_rollup() AS folded").iloc[0]["folded"])
+
+
+def _fallback_fetch(dsn: str, query: str, params: dict[str, Any]) -> pd.DataFrame:
+    fold_fallback_rollup(dsn)
+    return _rollup_fetch(dsn, query, params)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def fallback_spend_daily(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Per bucket: spend, fallback spend (what fallback calls billed), its share of spend and the fallback calls,
+    for the requests the filters select (the Overview's spend is the denominator)."""
+    where, params = _rollup_where(filters)
+    return _fallback_fetch(
+        dsn,
+        f"""
+        WITH spend AS (
+            SELECT date_trunc(%(bucket)s, h.hour) AS period, sum(h.spend_micro_usd) AS spend
+            FROM {_REQUESTS_ROLLUP} WHERE {where} GROUP BY 1 HAVING sum(h.requests) <> 0
+        ), fallback AS (
+            SELECT date_trunc(%(bucket)s, h.hour) AS period, sum(h.calls) AS calls, sum(h.cost_micro_usd) AS cost
+            FROM {_FALLBACK_ROLLUP} WHERE {where} GROUP BY 1
+        )
+        SELECT s.period, s.spend::bigint AS spend_micro_usd, coalesce(f.cost, 0)::bigint AS fallback_micro_usd,
+               coalesce(f.calls, 0)::bigint AS fallback_calls,
+               s.spend::float8 / {MICRO} AS spend_usd, coalesce(f.cost, 0)::float8 / {MICRO} AS fallback_usd,
+               coalesce(f.cost, 0)::float8 / nullif(s.spend, 0) AS fallback_share
+        FROM spend s LEFT JOIN fallback f USING (period) ORDER BY 1
+        """,
+        params,
+    )
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def fallback_spend_by_path(dsn: str, filters: Filters) -> pd.DataFrame:
+    """Fallback calls and their spend per path: the model that failed or was skipped, why, the model called."""
+    where, params = _rollup_where(filters)
+    return _fallback_fetch(
+        dsn,
+        f"""
+        SELECT h.from_model, h.reason_kind, h.model, sum(h.calls)::bigint AS calls,
+               sum(h.cost_micro_usd)::bigint AS fallback_micro_usd,
+               sum(h.cost_micro_usd)::float8 / {MICRO} AS fallback_usd
+        FROM {_FALLBACK_ROLLUP} WHERE {where}
+        GROUP BY 1, 2, 3 HAVING sum(h.attempts) <> 0 ORDER BY fallback_micro_usd DESC, 1, 2, 3
+        """,
+        params,
+    )
+
+
 # ----------------------------------------------------------------------------- request explorer
 
 EXPLORER_LIMIT = 200

@@ -88,6 +88,7 @@ def overview(dsn: str, filters: q.Filters) -> None:
         st.caption(f"{totals['unrecorded']:,} requests were prompts the replayed outcomes do not hold (for example "
                    "your own prompts): the stub model answered them, labelled *unrecorded*; they are ungraded and "
                    "left out of accuracy.")
+    fallback_caption(dsn, filters)
     routers_table(q.savings_by_router(dsn, filters))
 
     st.altair_chart(charts.spend_vs_counterfactual(daily, counterfactual_model, filters.bucket), width="stretch")
@@ -114,6 +115,21 @@ def overview(dsn: str, filters: q.Filters) -> None:
                            "escalated": st.column_config.NumberColumn("Escalated"),
                            "fell_back": st.column_config.NumberColumn("Fell back")},
         )
+
+
+def fallback_totals(daily: pd.DataFrame) -> tuple[int, int, float | None]:
+    """Fallback spend and calls over the range, and the spend's share of all spend (from integer micro-USD)."""
+    spend, fallback = int(daily["spend_micro_usd"].sum()), int(daily["fallback_micro_usd"].sum())
+    return fallback, int(daily["fallback_calls"].sum()), fallback / spend if spend else None
+
+
+def fallback_caption(dsn: str, filters: q.Filters) -> None:
+    """The Overview's line on fallback spend (definition: docs/dashboard.md#fallback-spend)."""
+    fallback, calls, share = fallback_totals(q.fallback_spend_daily(dsn, filters))
+    if not calls and not fallback:
+        return
+    st.caption(f"Fallback spend: {usd(fallback / q.MICRO)} ({percent(share)} of spend) on {calls:,} calls made "
+               "because a model failed or its circuit was open; see *Escalations and fallbacks*.")
 
 
 def savings_tile(col: Any, savings: SavingsTotals) -> None:
@@ -292,6 +308,15 @@ def escalations(dsn: str, filters: q.Filters) -> None:
                    help="Requests that got no answer from any model.")
     hops = q.transitions(dsn, filters)
     cols[3].metric("Hops", f"{int(hops['hops'].sum()) if not hops.empty else 0:,}")
+    spend = q.fallback_spend_daily(dsn, filters)
+    fallback, calls, share = fallback_totals(spend)
+    cols = st.columns(4)
+    cols[0].metric("Fallback spend", usd(fallback / q.MICRO),
+                   help="What the calls made because a model failed or its circuit breaker was open billed: each "
+                        "call a fallback hop named (docs/dashboard.md#fallback-spend). Part of Spend.")
+    cols[1].metric("Fallback share of spend", percent(share))
+    cols[2].metric("Fallback calls", f"{calls:,}")
+    cols[3].metric("Spend", usd(int(spend["spend_micro_usd"].sum()) / q.MICRO))
     st.altair_chart(charts.escalation_rates(daily, filters.bucket), width="stretch")
     if hops.empty:
         st.info("No request in this range was escalated or fell back.", icon="ℹ️")
@@ -305,6 +330,54 @@ def escalations(dsn: str, filters: q.Filters) -> None:
                                 "reason_kind": st.column_config.TextColumn("Reason"),
                                 "hops": st.column_config.NumberColumn("Hops", format="%d"),
                                 "example_reason": st.column_config.TextColumn("Example")})
+    fallback_spend_section(dsn, filters, spend)
+
+
+def fallback_spend_section(dsn: str, filters: q.Filters, spend: pd.DataFrame) -> None:
+    """Fallback spend per bucket, per model called and per path."""
+    paths = q.fallback_spend_by_path(dsn, filters)
+    if paths.empty:
+        return
+    st.subheader("Fallback spend")
+    st.caption("Calls made because the model before them failed (`error`, `timeout`) or its circuit breaker was open "
+               "(`circuit_open`: skipped without a call), and what they billed. Calls after a rejected answer are "
+               "escalations, not fallbacks.")
+    st.altair_chart(charts.fallback_spend(spend, filters.bucket), width="stretch")
+    total = int(paths["fallback_micro_usd"].sum())
+    per_model = paths.groupby("model", as_index=False).agg(calls=("calls", "sum"),
+                                                           fallback_micro_usd=("fallback_micro_usd", "sum"))
+    per_model["fallback_usd"] = per_model["fallback_micro_usd"] / q.MICRO
+    per_model["share"] = per_model["fallback_micro_usd"] / total if total else None
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Per model called**")
+        st.dataframe(per_model.drop(columns=["fallback_micro_usd"]).sort_values("fallback_usd", ascending=False),
+                     hide_index=True,
+                     column_config={"model": st.column_config.TextColumn("Model"),
+                                    "calls": st.column_config.NumberColumn("Fallback calls", format="%d"),
+                                    "fallback_usd": st.column_config.NumberColumn("Fallback spend (USD)",
+                                                                                  format="%.6f"),
+                                    "share": st.column_config.NumberColumn("Share of fallback spend",
+                                                                           format="percent")})
+    with right:
+        st.markdown("**Per path**")
+        st.dataframe(paths.drop(columns=["fallback_micro_usd"]), hide_index=True,
+                     column_config={"from_model": st.column_config.TextColumn("From"),
+                                    "reason_kind": st.column_config.TextColumn("Reason"),
+                                    "model": st.column_config.TextColumn("Called"),
+                                    "calls": st.column_config.NumberColumn("Calls", format="%d"),
+                                    "fallback_usd": st.column_config.NumberColumn("Fallback spend (USD)",
+                                                                                  format="%.6f")})
+    with st.expander(f"Fallback spend per {filters.bucket}"):
+        st.dataframe(spend[["period", "spend_usd", "fallback_usd", "fallback_share", "fallback_calls"]],
+                     hide_index=True,
+                     column_config={"period": _period_column(filters),
+                                    "spend_usd": st.column_config.NumberColumn("Spend (USD)", format="%.6f"),
+                                    "fallback_usd": st.column_config.NumberColumn("Fallback spend (USD)",
+                                                                                  format="%.6f"),
+                                    "fallback_share": st.column_config.NumberColumn("Share of spend",
+                                                                                    format="percent"),
+                                    "fallback_calls": st.column_config.NumberColumn("Fallback calls")})
 
 
 # ----------------------------------------------------------------------------- Request explorer

@@ -79,6 +79,8 @@ def test_overview_shows_seeded_spend_and_savings(seeded: str, run_view: RunView)
     assert shown["Cost per request"] == "$0.00072"
     assert shown["Escalated"] == "20.0%"
     assert shown["Fell back"] == "40.0%"
+    assert any(caption.value.startswith("Fallback spend: $0.0002 (5.6% of spend) on 2 calls")
+               for caption in at.caption)
     assert len(charts(at)) >= 3
     daily = frame_with(at, "savings_ratio")
     assert daily["requests"].tolist() == [2, 3]
@@ -179,6 +181,22 @@ def test_escalations_and_fallbacks(seeded: str, run_view: RunView) -> None:
     }
     assert len(charts(at)) >= 2
     assert not hops.isna().any().any()  # no `nan` cells
+    # Fallback spend: the calls the fallback hops named, r4's llama call (200) and r5's gpt call (0).
+    assert shown["Fallback spend"] == "$0.0002"
+    assert shown["Fallback share of spend"] == "5.6%"  # 200 / 3600
+    assert shown["Fallback calls"] == "2"
+    assert shown["Spend"] == "$0.0036"
+    per_model = frame_with(at, "share").set_index("model")
+    assert per_model["calls"].to_dict() == {known.LLAMA: 1, known.GPT: 1}
+    assert per_model["fallback_usd"].round(6).to_dict() == {known.LLAMA: 0.0002, known.GPT: 0.0}
+    assert per_model["share"].to_dict() == {known.LLAMA: 1.0, known.GPT: 0.0}
+    by_path = next(d.value for d in at.dataframe if {"from_model", "fallback_usd"} <= set(d.value.columns))
+    paths = {(r.from_model, r.reason_kind, r.model, r.calls) for r in by_path.itertuples()}
+    assert paths == {(known.PHI, "error", known.LLAMA, 1), (known.LLAMA, "timeout", known.GPT, 1)}
+    per_day = frame_with(at, "fallback_share")
+    assert per_day["fallback_usd"].round(6).tolist() == [0.0, 0.0002]
+    assert per_day["fallback_share"].round(4).tolist() == [0.0, 0.0625]  # day 2: 200 / 3200
+    assert len(charts(at)) >= 3  # with the fallback spend chart
 
 
 def test_why_groups_escalations_by_reason_kind(seeded: str, run_view: RunView) -> None:

@@ -27,6 +27,7 @@ from dashboard.sample_bulk import fill
 from sql.repository import savings_totals_columns
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+FALLBACK_MIGRATION = REPO_ROOT / "sql" / "migrations" / "0013_fallback_spend_rollup.sql"
 LAST_DAY = date(2026, 3, 31)
 DAYS = 10
 MICRO = q.MICRO
@@ -130,6 +131,44 @@ def raw_transitions(dsn: str, filters: q.Filters) -> pd.DataFrame:
         GROUP BY 1, 2, 3, 4 ORDER BY hops DESC, kind, from_model""", params)
 
 
+# A fallback call: the attempt that the attempt before it named after a failed call or an open circuit.
+_RAW_FALLBACK_CALLS = """
+    SELECT a.*, lag(a.model) OVER w AS from_model, lag(a.next_model) OVER w AS named,
+           lag(a.next_reason_kind) OVER w AS reason_kind,
+           NOT (a.status = 'error' AND a.next_reason_kind IS NOT DISTINCT FROM 'circuit_open') AS is_call
+    FROM request_attempts a WINDOW w AS (PARTITION BY a.request_id ORDER BY a.attempt_no)"""
+_RAW_IS_FALLBACK = "f.reason_kind IN ('error', 'timeout', 'circuit_open') AND f.named = f.model"
+
+
+def raw_fallback_daily(dsn: str, filters: q.Filters) -> pd.DataFrame:
+    where, params = _where(filters)
+    return _frame(dsn, f"""
+        WITH spend AS (
+            SELECT date_trunc(%(bucket)s, r.created_at) AS period, sum(r.cost_micro_usd) AS spend
+            FROM requests r WHERE {where} GROUP BY 1
+        ), fallback AS (
+            SELECT date_trunc(%(bucket)s, r.created_at) AS period, count(*) FILTER (WHERE f.is_call) AS calls,
+                   sum(f.cost_micro_usd) AS cost
+            FROM ({_RAW_FALLBACK_CALLS}) AS f JOIN requests r ON r.request_id = f.request_id
+            WHERE {_RAW_IS_FALLBACK} AND {where} GROUP BY 1
+        )
+        SELECT s.period, s.spend::bigint AS spend_micro_usd, coalesce(f.cost, 0)::bigint AS fallback_micro_usd,
+               coalesce(f.calls, 0)::bigint AS fallback_calls, s.spend::float8 / {MICRO} AS spend_usd,
+               coalesce(f.cost, 0)::float8 / {MICRO} AS fallback_usd,
+               coalesce(f.cost, 0)::float8 / nullif(s.spend, 0) AS fallback_share
+        FROM spend s LEFT JOIN fallback f USING (period) ORDER BY 1""", params)
+
+
+def raw_fallback_paths(dsn: str, filters: q.Filters) -> pd.DataFrame:
+    where, params = _where(filters)
+    return _frame(dsn, f"""
+        SELECT f.from_model, f.reason_kind, f.model, count(*) FILTER (WHERE f.is_call)::bigint AS calls,
+               sum(f.cost_micro_usd)::bigint AS fallback_micro_usd,
+               sum(f.cost_micro_usd)::float8 / {MICRO} AS fallback_usd
+        FROM ({_RAW_FALLBACK_CALLS}) AS f JOIN requests r ON r.request_id = f.request_id
+        WHERE {_RAW_IS_FALLBACK} AND {where} GROUP BY 1, 2, 3""", params)
+
+
 def _eval_where(filters: q.Filters) -> tuple[str, dict, str]:
     where, params, needs_requests = q._scoped_where(filters, "e.evaluated_at", "e.model", "e.difficulty")
     source = "model_eval e JOIN requests r ON r.request_id = e.request_id" if needs_requests else "model_eval e"
@@ -184,6 +223,8 @@ def assert_views_match_raw(dsn: str, filters: q.Filters) -> None:
     _same(q.routed_vs_final(dsn, filters), raw_routed(dsn, filters), "routed vs final")
     _same(q.escalation_daily(dsn, filters), raw_escalation(dsn, filters), "escalations per bucket")
     _same(q.transitions(dsn, filters), raw_transitions(dsn, filters), "transitions")
+    _same(q.fallback_spend_daily(dsn, filters), raw_fallback_daily(dsn, filters), "fallback spend per bucket")
+    _same(q.fallback_spend_by_path(dsn, filters), raw_fallback_paths(dsn, filters), "fallback spend per path")
     _same(q.quality_daily(dsn, filters), raw_quality_daily(dsn, filters), "quality per bucket")
     _same(q.quality_by_model(dsn, filters), raw_quality_by_model(dsn, filters), "quality per model")
 
@@ -260,12 +301,59 @@ def _writes(dsn: str) -> list[tuple[str, Callable[[psycopg.Connection], None]]]:
         conn.execute("DELETE FROM request_attempts WHERE (request_id, attempt_no) IN (SELECT request_id, attempt_no"
                      " FROM request_attempts WHERE status = 'error' LIMIT 100)")
 
-    return [("sink rewrites answers", sink_rewrites_answers), ("upsert moves tenant and day", upsert_moves_tenant_and_day),
+    def circuits_open_and_hops_change(conn: psycopg.Connection) -> None:
+        # The sink rewrites answers whose routed model's circuit was open: a skipped row (no call) naming the
+        # next model, then the call to it; half of them written one row at a time, the call before the skip.
+        ids = [rid for (rid,) in conn.execute(
+            "SELECT request_id FROM requests WHERE attempt_count = 1 AND status = 'ok' ORDER BY request_id"
+            " LIMIT 200")]
+        conn.execute("UPDATE requests SET fell_back = true, final_model = 'llama-3.1-70b-instruct'"
+                     " WHERE request_id = ANY(%s)", (ids,))
+        conn.execute("DELETE FROM request_attempts WHERE request_id = ANY(%s)", (ids,))
+        skip = ("INSERT INTO request_attempts (request_id, attempt_no, model, tier, status, started_at, latency_ms,"
+                " tokens_in, tokens_out, cost_micro_usd, error, next_model, next_reason_kind, next_reason)"
+                " SELECT request_id, 1, routed_model, 'cheap', 'error', created_at, 0, 0, 0, 0, 'circuit open',"
+                " 'llama-3.1-70b-instruct', 'circuit_open', 'fallback to llama-3.1-70b-instruct: circuit open'"
+                " FROM requests WHERE request_id = ANY(%s)")
+        call = ("INSERT INTO request_attempts (request_id, attempt_no, model, tier, status, started_at, latency_ms,"
+                " tokens_in, tokens_out, cost_micro_usd) SELECT request_id, 2, 'llama-3.1-70b-instruct', 'mid', 'ok',"
+                " created_at, 700, tokens_in, tokens_out, cost_micro_usd + 11 FROM requests WHERE request_id = ANY(%s)")
+        conn.execute(skip, (ids[:100],))
+        conn.execute(call, (ids[:100],))
+        with conn.cursor() as cur:
+            cur.executemany(call, [([rid],) for rid in ids[100:]])
+            cur.executemany(skip, [([rid],) for rid in ids[100:]])
+        # One hop changes kind (its next call stops being a fallback), another names a model not called next,
+        # one attempt moves to another request, and the first attempt of some fallen-back chains goes.
+        conn.execute("UPDATE request_attempts SET status = 'rejected', next_reason_kind = 'refusal' WHERE"
+                     " (request_id, attempt_no) IN (SELECT request_id, attempt_no FROM request_attempts"
+                     " WHERE next_reason_kind = 'error' ORDER BY request_id LIMIT 40)")
+        conn.execute("UPDATE request_attempts SET next_model = 'gpt-4o-2024-05-13' WHERE"
+                     " (request_id, attempt_no) IN (SELECT request_id, attempt_no FROM request_attempts"
+                     " WHERE next_reason_kind = 'circuit_open' ORDER BY request_id LIMIT 30)")
+        conn.execute("UPDATE request_attempts SET request_id = %s, attempt_no = 9 WHERE request_id = %s"
+                     " AND attempt_no = 2", (ids[0], ids[1]))
+        conn.execute("DELETE FROM request_attempts WHERE attempt_no = 1 AND request_id IN (SELECT request_id"
+                     " FROM request_attempts WHERE next_reason_kind = 'error' ORDER BY request_id DESC LIMIT 30)")
+
+    return [("sink rewrites answers", sink_rewrites_answers),
+            ("circuits open and hops change", circuits_open_and_hops_change), ("upsert moves tenant and day", upsert_moves_tenant_and_day),
             ("grades arrive and change", grades_arrive_and_change), ("requests deleted", requests_deleted)]
 
 
 def test_rollup_views_equal_plain_sql_over_raw_rows(filled: str) -> None:
     filters = every_filter(filled)
+    for each in filters:
+        assert_views_match_raw(filled, each)
+    # Migration 0013 on a database that already holds traffic: its backfill gives the same figures.
+    with psycopg.connect(filled) as conn:
+        conn.execute("DROP TABLE fallback_hourly, fallback_hourly_delta")
+        for function in ("dashboard_fallback_chain_delta(text)", "dashboard_fallback_attempts_rollup()",
+                         "dashboard_fallback_requests_moved()", "dashboard_fallback_request_delete()",
+                         "dashboard_fallback_truncate()", "dashboard_fold_fallback_rollup()"):
+            conn.execute(f"DROP FUNCTION {function} CASCADE")
+        conn.execute(FALLBACK_MIGRATION.read_text())
+        assert conn.execute("SELECT sum(calls) FROM fallback_hourly").fetchone()[0] > 0
     for each in filters:
         assert_views_match_raw(filled, each)
     for what, write in _writes(filled):
@@ -280,6 +368,8 @@ def test_rollup_views_equal_plain_sql_over_raw_rows(filled: str) -> None:
             assert conn.execute("SELECT dashboard_fold_rollups()").fetchone()[0]
             assert conn.execute("SELECT count(*) FROM requests_hourly_delta").fetchone()[0] == 0
             assert conn.execute("SELECT count(*) FROM attempts_hourly_delta").fetchone()[0] == 0
+            assert conn.execute("SELECT dashboard_fold_fallback_rollup()").fetchone()[0]
+            assert conn.execute("SELECT count(*) FROM fallback_hourly_delta").fetchone()[0] == 0
         for each in filters:
             assert_views_match_raw(filled, each)
 
@@ -289,7 +379,7 @@ def test_truncate_empties_the_rollups(filled: str) -> None:
         conn.execute("SELECT dashboard_fold_rollups()")
         conn.execute("TRUNCATE requests, request_attempts, model_eval")
         for table in ("requests_hourly", "requests_hourly_delta", "attempts_hourly", "attempts_hourly_delta",
-                      "evals_hourly", "evals_hourly_delta"):
+                      "evals_hourly", "evals_hourly_delta", "fallback_hourly", "fallback_hourly_delta"):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
     st.cache_data.clear()
     totals, daily = q.overview(filled, q.Filters(start=LAST_DAY, end=LAST_DAY))
@@ -311,3 +401,60 @@ def test_benchmark_runs_at_small_size(pg_admin_dsn: str, tmp_path: Path) -> None
             "Request explorer (newest)", "Offline evaluation (no report)"} <= set(views)
     assert all(row["cold_p50_s"] > 0 and row["warm_p50_s"] > 0 for row in views.values())
     assert "| Overview |" in result.stdout
+
+
+def test_fallback_calls_are_the_calls_a_fallback_hop_named(clean_db: str) -> None:
+    """The definition on hand-made chains: a call after an error, a timeout or an open circuit is a fallback
+    call; one after a rejected answer (escalation), a cost-cap refusal or on a parked request's next try is not."""
+    day = datetime(2026, 2, 2, 9, tzinfo=UTC)
+    cheap, mid, top = "phi", "llama", "gpt"
+    chains = {
+        # cheap's circuit open (skipped, no call) → mid fails → top answers, rejected → escalation to mid-2.
+        "open-then-error": [(cheap, "error", 0, mid, "circuit_open"), (mid, "error", 3, top, "error"),
+                            (top, "rejected", 500, "mid-2", "refusal"), ("mid-2", "ok", 40, None, None)],
+        # cheap times out → mid answers.
+        "timeout": [(cheap, "error", 0, mid, "timeout"), (mid, "ok", 70, None, None)],
+        # The fallback to top is refused by the cost cap (no next model); the parked request's next try calls cheap.
+        "cost-cap": [(cheap, "error", 0, None, "cost_cap"), (cheap, "ok", 9, None, None)],
+        # cheap fails and names mid, mid's circuit is open too so the try ends; the next try starts at cheap again.
+        "parked": [(cheap, "error", 0, mid, "error"), (cheap, "ok", 8, None, None)],
+    }
+    with psycopg.connect(clean_db) as conn:
+        for rid, chain in chains.items():
+            conn.execute(
+                "INSERT INTO requests (request_id, created_at, completed_at, tenant, user_id, customer_tier, prompt, prompt_chars,"
+                " max_tokens, difficulty, confidence, probabilities, decision_reason, policy, classifier,"
+                " routed_model, final_model, status, attempts, attempt_count, escalated, fell_back, tokens_in,"
+                " tokens_out, latency_ms, cost_micro_usd)"
+                " VALUES (%s, %s, %s, 'acme', 'u', 'standard', 'p', 1, 10, 'simple', 0.9, '{}', 'r', 'threshold',"
+                " 'heuristic', %s, %s, 'ok', '[]', %s, false, true, 1, 1, 10, %s)",
+                (rid, day, day, cheap, chain[-1][0], len(chain), sum(link[2] for link in chain)))
+            for number, (model, status, cost, next_model, kind) in enumerate(chain, start=1):
+                conn.execute(
+                    "INSERT INTO request_attempts (request_id, attempt_no, model, tier, status, started_at,"
+                    " latency_ms, tokens_in, tokens_out, cost_micro_usd, next_model, next_reason_kind)"
+                    " VALUES (%s, %s, %s, 'cheap', %s, %s, 1, 1, 1, %s, %s, %s)",
+                    (rid, number, model, status, day, cost, next_model, kind))
+    st.cache_data.clear()
+    filters = q.Filters(start=day.date(), end=day.date())
+    paths = q.fallback_spend_by_path(clean_db, filters)
+    assert {(r.from_model, r.reason_kind, r.model, r.calls, r.fallback_micro_usd) for r in paths.itertuples()} == {
+        (cheap, "circuit_open", mid, 1, 3), (mid, "error", top, 1, 500), (cheap, "timeout", mid, 1, 70)}
+    daily = q.fallback_spend_daily(clean_db, filters)
+    assert daily["fallback_micro_usd"].tolist() == [573]
+    assert daily["spend_micro_usd"].tolist() == [543 + 70 + 9 + 8]
+    assert daily["fallback_calls"].tolist() == [3]
+    _same(paths, raw_fallback_paths(clean_db, filters), "fallback paths")
+
+
+def test_fallback_kinds_are_the_routers() -> None:
+    """The migration's fallback kinds are exactly the ones the router records (core.messages)."""
+    from typing import get_args
+
+    from core.messages import FallbackReasonKind
+
+    kinds = set(get_args(FallbackReasonKind))
+    text = FALLBACK_MIGRATION.read_text()
+    listed = "(" + ", ".join(f"'{k}'" for k in ("error", "timeout", "circuit_open")) + ")"
+    assert kinds == {"error", "timeout", "circuit_open"}
+    assert text.count(f"IN {listed}") == 2
