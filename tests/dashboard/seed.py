@@ -14,6 +14,7 @@ Savings = 1 − 3600 / 7000 = 48.6 %; day 1: 1 − 400/3000 = 86.7 %; day 2: 1 �
 With grades (``with_evals``): r1..r4 graded, the router right on r1, r3, r4 and always-gpt right on all four:
 accuracy −25.0 pt on 4 graded requests. Escalation overhead: r2's rejected phi answer, 50.
 Billed per model, attempt by attempt: phi 150, llama 450, gpt 3000 (sum 3600 = spend).
+Fallback spend: r4's llama call (200) and r5's gpt call (0), 2 calls: 200 / 3600 = 5.6 % of spend; day 2 6.25 %.
 """
 
 from __future__ import annotations
