@@ -63,6 +63,58 @@ DECLARE
     touched text;
     chains text;
 BEGIN
+    -- Most chains hold no fallback hop before or after the write, and then contribute nothing either way: a
+    -- cheap check first (static statements, planned once), the chains' recomputation only where one is.
+    IF TG_OP = 'INSERT' THEN
+        IF NOT EXISTS (SELECT 1 FROM request_attempts a
+                       WHERE a.request_id IN (SELECT request_id FROM new_attempts)
+                         AND a.next_reason_kind IN ('error', 'timeout', 'circuit_open')) THEN
+            RETURN NULL;
+        END IF;
+        -- The sink's own write (one attempt per statement): the same as below, written out so that its plan
+        -- is kept. Before: the chains' rows this statement did not write.
+        INSERT INTO fallback_hourly_delta (hour, tenant, difficulty, final_model, from_model, model, reason_kind,
+                                           attempts, calls, cost_micro_usd)
+        SELECT date_trunc('hour', r.created_at, 'UTC'), r.tenant, r.difficulty, r.final_model, c.from_model,
+               c.model, c.reason_kind, sum(c.sign), coalesce(sum(c.sign) FILTER (WHERE c.is_call), 0),
+               sum(c.sign * c.cost_micro_usd)
+        FROM (
+            SELECT s.sign, s.request_id, s.model, s.cost_micro_usd,
+                   NOT (s.status = 'error' AND s.next_reason_kind IS NOT DISTINCT FROM 'circuit_open') AS is_call,
+                   lag(s.model) OVER w AS from_model, lag(s.next_model) OVER w AS named,
+                   lag(s.next_reason_kind) OVER w AS reason_kind
+            FROM (
+                SELECT 1 AS sign, a.request_id, a.attempt_no, a.model, a.status, a.cost_micro_usd, a.next_model,
+                       a.next_reason_kind
+                FROM request_attempts a WHERE a.request_id IN (SELECT request_id FROM new_attempts)
+                UNION ALL
+                SELECT -1, a.request_id, a.attempt_no, a.model, a.status, a.cost_micro_usd, a.next_model,
+                       a.next_reason_kind
+                FROM request_attempts a WHERE a.request_id IN (SELECT request_id FROM new_attempts)
+                  AND NOT EXISTS (SELECT 1 FROM new_attempts n
+                                  WHERE n.request_id = a.request_id AND n.attempt_no = a.attempt_no)
+            ) AS s
+            WINDOW w AS (PARTITION BY s.sign, s.request_id ORDER BY s.attempt_no)
+        ) AS c JOIN requests r USING (request_id)
+        WHERE c.reason_kind IN ('error', 'timeout', 'circuit_open') AND c.named = c.model
+        GROUP BY 1, 2, 3, 4, 5, 6, 7
+        HAVING sum(c.sign) <> 0 OR coalesce(sum(c.sign) FILTER (WHERE c.is_call), 0) <> 0
+            OR sum(c.sign * c.cost_micro_usd) <> 0;
+        RETURN NULL;
+    ELSIF TG_OP = 'DELETE' THEN
+        IF NOT EXISTS (SELECT 1 FROM old_attempts a WHERE a.next_reason_kind IN ('error', 'timeout', 'circuit_open'))
+           AND NOT EXISTS (SELECT 1 FROM request_attempts a
+                           WHERE a.request_id IN (SELECT request_id FROM old_attempts)
+                             AND a.next_reason_kind IN ('error', 'timeout', 'circuit_open')) THEN
+            RETURN NULL;
+        END IF;
+    ELSIF NOT EXISTS (SELECT 1 FROM old_attempts a WHERE a.next_reason_kind IN ('error', 'timeout', 'circuit_open'))
+          AND NOT EXISTS (SELECT 1 FROM request_attempts a
+                          WHERE a.request_id IN (SELECT request_id FROM new_attempts
+                                                 UNION SELECT request_id FROM old_attempts)
+                            AND a.next_reason_kind IN ('error', 'timeout', 'circuit_open')) THEN
+        RETURN NULL;
+    END IF;
     -- The requests this statement touched; attempts whose request is gone (a cascaded delete) were subtracted
     -- by the request's own trigger and drop out of the join to requests.
     touched := CASE TG_OP
@@ -95,6 +147,13 @@ CREATE TRIGGER fallback_rollup_attempts_delete AFTER DELETE ON request_attempts
 -- attempts are not changed by this statement: the chains are the table's).
 CREATE FUNCTION dashboard_fallback_requests_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- The sink's upsert fires this on every write, mostly with nothing moved (or nothing updated at all).
+    IF NOT EXISTS (SELECT 1 FROM old_requests o JOIN new_requests n USING (request_id)
+                   WHERE (date_trunc('hour', o.created_at, 'UTC'), o.tenant, o.difficulty, o.final_model)
+                         IS DISTINCT FROM (date_trunc('hour', n.created_at, 'UTC'), n.tenant, n.difficulty,
+                                           n.final_model)) THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO fallback_hourly_delta (hour, tenant, difficulty, final_model, from_model, model, reason_kind,
                                        attempts, calls, cost_micro_usd)
     SELECT m.hour, m.tenant, m.difficulty, m.final_model, c.from_model, c.model, c.reason_kind, sum(m.sign),
