@@ -8,12 +8,13 @@ CREATE TEMP TABLE srca AS SELECT a.* FROM request_attempts a JOIN src USING (req
 UPDATE src SET request_id = request_id || '#t';
 UPDATE srca SET request_id = request_id || '#t';
 SAVEPOINT s;
--- with every trigger (0008 rollups + 0012 latency)
+-- with every trigger (0008 rollups + 0012 latency + 0013 fallback spend)
 INSERT INTO requests SELECT * FROM src;
 INSERT INTO request_attempts SELECT * FROM srca;
 ROLLBACK TO SAVEPOINT s;
 ALTER TABLE requests DISABLE TRIGGER latency_requests_insert;
 ALTER TABLE request_attempts DISABLE TRIGGER latency_calls_insert;
+ALTER TABLE request_attempts DISABLE TRIGGER fallback_rollup_attempts_insert;
 -- 0008 rollups only
 INSERT INTO requests SELECT * FROM src;
 INSERT INTO request_attempts SELECT * FROM srca;
