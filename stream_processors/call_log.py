@@ -85,7 +85,8 @@ class CallRecorder:
                 if checks:
                     found = await answered_among(conn, list(checks))
                 if rows:
-                    async with conn.transaction():
+                    # Pipelined: BEGIN, the inserts and COMMIT go out together, one round trip.
+                    async with conn.pipeline(), conn.transaction():
                         await write_calls(conn, rows)
             del self.backlog[:len(rows)]
             self._last_flush_failed = False

@@ -45,7 +45,8 @@ async def record_before_answering(pool, completion: CompletionMessage, settings:
     if completion.prompt.storage == "redacted":
         completion = await asyncio.to_thread(stored_form, completion, settings)
     try:
-        async with pool.connection(timeout=2) as conn, conn.transaction():
+        # Pipelined: BEGIN goes out with the upsert, the other writes with COMMIT (two round trips).
+        async with pool.connection(timeout=2) as conn, conn.pipeline(), conn.transaction():
             await upsert_completion(conn, completion)
     except Exception as exc:  # noqa: BLE001 - the sink is the record; this is only read-your-writes
         log.warning("could not record %s before answering: %s: %s", completion.request_id, type(exc).__name__, exc)

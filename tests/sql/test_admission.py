@@ -1,0 +1,67 @@
+"""Admission's one-statement claim and holds (sql/keys.py ``admit_request``): all or nothing, whichever step
+refuses, on an autocommit connection like the API's pool and inside a caller's transaction."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from psycopg import AsyncConnection
+
+from sql.keys import TenantPolicy, admit_request_or_refuse
+from tests.keys import new_key, set_tenant
+
+
+async def _state(conn: AsyncConnection, tenant: str, key_id: str) -> dict:
+    cursor = await conn.execute("SELECT scope, reserved_micro_usd, requests FROM budget_usage"
+                                " WHERE (scope = 'tenant' AND scope_id = %s) OR (scope = 'key' AND scope_id = %s)",
+                                (tenant, key_id))
+    counters = {scope: (reserved, requests) for scope, reserved, requests in await cursor.fetchall()}
+    cursor = await conn.execute("SELECT count(*) FROM request_ledger WHERE tenant = %s", (tenant,))
+    return {"counters": counters, "ledger": (await cursor.fetchone())[0]}
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+async def test_a_refused_hold_leaves_nothing_written(pg_dsn, autocommit):
+    tenant = f"adm-{uuid.uuid4().hex[:8]}"
+    await set_tenant(pg_dsn, tenant, budget_hard_micro_usd=1_000)
+    _, key = await new_key(pg_dsn, tenant, budget_hard_micro_usd=700)
+    policy = TenantPolicy(tenant, budget_hard_micro_usd=1_000)
+    async with await AsyncConnection.connect(pg_dsn, autocommit=autocommit) as conn:
+        accepted = await admit_request_or_refuse(conn, request_id=f"{tenant}-1", key=key, tenant=policy,
+                                                 hold_micro_usd=600)
+        assert accepted.outcome == "accepted"
+        assert [(u.scope, u.reserved_micro_usd) for u in accepted.usage] == [("key", 600), ("tenant", 600)]
+        before = await _state(conn, tenant, key.key_id)
+        assert before == {"counters": {"key": (600, 1), "tenant": (600, 1)}, "ledger": 1}
+
+        # The key's hard budget refuses: no ledger row, no tenant hold.
+        by_key = await admit_request_or_refuse(conn, request_id=f"{tenant}-2", key=key, tenant=policy,
+                                               hold_micro_usd=200)
+        assert by_key.outcome == "over_budget" and by_key.refused_by.scope == "key"
+        assert await _state(conn, tenant, key.key_id) == before
+
+        # A second key of the same tenant passes its own (unlimited) hold; the tenant's refuses: its key hold
+        # and ledger row are rolled back with it.
+        _, other = await new_key(pg_dsn, tenant)
+        by_tenant = await admit_request_or_refuse(conn, request_id=f"{tenant}-3", key=other, tenant=policy,
+                                                  hold_micro_usd=500)
+        assert by_tenant.outcome == "over_budget" and by_tenant.refused_by.scope == "tenant"
+        assert by_tenant.refused_by.reserved_micro_usd == 600
+        assert await _state(conn, tenant, key.key_id) == before
+        cursor = await conn.execute("SELECT count(*) FROM budget_usage WHERE scope = 'key' AND scope_id = %s"
+                                    " AND reserved_micro_usd <> 0", (other.key_id,))
+        assert (await cursor.fetchone())[0] == 0
+
+        # The same id again: a duplicate, nothing new held; another tenant's claim on it: foreign.
+        again = await admit_request_or_refuse(conn, request_id=f"{tenant}-1", key=key, tenant=policy,
+                                              hold_micro_usd=1)
+        assert again.outcome == "duplicate" and not again.settled
+        stranger = f"adm-{uuid.uuid4().hex[:8]}"
+        _, stranger_key = await new_key(pg_dsn, stranger)
+        foreign = await admit_request_or_refuse(conn, request_id=f"{tenant}-1", key=stranger_key,
+                                                tenant=TenantPolicy(stranger), hold_micro_usd=1)
+        assert foreign.outcome == "foreign"
+        assert await _state(conn, tenant, key.key_id) == before
+        if not autocommit:
+            await conn.commit()
