@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Database. PG_DSN is honoured as-is because it is the conventional name operators set.
     pg_dsn: str | None = Field(None, validation_alias=AliasChoices("ROUTER_PG_DSN", "PG_DSN"))
     pg_pool_max: int = Field(8, ge=1)
+    # Connections the API's and the per-call pools keep open even when idle (at most pg_pool_max): a burst of
+    # requests after a quiet spell would otherwise wait while the pool opens connections one by one.
+    pg_pool_min: int = Field(4, ge=1)
 
     # Models and routing
     models_config: Path = PROJECT_ROOT / "config" / "models.local.yaml"

@@ -142,8 +142,10 @@ class PipelineContext(Service):
         async with self._pool_lock:
             if self._calls_pool is None:
                 # Autocommit: the answered check is one round trip; writes open their own transaction.
-                pool = AsyncConnectionPool(self.settings.pg_dsn, min_size=1, max_size=self.settings.pg_pool_max,
-                                           open=False, name="router-calls", kwargs={"autocommit": True})
+                pool = AsyncConnectionPool(self.settings.pg_dsn,
+                                           min_size=min(self.settings.pg_pool_min, self.settings.pg_pool_max),
+                                           max_size=self.settings.pg_pool_max, open=False, name="router-calls",
+                                           kwargs={"autocommit": True})
                 await pool.open(wait=True, timeout=60)
                 self._calls_pool = pool
         return self._calls_pool

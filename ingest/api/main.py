@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Not waiting for the database: the API starts, and /readyz says when it is down.
             # Autocommit: a lone statement is one round trip (no BEGIN before it, no COMMIT when the connection
             # goes back to the pool); writes that must be atomic open their own transaction.
-            pool = AsyncConnectionPool(settings.pg_dsn, min_size=1, max_size=settings.pg_pool_max, open=False,
+            pool = AsyncConnectionPool(settings.pg_dsn, min_size=min(settings.pg_pool_min, settings.pg_pool_max),
+                                       max_size=settings.pg_pool_max, open=False,
                                        name="ingest", kwargs={"autocommit": True})
             await pool.open(wait=False)
         gatekeeper = Gatekeeper(settings, ModelRegistry.from_yaml(settings.models_config), pool)
