@@ -131,15 +131,17 @@ async def test_same_message_delivered_twice_leaves_one_row(pipeline):
     record = (message.request_id.encode(), message.to_bytes())
     await produce(pipeline.settings.kafka_bootstrap, pipeline.settings.topic_prompts, [record, record])
 
-    # Both deliveries are processed: the model is called twice for this prompt ...
-    deadline = time.monotonic() + 60
-    while len(calls := [c for c in pipeline.stub_calls() if c["prompt"] == message.prompt]) < 2:
-        assert time.monotonic() < deadline, f"expected 2 calls for the duplicate, saw {len(calls)}"
-        await asyncio.sleep(0.2)
-    second_call_at = max(c["at"] for c in calls)
-    # ... and the second answer reaches the sink as an update of the same row (completed after the 2nd call).
-    row = await pipeline.wait_for_row(message.request_id,
-                                      where=lambda r: r["completed_at"].timestamp() > second_call_at)
+    # The worker may answer the second copy with the first one's answer (it is in flight or already recorded:
+    # stream_processors/agents/provider.py), or, when both copies pass that check at once, call the model again.
+    row = await pipeline.wait_for_row(message.request_id)
+    await asyncio.sleep(2)  # the copies are adjacent: by now the second has been taken up too
+    calls = [c for c in pipeline.stub_calls() if c["prompt"] == message.prompt]
+    assert 1 <= len(calls) <= 2
+    if len(calls) == 2:
+        # ... the second answer then reaches the sink as an update of the same row (completed after the 2nd call).
+        second_call_at = max(c["at"] for c in calls)
+        row = await pipeline.wait_for_row(message.request_id,
+                                          where=lambda r: r["completed_at"].timestamp() > second_call_at)
     assert row["attempt_count"] == 1
     with psycopg.connect(pipeline.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM requests WHERE request_id = %s",
