@@ -105,44 +105,40 @@ def _fetch(dsn: str, query: str, params: dict[str, Any] | None = None) -> pd.Dat
     return frame
 
 
+def _sidebar_clauses(filters: Filters, model_column: str, difficulty_column: str,
+                     tenant_column: str) -> tuple[list[str], dict[str, Any]]:
+    """The sidebar's model, difficulty and tenant choices as clauses on the given columns, values bound."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for column, name, chosen in ((model_column, "models", filters.models),
+                                 (difficulty_column, "difficulties", filters.difficulties),
+                                 (tenant_column, "tenants", filters.tenants)):
+        if chosen:
+            clauses.append(f"{column} = ANY(%({name})s)")
+            params[name] = list(chosen)
+    return clauses, params
+
+
 def _request_where(filters: Filters, alias: str = "r") -> tuple[str, dict[str, Any]]:
     """WHERE clause over ``requests``: created_at range, answering model, predicted difficulty, tenant.
 
     Column names come from this module only; every value is a bound parameter.
     """
-    clauses = [f"{alias}.created_at >= %(start)s", f"{alias}.created_at < %(end)s"]
-    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket}
-    if filters.models:
-        clauses.append(f"{alias}.final_model = ANY(%(models)s)")
-        params["models"] = list(filters.models)
-    if filters.difficulties:
-        clauses.append(f"{alias}.difficulty = ANY(%(difficulties)s)")
-        params["difficulties"] = list(filters.difficulties)
-    if filters.tenants:
-        clauses.append(f"{alias}.tenant = ANY(%(tenants)s)")
-        params["tenants"] = list(filters.tenants)
-    return " AND ".join(clauses), params
+    chosen, chosen_params = _sidebar_clauses(filters, f"{alias}.final_model", f"{alias}.difficulty",
+                                             f"{alias}.tenant")
+    clauses = [f"{alias}.created_at >= %(start)s", f"{alias}.created_at < %(end)s", *chosen]
+    return " AND ".join(clauses), {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket,
+                                   **chosen_params}
 
 
 def _scoped_where(
     filters: Filters, time_column: str, model_column: str, difficulty_column: str | None
 ) -> tuple[str, dict[str, Any], bool]:
     """WHERE clause for attempts / evaluations; says whether ``requests r`` must be joined (tenant, difficulty)."""
-    clauses = [f"{time_column} >= %(start)s", f"{time_column} < %(end)s"]
-    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket}
-    needs_requests = False
-    if filters.models:
-        clauses.append(f"{model_column} = ANY(%(models)s)")
-        params["models"] = list(filters.models)
-    if filters.difficulties:
-        if difficulty_column is None:
-            difficulty_column, needs_requests = "r.difficulty", True
-        clauses.append(f"{difficulty_column} = ANY(%(difficulties)s)")
-        params["difficulties"] = list(filters.difficulties)
-    if filters.tenants:
-        clauses.append("r.tenant = ANY(%(tenants)s)")
-        params["tenants"] = list(filters.tenants)
-        needs_requests = True
+    needs_requests = bool(filters.tenants) or (bool(filters.difficulties) and difficulty_column is None)
+    chosen, chosen_params = _sidebar_clauses(filters, model_column, difficulty_column or "r.difficulty", "r.tenant")
+    clauses = [f"{time_column} >= %(start)s", f"{time_column} < %(end)s", *chosen]
+    params = {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket, **chosen_params}
     return " AND ".join(clauses), params, needs_requests
 
 
@@ -157,25 +153,20 @@ _EVALS_ROLLUP = "(SELECT * FROM evals_hourly UNION ALL SELECT * FROM evals_hourl
 def fold_rollups(dsn: str) -> bool:
     """Move the writers' deltas into the rollups, at most once per cache period (a read is exact either way;
     folding keeps the delta tables short)."""
-    folded = _fetch(dsn, "SELECT dashboard_fold_rollups() AS folded, dashboard_fold_latency() AS latency_folded")
-    return bool(folded.iloc[0]["folded"]) and bool(folded.iloc[0]["latency_folded"])
+    # Every rollup the views read, in one round trip: the hourly sums (0008), the latency histograms (0012)
+    # and the fallback calls (0013).
+    folded = _fetch(dsn, "SELECT dashboard_fold_rollups() AS hourly, dashboard_fold_latency() AS latency,"
+                         " dashboard_fold_fallback_rollup() AS fallback").iloc[0]
+    return bool(folded["hourly"]) and bool(folded["latency"]) and bool(folded["fallback"])
 
 
 def _rollup_where(filters: Filters) -> tuple[str, dict[str, Any]]:
     """WHERE clause over a rollup ``h``: the same selection as :func:`_request_where` on the requests (hours
     are UTC and the range is whole UTC days, so an hour is either wholly in or wholly out)."""
-    clauses = ["h.hour >= %(start)s", "h.hour < %(end)s"]
-    params: dict[str, Any] = {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket}
-    if filters.models:
-        clauses.append("h.final_model = ANY(%(models)s)")
-        params["models"] = list(filters.models)
-    if filters.difficulties:
-        clauses.append("h.difficulty = ANY(%(difficulties)s)")
-        params["difficulties"] = list(filters.difficulties)
-    if filters.tenants:
-        clauses.append("h.tenant = ANY(%(tenants)s)")
-        params["tenants"] = list(filters.tenants)
-    return " AND ".join(clauses), params
+    chosen, chosen_params = _sidebar_clauses(filters, "h.final_model", "h.difficulty", "h.tenant")
+    clauses = ["h.hour >= %(start)s", "h.hour < %(end)s", *chosen]
+    return " AND ".join(clauses), {"start": filters.start_ts, "end": filters.end_ts, "bucket": filters.bucket,
+                                   **chosen_params}
 
 
 def _rollup_fetch(dsn: str, query: str, params: dict[str, Any]) -> pd.DataFrame:
@@ -438,18 +429,10 @@ def histogram_percentiles(counts: pd.DataFrame, by: list[str], quantiles: dict[s
 def _histogram_where(filters: Filters, measures: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
     """The sidebar's selection over the histograms: whole UTC days, the model (called or answering, as the
     measure says), the request's difficulty and tenant."""
-    clauses = ["h.day >= %(first_day)s", "h.day <= %(last_day)s", "h.measure = ANY(%(measures)s)"]
-    params: dict[str, Any] = {"first_day": filters.start, "last_day": filters.end, "measures": list(measures)}
-    if filters.models:
-        clauses.append("h.model = ANY(%(models)s)")
-        params["models"] = list(filters.models)
-    if filters.difficulties:
-        clauses.append("h.difficulty = ANY(%(difficulties)s)")
-        params["difficulties"] = list(filters.difficulties)
-    if filters.tenants:
-        clauses.append("h.tenant = ANY(%(tenants)s)")
-        params["tenants"] = list(filters.tenants)
-    return " AND ".join(clauses), params
+    chosen, chosen_params = _sidebar_clauses(filters, "h.model", "h.difficulty", "h.tenant")
+    clauses = ["h.day >= %(first_day)s", "h.day <= %(last_day)s", "h.measure = ANY(%(measures)s)", *chosen]
+    return " AND ".join(clauses), {"first_day": filters.start, "last_day": filters.end, "measures": list(measures),
+                                   **chosen_params}
 
 
 def _histogram_counts(dsn: str, filters: Filters, measures: tuple[str, ...], by: tuple[str, ...]) -> pd.DataFrame:
@@ -649,22 +632,11 @@ _FALLBACK_ROLLUP = "(SELECT * FROM fallback_hourly UNION ALL SELECT * FROM fallb
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
-def fold_fallback_rollup(dsn: str) -> bool:
-    """Move the writers' fallback deltas into ``fallback_hourly`` (as :func:`fold_rollups` does for 0008's)."""
-    return bool(_fetch(dsn, "SELECT dashboard_fold_fallback_rollup() AS folded").iloc[0]["folded"])
-
-
-def _fallback_fetch(dsn: str, query: str, params: dict[str, Any]) -> pd.DataFrame:
-    fold_fallback_rollup(dsn)
-    return _rollup_fetch(dsn, query, params)
-
-
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def fallback_spend_daily(dsn: str, filters: Filters) -> pd.DataFrame:
     """Per bucket: spend, fallback spend (what fallback calls billed), its share of spend and the fallback calls,
     for the requests the filters select (the Overview's spend is the denominator)."""
     where, params = _rollup_where(filters)
-    return _fallback_fetch(
+    return _rollup_fetch(
         dsn,
         f"""
         WITH spend AS (
@@ -688,7 +660,7 @@ def fallback_spend_daily(dsn: str, filters: Filters) -> pd.DataFrame:
 def fallback_spend_by_path(dsn: str, filters: Filters) -> pd.DataFrame:
     """Fallback calls and their spend per path: the model that failed or was skipped, why, the model called."""
     where, params = _rollup_where(filters)
-    return _fallback_fetch(
+    return _rollup_fetch(
         dsn,
         f"""
         SELECT h.from_model, h.reason_kind, h.model, sum(h.calls)::bigint AS calls,
