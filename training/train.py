@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
@@ -30,10 +30,12 @@ from routing.answer_reader import READER_TIERS, AnswerReader
 from training.calibrate import KIND_SHRINKAGE, MIN_KIND_PROMPTS, CalibrationResult, Objective, calibrate
 from training.data import Ladder, kfold_by_source, load_ladder_data, load_prices, replay_registry, run_cli
 from training.procedure_check import SAFETY_GRID, procedure_check, safety_from_check
-from training.prompt_model import DEFAULT_BASE, FineTuneConfig, export_onnx, fine_tune, load_base, predict_proba
 from training.reader import fit_reader, out_of_fold_reader_logits
 from training.topic import fit_topic_models, record_topics
 from training.verifier_fit import answer_matrices, fit_verifier, out_of_fold_verifier_scores
+
+if TYPE_CHECKING:
+    from training.prompt_model import FineTuneConfig
 
 log = logging.getLogger("training.train")
 
@@ -50,6 +52,10 @@ def thin(points: list[Any], keep: int) -> list[Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Fine-tuning needs torch (the train extra); the pool trainer, which the local demo runs with scikit-learn
+    # alone, returns from main before anything imports it.
+    from training.prompt_model import DEFAULT_BASE  # noqa: PLC0415
+
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
     p.add_argument("--data", nargs="+", required=True, help="outcomes files or folders")
     p.add_argument("--ladder", required=True, help="CHEAP,MID,EXPENSIVE model ids as in the outcomes")
@@ -141,6 +147,8 @@ def main(argv: list[str] | None = None, base_model: Any | None = None, tokenizer
              data.n, ladder, data.skipped_incomplete, int(data.unsolvable.sum()))
     texts = [r.prompt for r in data.records]
     label_ids = data.label_ids()
+    from training.prompt_model import FineTuneConfig  # noqa: PLC0415 - see build_parser
+
     ft = FineTuneConfig(base=args.base, max_length=args.max_length, epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, freeze_layers=args.freeze_layers,
                         max_train_prompts=args.max_train_prompts, seed=args.seed, threads=args.threads)
@@ -341,6 +349,8 @@ def fine_tune_classifier(args: argparse.Namespace, ft: FineTuneConfig, data: Any
     The served classifier is the mean of the K members, so a new prompt is scored like the
     out-of-fold prompts the policy was calibrated on (a model refitted on everything would be more
     confident than what calibration saw, and the thresholds would not transfer)."""
+    from training.prompt_model import export_onnx, fine_tune, load_base, predict_proba  # noqa: PLC0415
+
     fold = kfold_by_source(data.sources, args.folds, args.seed)
     oof = np.zeros((data.n, len(LABELS)))
     members = []

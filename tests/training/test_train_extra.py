@@ -25,3 +25,21 @@ def test_missing_train_extra_says_how_to_install_it(command: str) -> None:
     assert "pip install -e '.[train]'" in result.stderr
     assert "missing: sklearn" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_pool_training_runs_without_torch() -> None:
+    # The local demo installs scikit-learn but not torch (the `stack` extra): `training.train --pool` must not
+    # import the fine-tuning code on its way to training.pool.
+    # (Marking torch absent would also break scikit-learn's optional probe of it, so check what gets imported.)
+    code = ("import runpy, sys\n"
+            "sys.argv = ['training.train', '--pool', 'a,b', '--help']\n"
+            "try:\n"
+            "    runpy.run_module('training.train', run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "assert 'training.prompt_model' not in sys.modules, 'the pool path imported the fine-tuning code'\n"
+            "print('pool help shown')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--pool" in result.stdout and "pool help shown" in result.stdout
