@@ -85,7 +85,7 @@ class KafkaBridge:
         bootstrap = self.settings.kafka_bootstrap
         # Idempotent producers cannot handshake with the local broker; the sink dedupes by request id instead.
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, client_id=f"ingest-{self.instance_id}",
-                                          enable_idempotence=False, acks="all", linger_ms=2)
+                                          enable_idempotence=False, acks="all")
         await self._producer.start()
         await create_topics(bootstrap, [TopicSpec(self.reply_topic, 1)])
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id=f"ingest-replies-{self.instance_id}",

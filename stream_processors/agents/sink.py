@@ -82,5 +82,4 @@ async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
 def register(app: faust.App, context: PipelineContext) -> None:
     settings = context.settings
     register_batch_agent(app, context.completions_topic, name="sink", batch_max=settings.sink_batch_max,
-                         within_s=settings.batch_within_s, concurrency=settings.sink_concurrency,
-                         handle_batch=lambda events: write_batch(context, events))
+                         concurrency=settings.sink_concurrency, handle_batch=lambda events: write_batch(context, events))

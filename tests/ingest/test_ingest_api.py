@@ -11,11 +11,12 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from core.messages import PromptMessage, utcnow
+from core.messages import CompletionMessage, PromptMessage, RoutingDecision, Tier, utcnow
 from core.settings import Settings
 from core.topics import TopicSpec, create_topics
 from ingest.api.main import create_app
 from sql.ledger import ledger_entry, write_heartbeat
+from sql.repository import upsert_completion
 from tests.keys import new_key
 
 
@@ -32,6 +33,14 @@ async def api(tansu_bootstrap, pg_dsn):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
                                      headers={"Authorization": f"Bearer {key}"}) as client:
             yield client, settings
+
+
+def completion_for(prompt: PromptMessage) -> CompletionMessage:
+    decision = RoutingDecision(label="simple", confidence=0.9, probabilities={"simple": 0.9}, model="phi-3-mini",
+                               tier=Tier.cheap, reasons=["test"], policy="threshold", classifier="heuristic")
+    return CompletionMessage(request_id=prompt.request_id, prompt=prompt, decision=decision, attempts=[], status="ok",
+                             final_model="phi-3-mini", response="four", finish_reason="stop", input_tokens=3,
+                             output_tokens=1, cost_micro_usd=1, completed_at=utcnow())
 
 
 async def published(settings: Settings) -> list[PromptMessage]:
@@ -135,6 +144,30 @@ async def test_accepted_prompt_has_a_pending_ledger_row_and_get_says_pending(api
     assert pending.status_code == 202 and pending.json()["status"] == "pending"
     [message] = [m for m in await published(settings) if m.request_id == request_id]
     assert message.deadline_at is not None
+
+
+async def test_get_waits_for_an_accepted_requests_row_and_then_answers_it(api):
+    """/generate answers before the sink has written the row: a GET right after long-polls for it."""
+    client, settings = api
+    response = await client.post("/prompts", json={"prompt": "Hello wait"})
+    request_id = response.json()["request_id"]
+    [message] = [m for m in await published(settings) if m.request_id == request_id]
+    at_once = await client.get(f"/requests/{request_id}", params={"wait_s": 0})
+    assert at_once.status_code == 202
+
+    async def sink_writes_it_later() -> None:
+        await asyncio.sleep(0.3)
+        async with await psycopg.AsyncConnection.connect(settings.pg_dsn) as conn:
+            await upsert_completion(conn, completion_for(message))
+            await conn.commit()
+
+    started = time.monotonic()
+    waited, _ = await asyncio.gather(client.get(f"/requests/{request_id}", params={"wait_s": 5}),
+                                     sink_writes_it_later())
+    assert waited.status_code == 200, waited.text
+    assert waited.json()["response"] == "four" and 0.3 <= time.monotonic() - started < 4
+    out_of_range = await client.get(f"/requests/{request_id}", params={"wait_s": 31})
+    assert out_of_range.status_code == 422
 
 
 async def test_metrics_endpoint_counts_requests(api):

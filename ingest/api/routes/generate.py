@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from core.messages import CompletionMessage
-from core.settings import Settings
 from ingest.accept import unwind_ledger, with_deadline, write_ledger
 from ingest.api.deps import (
     BridgeDep,
@@ -24,8 +21,6 @@ from ingest.api.deps import (
 from ingest.api.errors import ApiError, ErrorOut
 from ingest.api.schemas import GenerateIn, GenerateOut
 from ingest.bridge import GenerateTimeout
-from routing.guardrails.pii import stored_form
-from sql.repository import upsert_completion
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +29,6 @@ router = APIRouter(tags=["generate"])
 # When every model failed, how long the client should wait before trying again: the providers' circuit
 # breakers let one call through after their cooldown.
 RETRY_AFTER_FAILED_S = 30
-
-
-async def record_before_answering(pool, completion: CompletionMessage, settings: Settings) -> None:
-    """Write the completion (idempotent, the sink writes the same row, in the same stored form) so a
-    GET /requests/{id} right after this answer finds it. A database that is down only delays the row: the sink
-    still writes it."""
-    if pool is None:
-        return
-    if completion.prompt.storage == "redacted":
-        completion = await asyncio.to_thread(stored_form, completion, settings)
-    try:
-        # Pipelined: BEGIN goes out with the upsert, the other writes with COMMIT (two round trips).
-        async with pool.connection(timeout=2) as conn, conn.pipeline(), conn.transaction():
-            await upsert_completion(conn, completion)
-    except Exception as exc:  # noqa: BLE001 - the sink is the record; this is only read-your-writes
-        log.warning("could not record %s before answering: %s: %s", completion.request_id, type(exc).__name__, exc)
 
 
 @router.post("/generate", response_model=GenerateOut,
@@ -97,7 +76,6 @@ async def generate(body: GenerateIn, key: CurrentKey, settings: SettingsDep, bri
     except KafkaError:
         await unwind_ledger(pool, message.request_id)
         raise
-    await record_before_answering(pool, completion, settings)
     out = GenerateOut.from_completion(completion)
     if completion.status != "ok":
         return JSONResponse(status_code=503, headers={**headers, "Retry-After": str(RETRY_AFTER_FAILED_S)},
