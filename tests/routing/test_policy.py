@@ -62,3 +62,32 @@ def test_router_uses_heuristic_labels() -> None:
     decisions = router.route([short, long_])
     assert [d.label for d in decisions] == ["simple", "complex"]
     assert [d.model for d in decisions] == ["small", "big"]
+
+
+def test_short_prompts_skip_token_counting_and_long_ones_are_counted() -> None:
+    counted: list[str] = []
+
+    def counter(spec: ModelSpec, text: str) -> int:
+        counted.append(spec.name)
+        return len(text)
+
+    policy = ThresholdPolicy(token_counter=counter)
+    short = policy.decide(PromptMessage(prompt="What is 2 + 2?", max_tokens=64), _pred("simple", 0.9), _registry(), "t")
+    assert short.model == "small" and counted == []
+    long = policy.decide(PromptMessage(prompt="x" * 2000, max_tokens=64), _pred("simple", 0.9), _registry(), "t")
+    assert long.model == "small" and counted == ["small"]
+    too_long = policy.decide(PromptMessage(prompt="x" * 5000, max_tokens=64), _pred("simple", 0.9), _registry(), "t")
+    assert too_long.model == "mid" and "context" in too_long.reasons[-1]
+
+
+@pytest.mark.parametrize("family", ["o200k", "llama3", "phi3"])
+def test_the_no_count_bound_holds_for_every_tokenizer(family: str) -> None:
+    """fits_for_sure may only skip counting where the real tokenizer agrees the prompt fits."""
+    from providers.tokens import count_chat_prompt_tokens
+    from routing.policy import CHAT_TEMPLATE_TOKENS_AT_MOST
+
+    spec = ModelSpec(name="m", tier=Tier.cheap, tokenizer=family, context_window=4096, prices=Prices(input=1, output=1))
+    samples = ["", "1", " 7", "hello world", "١٢٣ ٤٥٦", "日本語のテキスト", "🙂" * 50, "\x00\x01\x7f" * 30,
+               "def f(x):\n\treturn x ** 2  # ok\n" * 20, " ".join(str(n) for n in range(300)), "  " * 200]
+    for text in samples:
+        assert count_chat_prompt_tokens(spec, text) <= 2 * len(text.encode("utf-8")) + CHAT_TEMPLATE_TOKENS_AT_MOST, text
