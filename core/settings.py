@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     provider_concurrency: int = Field(64, ge=1)
     sink_batch_max: int = Field(256, ge=1)
     sink_concurrency: int = Field(2, ge=1)
+    # A batch is cut after this long: 5 ms instead of 50 ms took ~40 ms off /generate's p50 at the same
+    # throughput (docs/benchmarks.md); under load batches still fill up to the max sizes above.
+    batch_within_s: float = Field(0.005, gt=0)
     # A reply topic whose API process is gone must not stall a provider agent.
     reply_publish_timeout_s: float = Field(5.0, gt=0)
 

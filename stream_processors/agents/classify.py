@@ -86,4 +86,5 @@ async def deliver_or_dead_letter(context: PipelineContext, event: faust.EventT, 
 def register(app: faust.App, context: PipelineContext) -> None:
     settings = context.settings
     register_batch_agent(app, context.prompts_topic, name="classify", batch_max=settings.classify_batch_max,
-                         concurrency=settings.classify_concurrency, handle_batch=lambda events: route_batch(context, events))
+                         within_s=settings.batch_within_s, concurrency=settings.classify_concurrency,
+                         handle_batch=lambda events: route_batch(context, events))

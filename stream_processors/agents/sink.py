@@ -82,4 +82,5 @@ async def write_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
 def register(app: faust.App, context: PipelineContext) -> None:
     settings = context.settings
     register_batch_agent(app, context.completions_topic, name="sink", batch_max=settings.sink_batch_max,
-                         concurrency=settings.sink_concurrency, handle_batch=lambda events: write_batch(context, events))
+                         within_s=settings.batch_within_s, concurrency=settings.sink_concurrency,
+                         handle_batch=lambda events: write_batch(context, events))
