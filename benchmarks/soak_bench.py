@@ -32,7 +32,6 @@ import asyncio
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +236,14 @@ async def count_rows(conn: psycopg.AsyncConnection, run: str) -> int:
     return (await cursor.fetchone())[0]
 
 
+async def count_answered(conn: psycopg.AsyncConnection, run: str) -> int:
+    """Prompts a model has answered (a finished model call), recorded or not: between this and the rows lies the
+    completions topic and the sink, so the two counts show at which stage a backlog waits."""
+    cursor = await conn.execute("SELECT count(DISTINCT request_id) FROM model_calls WHERE request_id LIKE %s"
+                                " AND status = 'ok'", (f"{run}-%",))
+    return (await cursor.fetchone())[0]
+
+
 async def soak_phase(bench, run: str, rate: float, minutes: float, drain_minutes: float, console: Console) -> dict:
     settings, stack, data_root = bench.stack.settings, bench.stack, bench.data_root
     offer_s = minutes * 60
@@ -248,7 +255,6 @@ async def soak_phase(bench, run: str, rate: float, minutes: float, drain_minutes
     await producer.start()
     conn = await psycopg.AsyncConnection.connect(settings.pg_dsn, autocommit=True)
     started = time.perf_counter()
-    started_at = datetime.now(UTC)
 
     async def offer() -> None:
         nonlocal produced
@@ -273,11 +279,11 @@ async def soak_phase(bench, run: str, rate: float, minutes: float, drain_minutes
 
     async def sample() -> dict:
         elapsed = time.perf_counter() - started
-        row = {"t_s": round(elapsed, 1), "produced": produced, "recorded": await count_rows(conn, run),
-               "memory_mb": memory_mb_by_part(stack, data_root)}
+        row = {"t_s": round(elapsed, 1), "produced": produced, "answered": await count_answered(conn, run),
+               "recorded": await count_rows(conn, run), "memory_mb": memory_mb_by_part(stack, data_root)}
         samples.append(row)
         worker_mb = sum(mb for part, mb in row["memory_mb"].items() if part.startswith("worker"))
-        console.print(f"[dim]{elapsed:6.0f} s[/dim]  produced {row['produced']:>7}  recorded {row['recorded']:>7}  "
+        console.print(f"[dim]{elapsed:6.0f} s[/dim]  produced {row['produced']:>7}  answered {row['answered']:>7}  recorded {row['recorded']:>7}  "
                       f"backlog {row['produced'] - row['recorded']:>7}  worker RSS {worker_mb:6.1f} MB  "
                       f"broker {row['memory_mb'].get('broker', 0):6.1f} MB  {'offering' if not offer_done.is_set() else 'draining'}")
         return row
@@ -315,9 +321,8 @@ async def soak_phase(bench, run: str, rate: float, minutes: float, drain_minutes
     cpu_end = cpu_seconds_by_part(stack, data_root)
     idle_for_s = time.perf_counter() - last_progress_at
 
-    cursor = await conn.execute("SELECT max(completed_at) FROM requests WHERE request_id LIKE %s", (f"{run}-%",))
-    last_completed_at = (await cursor.fetchone())[0]
-    last_row_s = (last_completed_at - started_at).total_seconds() if last_completed_at else None
+    # When the last row arrived, to the sample (completed_at says when a model answered, not when the row was written).
+    last_row_s = next((x["t_s"] for x in samples if x["recorded"] == end["recorded"]), None) if end["recorded"] else None
     checks = await final_checks(conn, settings, run, produced, end["recorded"])
     await conn.close()
     unrecorded = produced - end["recorded"]
@@ -331,21 +336,26 @@ async def soak_phase(bench, run: str, rate: float, minutes: float, drain_minutes
     cpu_ms_per_prompt = {part: round(1000 * (cpu_end[part] - cpu_before.get(part, 0.0)) / recorded, 3)
                          for part in sorted(cpu_end)}
     stack_ms = sum(v for k, v in cpu_ms_per_prompt.items() if k != "load generator")
+    # With a backlog left, most of the CPU went to prompts answered but not yet recorded: per answered prompt too.
+    stack_cpu_s = sum(cpu_end[k] - cpu_before.get(k, 0.0) for k in cpu_end if k != "load generator")
     return {
         "offered_rate": rate, "minutes": minutes, "produced": produced,
         "offered_per_s_actual": round(produced / offer_end_s, 1),
         "recorded_during_offer": offer_end["recorded"],
+        "answered_during_offer": offer_end["answered"],
+        "answered_at_end": end["answered"],
         "backlog_at_offer_end": produced - offer_end["recorded"],
         "recorded_at_end": end["recorded"],
         "offer_s": round(offer_end_s, 1), "drain_s": round(total_s - offer_end_s, 1),
         "sustained_per_s_offer_window": round(offer_end["recorded"] / offer_end_s, 1),
-        # From the first prompt offered to the last row written (the workers stamp completed_at on this clock).
+        # From the first prompt offered to the first sample that saw the final row count (10 s resolution).
         "last_row_s": round(last_row_s, 1) if last_row_s else None,
         "sustained_per_s_whole_run": round(end["recorded"] / last_row_s, 1) if last_row_s else None,
         "recorded_per_minute": per_minute(samples),
         # Over the whole soak (offer + drain), per recorded prompt; the load generator produces, samples and polls.
         "cpu_ms_per_prompt": cpu_ms_per_prompt,
         "cpu_ms_per_prompt_stack_total": round(stack_ms, 3),
+        "stack_cpu_ms_per_answered_prompt": round(1000 * stack_cpu_s / end["answered"], 3) if end["answered"] else None,
         "cpu_seconds_offer_window": {part: round(cpu_offer_end[part] - cpu_before.get(part, 0.0), 1)
                                      for part in sorted(cpu_offer_end)},
         "checks": checks,
@@ -426,6 +436,7 @@ def print_summary(results: dict, console: Console) -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key in ("produced", "offered_per_s_actual", "sustained_per_s_offer_window", "sustained_per_s_whole_run",
+                "answered_during_offer", "recorded_during_offer", "answered_at_end",
                 "backlog_at_offer_end", "recorded_at_end", "offer_s", "drain_s", "last_row_s"):
         table.add_row(key, str(soak[key]))
     for key in ("duplicates", "failed", "expired", "called_on_more_than_one_delivery", "parked", "dead_letters",
@@ -439,6 +450,7 @@ def print_summary(results: dict, console: Console) -> None:
         cpu.add_row(part, f"{ms:.3f}", str(baseline["paced"]["cpu_ms_per_message"].get(part, "")),
                     str(baseline["flat_out"]["cpu_ms_per_message"].get(part, "")))
     cpu.add_row("stack total", f"{soak['cpu_ms_per_prompt_stack_total']:.3f}", "", "")
+    cpu.add_row("stack total per answered prompt", str(soak["stack_cpu_ms_per_answered_prompt"]), "", "")
     cpu.add_row("broker net of idle", "", str(baseline["paced"].get("broker_cpu_ms_per_message_net_of_idle", "")),
                 str(baseline["flat_out"].get("broker_cpu_ms_per_message_net_of_idle", "")))
     console.print(cpu)
