@@ -72,3 +72,36 @@ def benchmark_stack(prefix: str, *, workers: int = 1, console: Console | None = 
         yield BenchStack(stack, load_registry(stack.settings), data_root, api_key)
     finally:
         stack.stop()
+
+
+def stack_processes(stack, data_root: Path) -> Iterator[tuple[str, Any]]:
+    """(part, psutil process) for every process of the running stack: each child's process tree under the child's
+    name, the Postgres server and backends serving ``data_root`` under "postgres", and this process (the load
+    generator) last. Needs psutil; yields nothing without it."""
+    try:
+        import psutil  # optional: without it the benchmarks report no per-process figures
+    except ImportError:
+        return
+
+    def tree(root):
+        try:
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return [root]
+
+    seen: set[int] = set()
+    for member in stack.children.members:
+        try:
+            root = psutil.Process(member.process.pid)
+        except psutil.Error:
+            continue
+        for proc in tree(root):
+            seen.add(proc.pid)
+            yield member.name, proc
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if proc.pid not in seen and "postgres" in (proc.info.get("name") or "") and str(data_root) in cmdline:
+            for child in tree(proc):
+                yield "postgres", child
+    yield "load generator", psutil.Process()
+

@@ -35,7 +35,7 @@ import psycopg
 from openai import AsyncOpenAI
 from rich.console import Console
 
-from benchmarks.bench_stack import benchmark_stack, machine_line, report
+from benchmarks.bench_stack import benchmark_stack, machine_line, report, stack_processes
 
 # A mix the heuristic classifier sends to all three tiers, so every provider agent is on the path.
 PROMPTS = (
@@ -144,35 +144,15 @@ async def throughput_phase(settings, prompts: int) -> dict:
 
 def cpu_seconds_by_part(stack, data_root: Path) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each part of the stack, children included, and by this
-    process (the load generator). Needs psutil; empty without it."""
-    try:
-        import psutil
-    except ImportError:
-        return {}
+    process (the load generator); worker processes are summed as one part. Needs psutil; empty without it."""
     totals: dict[str, float] = {}
-
-    def add(label: str, proc) -> None:
+    for part, proc in stack_processes(stack, data_root):
+        label = "worker" if part.startswith("worker") else part
         try:
             times = proc.cpu_times()
-            totals[label] = totals.get(label, 0.0) + times.user + times.system
-        except psutil.Error:
-            pass
-
-    seen: set[int] = set()
-    for member in stack.children.members:
-        try:
-            root = psutil.Process(member.process.pid)
-        except psutil.Error:
+        except Exception:  # noqa: BLE001 - a process that ended between listing and reading
             continue
-        for proc in [root, *root.children(recursive=True)]:
-            seen.add(proc.pid)
-            add(member.name.split("-")[0] if member.name.startswith("worker") else member.name, proc)
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if proc.pid not in seen and "postgres" in (proc.info.get("name") or "") and str(data_root) in cmdline:
-            for child in [proc, *proc.children(recursive=True)]:
-                add("postgres", child)
-    add("load generator", psutil.Process())
+        totals[label] = totals.get(label, 0.0) + times.user + times.system
     return totals
 
 

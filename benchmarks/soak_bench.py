@@ -41,7 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.bench_stack import benchmark_stack, machine_line, report
+from benchmarks.bench_stack import benchmark_stack, machine_line, report, stack_processes
 from benchmarks.pipeline_bench import PROMPTS, cpu_seconds_by_part
 
 BASELINE_TOPIC = "bench.baseline"
@@ -62,39 +62,16 @@ def prompt_message(run: str, seq: int, source: str):
 
 # --- Memory ------------------------------------------------------------------------------------------------
 
-def _tree(root: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return [root]
-
-
 def memory_mb_by_part(stack, data_root: Path) -> dict[str, float]:
-    """MB of memory held now by each part of the stack (RSS of its process tree; PSS summed for Postgres) and by
-    this process (the load generator)."""
+    """MB of memory held now by each part of the stack (RSS of its process tree; PSS summed for Postgres, whose
+    backends share their buffers) and by this process (the load generator)."""
     totals: dict[str, float] = {}
-    seen: set[int] = set()
-    for member in stack.children.members:
+    for part, proc in stack_processes(stack, data_root):
         try:
-            root = psutil.Process(member.process.pid)
+            held = proc.memory_full_info().pss if part == "postgres" else proc.memory_info().rss
         except psutil.Error:
             continue
-        for proc in _tree(root):
-            seen.add(proc.pid)
-            try:
-                totals[member.name] = totals.get(member.name, 0.0) + proc.memory_info().rss / 2**20
-            except psutil.Error:
-                pass
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if proc.pid in seen or "postgres" not in (proc.info.get("name") or "") or str(data_root) not in cmdline:
-            continue
-        for member in _tree(proc):
-            try:
-                totals["postgres"] = totals.get("postgres", 0.0) + member.memory_full_info().pss / 2**20
-            except psutil.Error:
-                pass
-    totals["load generator"] = psutil.Process().memory_info().rss / 2**20
+        totals[part] = totals.get(part, 0.0) + held / 2**20
     return {part: round(mb, 1) for part, mb in totals.items()}
 
 
