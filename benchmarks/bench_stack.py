@@ -8,7 +8,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +74,10 @@ def benchmark_stack(prefix: str, *, workers: int = 1, console: Console | None = 
         stack.stop()
 
 
-def stack_processes(stack, data_root: Path) -> Iterator[tuple[str, Any]]:
-    """(part, psutil process) for every process of the running stack: each child's process tree under the child's
-    name, the Postgres server and backends serving ``data_root`` under "postgres", and this process (the load
-    generator) last. Needs psutil; yields nothing without it."""
+def read_stack_processes(stack, data_root: Path, read: Callable[[str, Any], float]) -> Iterator[tuple[str, float]]:
+    """(part, ``read(part, process)``) for every process of the running stack: each child's process tree under the
+    child's name, the Postgres server and backends serving ``data_root`` under "postgres", and this process (the
+    load generator) last; a process that ends meanwhile is skipped. Needs psutil; yields nothing without it."""
     try:
         import psutil  # optional: without it the benchmarks report no per-process figures
     except ImportError:
@@ -89,19 +89,25 @@ def stack_processes(stack, data_root: Path) -> Iterator[tuple[str, Any]]:
         except psutil.Error:
             return [root]
 
-    seen: set[int] = set()
-    for member in stack.children.members:
+    def processes():
+        seen: set[int] = set()
+        for member in stack.children.members:
+            try:
+                root = psutil.Process(member.process.pid)
+            except psutil.Error:
+                continue
+            for proc in tree(root):
+                seen.add(proc.pid)
+                yield member.name, proc
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            cmdline = " ".join(proc.info.get("cmdline") or [])
+            if proc.pid not in seen and "postgres" in (proc.info.get("name") or "") and str(data_root) in cmdline:
+                for child in tree(proc):
+                    yield "postgres", child
+        yield "load generator", psutil.Process()
+
+    for part, proc in processes():
         try:
-            root = psutil.Process(member.process.pid)
+            yield part, read(part, proc)
         except psutil.Error:
             continue
-        for proc in tree(root):
-            seen.add(proc.pid)
-            yield member.name, proc
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if proc.pid not in seen and "postgres" in (proc.info.get("name") or "") and str(data_root) in cmdline:
-            for child in tree(proc):
-                yield "postgres", child
-    yield "load generator", psutil.Process()
-

@@ -35,7 +35,7 @@ import psycopg
 from openai import AsyncOpenAI
 from rich.console import Console
 
-from benchmarks.bench_stack import benchmark_stack, machine_line, report, stack_processes
+from benchmarks.bench_stack import benchmark_stack, machine_line, read_stack_processes, report
 
 # A mix the heuristic classifier sends to all three tiers, so every provider agent is on the path.
 PROMPTS = (
@@ -145,15 +145,25 @@ async def throughput_phase(settings, prompts: int) -> dict:
 def cpu_seconds_by_part(stack, data_root: Path) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each part of the stack, children included, and by this
     process (the load generator); worker processes are summed as one part. Needs psutil; empty without it."""
+    def cpu_seconds(part: str, proc) -> float:
+        times = proc.cpu_times()
+        return times.user + times.system
+
     totals: dict[str, float] = {}
-    for part, proc in stack_processes(stack, data_root):
+    for part, seconds in read_stack_processes(stack, data_root, cpu_seconds):
         label = "worker" if part.startswith("worker") else part
-        try:
-            times = proc.cpu_times()
-        except Exception:  # noqa: BLE001 - a process that ended between listing and reading
-            continue
-        totals[label] = totals.get(label, 0.0) + times.user + times.system
+        totals[label] = totals.get(label, 0.0) + seconds
     return totals
+
+
+def idle_cpu_percent(stack, data_root: Path, seconds: float = 10.0) -> dict[str, float]:
+    """Percent of one core each part of the stack burns with no traffic (consumers polling the broker,
+    heartbeats), over ``seconds``; empty without psutil."""
+    before = cpu_seconds_by_part(stack, data_root)
+    time.sleep(seconds)
+    after = cpu_seconds_by_part(stack, data_root)
+    return {part: round(100 * (after[part] - before.get(part, 0.0)) / seconds, 2)
+            for part in sorted(after) if part != "load generator"}
 
 
 def start_profile(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
@@ -185,13 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_latency_ms:
             bench.set_stub_faults(delay_s=args.model_latency_ms / 1000)
         # Idle cost: what the stack burns with no traffic (consumers polling the broker, heartbeats).
-        idle_before = cpu_seconds_by_part(stack, data_root)
-        time.sleep(10)
-        idle_after = cpu_seconds_by_part(stack, data_root)
-        if idle_after:
-            results["idle_cpu_percent"] = {part: round(10 * (idle_after[part] - idle_before.get(part, 0.0)), 1)
-                                           for part in sorted(idle_after) if part != "load generator"}
-            console.print({"idle_cpu_percent": results["idle_cpu_percent"]})
+        idle = idle_cpu_percent(stack, data_root)
+        if idle:
+            results["idle_cpu_percent"] = idle
+            console.print({"idle_cpu_percent": idle})
         results["latency"] = []
         for concurrency in args.concurrency:
             row = asyncio.run(latency_phase(stack.api_url, api_key, stub_url, model_id, args.requests, concurrency))

@@ -32,6 +32,7 @@ import asyncio
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.bench_stack import benchmark_stack, machine_line, report, stack_processes
-from benchmarks.pipeline_bench import PROMPTS, cpu_seconds_by_part
+from benchmarks.bench_stack import benchmark_stack, machine_line, read_stack_processes, report
+from benchmarks.pipeline_bench import PROMPTS, cpu_seconds_by_part, idle_cpu_percent
 
 BASELINE_TOPIC = "bench.baseline"
 TICK_S = 0.1  # the producer sends one batch per tick, so the offered rate is steady at this resolution
@@ -65,12 +66,11 @@ def prompt_message(run: str, seq: int, source: str):
 def memory_mb_by_part(stack, data_root: Path) -> dict[str, float]:
     """MB of memory held now by each part of the stack (RSS of its process tree; PSS summed for Postgres, whose
     backends share their buffers) and by this process (the load generator)."""
+    def held_bytes(part: str, proc) -> float:
+        return proc.memory_full_info().pss if part == "postgres" else proc.memory_info().rss
+
     totals: dict[str, float] = {}
-    for part, proc in stack_processes(stack, data_root):
-        try:
-            held = proc.memory_full_info().pss if part == "postgres" else proc.memory_info().rss
-        except psutil.Error:
-            continue
+    for part, held in read_stack_processes(stack, data_root, held_bytes):
         totals[part] = totals.get(part, 0.0) + held / 2**20
     return {part: round(mb, 1) for part, mb in totals.items()}
 
@@ -89,6 +89,21 @@ def memory_summary(samples: list[dict]) -> dict[str, dict]:
         summary[part] = {"start_mb": points[0][1], "after_1_min_mb": first_minute["memory_mb"].get(part),
                          "end_mb": points[-1][1], "slope_mb_per_min": round(slope, 2)}
     return summary
+
+
+async def paced_batches(rate: float, seconds: float) -> AsyncIterator[int]:
+    """How many messages to send at each tick (every ``TICK_S``) to offer ``rate`` per second, steadily, for
+    ``seconds``; the caller sends each batch before asking for the next."""
+    started = time.perf_counter()
+    owed = 0.0
+    tick = 0
+    while time.perf_counter() - started < seconds:
+        owed += rate * TICK_S
+        batch = int(owed)
+        owed -= batch
+        yield batch
+        tick += 1
+        await asyncio.sleep(max(0.0, started + tick * TICK_S - time.perf_counter()))
 
 
 # --- Baseline: bare aiokafka ---------------------------------------------------------------------------------
@@ -140,18 +155,11 @@ async def baseline_run(settings, payloads: list[tuple[bytes, bytes]], seconds: f
                 await asyncio.gather(*sends)
                 produced += len(sends)
         else:
-            owed = 0.0
-            tick = 0
-            while time.perf_counter() - started < seconds:
-                owed += rate * TICK_S
-                batch = int(owed)
-                owed -= batch
+            async for batch in paced_batches(rate, seconds):
                 sends = [await producer.send(BASELINE_TOPIC, key=k, value=v)
                          for k, v in (payloads[(produced + i) % len(payloads)] for i in range(batch))]
                 await asyncio.gather(*sends)
                 produced += batch
-                tick += 1
-                await asyncio.sleep(max(0.0, started + tick * TICK_S - time.perf_counter()))
         produce_s = time.perf_counter() - started
         deadline = time.monotonic() + 60
         while consumed < produced and time.monotonic() < deadline:
@@ -165,16 +173,6 @@ async def baseline_run(settings, payloads: list[tuple[bytes, bytes]], seconds: f
     return {"offered_rate": rate or "flat out", "produced": produced, "consumed": consumed,
             "produce_s": round(produce_s, 2), "produced_per_s": round(produced / produce_s, 1),
             "consumed_per_s": round(consumed / consume_s, 1) if consume_s > 0 else None}
-
-
-def idle_cpu_percent(stack, data_root: Path, console: Console) -> dict[str, float]:
-    """What each part burns with no traffic (consumers polling the broker, heartbeats), over ``IDLE_S``."""
-    before = cpu_seconds_by_part(stack, data_root)
-    time.sleep(IDLE_S)
-    after = cpu_seconds_by_part(stack, data_root)
-    idle = {part: round(100 * (after[part] - before.get(part, 0.0)) / IDLE_S, 2) for part in sorted(after)}
-    console.print(f"[cyan]idle CPU %[/cyan] {idle}")
-    return idle
 
 
 def baseline_phase(bench, rate: float, seconds: float, idle: dict[str, float], console: Console) -> dict:
@@ -235,13 +233,8 @@ async def soak_phase(bench, run: str, rate: float, minutes: float, drain_minutes
 
     async def offer() -> None:
         nonlocal produced
-        owed = 0.0
-        tick = 0
         try:
-            while time.perf_counter() - started < offer_s:
-                owed += rate * TICK_S
-                batch = int(owed)
-                owed -= batch
+            async for batch in paced_batches(rate, offer_s):
                 sends = []
                 for seq in range(produced, produced + batch):
                     message = prompt_message(run, seq, "soak")
@@ -249,8 +242,6 @@ async def soak_phase(bench, run: str, rate: float, minutes: float, drain_minutes
                                                      value=message.to_bytes()))
                 await asyncio.gather(*sends)
                 produced += batch
-                tick += 1
-                await asyncio.sleep(max(0.0, started + tick * TICK_S - time.perf_counter()))
         finally:
             offer_done.set()
 
@@ -457,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"command": "python -m benchmarks.soak_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                      "machine": machine_line(), "run": run, "load_average_start": load_average()}
     with benchmark_stack("router-soak", workers=args.workers, console=console) as bench:
-        results["idle_cpu_percent"] = idle_cpu_percent(bench.stack, bench.data_root, console)
+        results["idle_cpu_percent"] = idle_cpu_percent(bench.stack, bench.data_root, IDLE_S)
+        console.print(f"[cyan]idle CPU %[/cyan] {results['idle_cpu_percent']}")
         results["baseline"] = baseline_phase(bench, args.rate, args.baseline_seconds, results["idle_cpu_percent"],
                                              console)
         results["soak"] = asyncio.run(soak_phase(bench, run, args.rate, args.minutes, args.drain_minutes, console))
