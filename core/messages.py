@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Label = Literal["simple", "medium", "complex"]
 LABELS: tuple[Label, ...] = ("simple", "medium", "complex")
+# Recorded as a request's difficulty when no classifier prediction could be made for it.
+UNCLASSIFIED = "unclassified"
 
 
 class Tier(str, Enum):
@@ -162,14 +164,17 @@ class Prediction(_Message):
 class RoutingDecision(_Message):
     """The routing policy's choice for one prompt, with the reasons that led to it."""
 
-    label: Label
-    confidence: float
-    probabilities: dict[str, float]
+    # The classifier's prediction. None on a direct request (``requested_model``) that the API sent straight to
+    # its model's topic: the provider agent adds the prediction while the model answers (for A/B), so a
+    # completion carries it unless the classifier failed.
+    label: Label | None = None
+    confidence: float = 0.0
+    probabilities: dict[str, float] = Field(default_factory=dict)
     model: str
     tier: Tier
     reasons: list[str]
     policy: str
-    classifier: str
+    classifier: str = ""
     # Kind of the prompt the policy's settings were looked up by (routing.prompt_kind): its surface
     # kind, refined by its topic when there is one ("multiple_choice/chemistry").
     prompt_kind: str | None = None
@@ -193,6 +198,11 @@ class RoutingDecision(_Message):
     @property
     def reason(self) -> str:
         return "; ".join(self.reasons)
+
+    @property
+    def difficulty(self) -> str:
+        """The predicted label as recorded and shown: ``unclassified`` when the classifier gave none."""
+        return self.label or UNCLASSIFIED
 
 
 AttemptStatus = Literal["ok", "error", "rejected"]

@@ -188,7 +188,9 @@ class ArmRouter:
             return self._candidates[artifact]
 
     def assign(self, prompt: PromptMessage) -> tuple[Experiment, Arm] | None:
-        if self.book is None:
+        # A request that names its model is not in any arm: a control arm would otherwise answer it with another
+        # model. Its own record (policy "direct", with the classifier's prediction) is what a team A/Bs later.
+        if self.book is None or prompt.requested_model:
             return None
         experiment = self.book.experiment_for(prompt.tenant)
         if experiment is None:

@@ -132,7 +132,7 @@ def request_row(completion: CompletionMessage) -> dict[str, Any]:
         "prompt": prompt.prompt if keep_text else "",
         "prompt_chars": len(prompt.prompt),
         "max_tokens": prompt.max_tokens,
-        "difficulty": decision.label,
+        "difficulty": decision.difficulty,
         "confidence": decision.confidence,
         "probabilities": Jsonb(decision.probabilities),
         "decision_reason": decision.reason,
@@ -184,7 +184,7 @@ def eval_row(completion: CompletionMessage) -> dict[str, Any] | None:
         return None
     metadata = completion.prompt.metadata
     return {"request_id": completion.request_id, "evaluated_at": completion.completed_at,
-            "model": completion.final_model, "difficulty": completion.decision.label,
+            "model": completion.final_model, "difficulty": completion.decision.difficulty,
             "source": metadata.get("source"), "item_id": metadata.get("item_id"), "correct": completion.correct,
             "cost_micro_usd": completion.cost_micro_usd, "feedback_source": REPLAY_FEEDBACK_SOURCE,
             "tenant": completion.prompt.tenant}

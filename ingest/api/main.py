@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         quiet_repeated_kafka_errors()
-        bridge = KafkaBridge(settings)
+        registry = ModelRegistry.from_yaml(settings.models_config)
+        bridge = KafkaBridge(settings, registry=registry)
         await bridge.start()
         pool = None
         if settings.pg_dsn:
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        max_size=settings.pg_pool_max, open=False,
                                        name="ingest", kwargs={"autocommit": True})
             await pool.open(wait=False)
-        gatekeeper = Gatekeeper(settings, ModelRegistry.from_yaml(settings.models_config), pool)
+        gatekeeper = Gatekeeper(settings, registry, pool)
         # Tokenizers price each request's hold: loaded before serving. The PII scanner loads in the background.
         await asyncio.to_thread(gatekeeper.warm_up_tokenizers)
         threading.Thread(target=gatekeeper.warm_up_pii, name="pii-warm-up", daemon=True).start()

@@ -141,7 +141,7 @@ def router_fields(completion: CompletionMessage, registry: ModelRegistry) -> dic
                           if completion.counterfactual_cost_micro_usd is not None else None)
     return {
         "request_id": completion.request_id, "model": model, "tier": tier, "routed_model": decision.model,
-        "difficulty": decision.label, "confidence": decision.confidence, "reason": decision.reason,
+        "difficulty": decision.difficulty, "confidence": decision.confidence, "reason": decision.reason,
         "policy": decision.policy, "classifier": decision.classifier, "cost_usd": cost_usd,
         "counterfactual_model": completion.counterfactual_model, "counterfactual_cost_usd": counterfactual_usd,
         "savings_usd": None if counterfactual_usd is None else counterfactual_usd - cost_usd,

@@ -76,7 +76,7 @@ class GenerateOut(BaseModel):
         decision = completion.decision
         return cls(
             request_id=completion.request_id, status=completion.status, model=completion.final_model,
-            routed_model=decision.model, difficulty=decision.label, confidence=decision.confidence,
+            routed_model=decision.model, difficulty=decision.difficulty, confidence=decision.confidence,
             decision_reason=decision.reason, response=completion.response, finish_reason=completion.finish_reason,
             tokens_in=completion.input_tokens, tokens_out=completion.output_tokens,
             cost_micro_usd=completion.cost_micro_usd, counterfactual_model=completion.counterfactual_model,

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import faust
 
-from core.messages import TIER_ORDER, PromptMessage, RoutedMessage, RoutingDecision
+from core.messages import PromptMessage, RoutedMessage
 from routing.guardrails.limits import prompt_breaches
+from routing.router import capped
 from stream_processors.agents.batching import register_batch_agent
 from stream_processors.context import PipelineContext
 
@@ -53,7 +54,8 @@ async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
     for (event, prompt), decision in zip(parsed, decisions, strict=True):
         if decision is None:
             continue
-        decision = capped(context, prompt, decision)
+        # After the experiment arms too: a control arm's model is capped like any other choice.
+        decision = capped(decision, prompt, context.runtime.registry)
         topic = context.route_topics.get(decision.model)
         if topic is None:
             await context.dead_letter(event, "classify", f"policy chose unknown model {decision.model!r}")
@@ -62,16 +64,6 @@ async def route_batch(context: PipelineContext, events: Sequence[faust.EventT]) 
         deliveries.append(deliver_or_dead_letter(context, event, topic, prompt.request_id, routed.to_bytes()))
     # Offsets are committed after this batch returns: wait until the broker has every routed message.
     await asyncio.gather(*deliveries)
-
-
-def capped(context: PipelineContext, prompt: PromptMessage, decision: RoutingDecision) -> RoutingDecision:
-    """The decision moved down to ``prompt.max_tier`` when it chose a tier above it (a budget is near)."""
-    if prompt.max_tier is None or TIER_ORDER.index(decision.tier) <= TIER_ORDER.index(prompt.max_tier):
-        return decision
-    spec = context.runtime.registry.by_tier(prompt.max_tier)
-    return decision.model_copy(update={
-        "model": spec.name, "tier": spec.tier,
-        "reasons": [*decision.reasons, f"budget near: capped at the {spec.tier.value} tier ({spec.name})"]})
 
 
 async def deliver_or_dead_letter(context: PipelineContext, event: faust.EventT, topic: faust.TopicT,

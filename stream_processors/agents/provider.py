@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from core.messages import ChunkMessage, CompletionMessage, ParkedNotice, RoutedMessage, utcnow
+from core.messages import ChunkMessage, CompletionMessage, ParkedNotice, RoutedMessage, RoutingDecision, utcnow
 from core.registry import ModelSpec
 from stream_processors.context import PipelineContext
 
@@ -110,6 +110,18 @@ async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.
         context.in_flight.discard(request_id)
 
 
+async def predicted(context: PipelineContext, routed: RoutedMessage) -> RoutingDecision:
+    """The routed decision with the default router's prediction for its prompt (recorded for A/B); unchanged
+    (recorded as unclassified) when the classifier fails, since the answer stands either way."""
+    router = context.runtime.router
+    try:
+        # Off the event loop: a trained classifier is CPU work and must not hold up the stream's chunks.
+        return await asyncio.to_thread(router.with_prediction, routed.decision, prompt=routed.prompt)
+    except Exception:
+        log.exception("no prediction for direct request %s", routed.prompt.request_id)
+        return routed.decision
+
+
 async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT, routed: RoutedMessage) -> None:
     message = event.message
     calls = None
@@ -118,6 +130,9 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
         calls = context.calls.for_delivery(routed.prompt.request_id, delivery)
     prompt = routed.prompt
     stream = ReplyStream(context, prompt.request_id, prompt.reply_to) if prompt.stream and prompt.reply_to else None
+    # A direct request the API sent here unclassified: the prediction is made while the model answers.
+    prediction = (asyncio.create_task(predicted(context, routed), name=f"predict-{prompt.request_id}")
+                  if routed.decision.label is None else None)
     try:
         # While the request can still be parked and retried, an open circuit with no allowed fallback is waited
         # out rather than called; a failure because the allowed models are down parks it (stream_processors/
@@ -128,6 +143,8 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
             routed, completion, on_parked=lambda notice: publish_parked(context, prompt.reply_to, notice))
         if completion is None:
             return  # parked: acknowledged, published back to its route topic at its retry time
+        if prediction is not None:
+            completion = completion.model_copy(update={"decision": await prediction})
         if stream is not None:
             await stream.flush()
             first_token_at = stream.first_at or utcnow()  # held back for its checks: the completion is the first
@@ -138,6 +155,9 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
         log.exception("ladder failed on %s", routed.prompt.request_id)
         await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")
         return
+    finally:
+        if prediction is not None and not prediction.done():
+            prediction.cancel()  # parked, failed or cancelled: the next try predicts again
     context.metrics.observe_completion(completion)
     try:
         await asyncio.gather(

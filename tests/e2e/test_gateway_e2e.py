@@ -96,6 +96,7 @@ async def test_async_sdk_streams_with_usage_and_records_time_to_first_token(pipe
     assert router["model"] == "big" and router["cost_usd"] > 0
     row = await pipeline.wait_for_row(router["request_id"], timeout_s=30)
     assert row["routed_model"] == row["final_model"] == "big" and row["policy"] == "direct"
+    assert row["difficulty"] == router["difficulty"] == "simple"
     assert row["ttft_ms"] is not None and 0 < row["ttft_ms"] <= row["latency_ms"] + 1000
     assert row["tokens_out"] == len(text.split())
 
@@ -131,6 +132,9 @@ async def test_direct_model_unknown_model_and_router_alias(pipeline):
     assert direct.model == "medium" and direct.model_extra["router"]["reason"] == "requested model medium"
     row = await pipeline.wait_for_row(direct.model_extra["router"]["request_id"], timeout_s=30)
     assert row["final_model"] == "medium" and row["cost_micro_usd"] > 0 and row["policy"] == "direct"
+    # Sent straight to its model's topic, classified by the provider agent meanwhile: the prediction is recorded.
+    assert (row["difficulty"], row["classifier"]) == ("simple", "heuristic")
+    assert direct.model_extra["router"]["difficulty"] == "simple"
     aliased = api.chat.completions.create(model="router/threshold", messages=[{"role": "user",
                                                                                "content": unique("Hi")}])
     assert aliased.model == "small"

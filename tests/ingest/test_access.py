@@ -283,20 +283,17 @@ async def test_near_budget_asks_for_the_cheap_tier(tansu_bootstrap, app_settings
 
 
 def test_capped_decision_moves_down_to_the_cheap_tier():
-    from types import SimpleNamespace
-
     import yaml
 
     from core.messages import RoutingDecision, Tier
     from core.registry import ModelRegistry
-    from stream_processors.agents.classify import capped
+    from routing.router import capped
     from tests.e2e.conftest import MODELS_YAML
 
     registry = ModelRegistry.model_validate(yaml.safe_load(MODELS_YAML))
-    context = SimpleNamespace(runtime=SimpleNamespace(registry=registry))
     decision = RoutingDecision(label="complex", confidence=0.9, probabilities={}, model="big", tier=Tier.expensive,
                                reasons=["hard"], policy="threshold", classifier="heuristic")
-    assert capped(context, PromptMessage(prompt="x"), decision) is decision
-    cheap = capped(context, PromptMessage(prompt="x", max_tier="cheap"), decision)
+    assert capped(decision, PromptMessage(prompt="x"), registry) is decision
+    cheap = capped(decision, PromptMessage(prompt="x", max_tier="cheap"), registry)
     assert (cheap.model, cheap.tier, cheap.reasons[-1]) == ("small", Tier.cheap,
                                                              "budget near: capped at the cheap tier (small)")

@@ -90,6 +90,15 @@ def test_arm_router_records_arm_and_version_and_control_always_uses_its_model() 
         assert decision.model == "small" and decision.escalate and decision.router_version == "heuristic:threshold"
 
 
+def test_a_request_naming_its_model_is_in_no_arm_and_keeps_its_model() -> None:
+    router = ArmRouter(default_router(), REGISTRY, ExperimentBook(lambda: [experiment(1.0, 0.0)]))
+    routed, named = router.route([PromptMessage(prompt="What is 2 + 2?", user="u"),
+                                  PromptMessage(prompt="What is 2 + 2?", user="u", requested_model="small")])
+    assert (routed.arm, routed.model) == ("control", "big")  # the whole share is the control arm
+    assert (named.arm, named.experiment_id, named.model, named.policy) == (None, None, "small", "direct")
+    assert named.label == "simple" and named.classifier == "heuristic"  # its prediction is still recorded
+
+
 def test_unassigned_traffic_and_no_experiment_route_as_usual() -> None:
     router = ArmRouter(default_router(), REGISTRY, ExperimentBook(lambda: []))
     decision = router.route([PromptMessage(prompt="hello", user="u")])[0]
