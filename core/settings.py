@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # 10 ms: /generate adds ~25 ms at p50 instead of ~70 ms with 50 ms, for ~10% less peak throughput
     # (measured back to back, docs/benchmarks.md).
     consumer_fetch_max_wait_ms: int = Field(10, ge=0, le=5000)
+    # The same for an API process's reply consumer while a caller waits for an answer (ingest.bridge).
+    reply_fetch_max_wait_ms: int = Field(2, ge=0, le=5000)
     # Agent throughput knobs: classify and sink work in batches, providers in concurrent calls per model.
     classify_batch_max: int = Field(128, ge=1)
     classify_concurrency: int = Field(2, ge=1)

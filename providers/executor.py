@@ -29,10 +29,16 @@ TokenCounter = Callable[[ModelSpec, str], int]
 StreamSink = Callable[[str, str], Awaitable[None]]
 
 
+class AlreadyAnswered(Exception):
+    """Raised by a ``CallLog`` instead of recording a call's start: the request's answer is already recorded (a
+    redelivery), so nothing is called or paid for again."""
+
+
 class CallLog(Protocol):
     """Told about every paid call as it starts and ends (the workers write each to Postgres, so a call cut off
     by a crash is still on record and a redelivery's second call is counted)."""
 
+    # May raise AlreadyAnswered (the workers check the first call of a delivery in the same database flush).
     async def started(self, attempt_no: int, spec: ModelSpec) -> None: ...
 
     async def finished(self, attempt_no: int, attempt: Attempt) -> None: ...

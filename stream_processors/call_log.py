@@ -22,6 +22,7 @@ from typing import Any
 from core.logs import RateLimitedLog
 from core.messages import Attempt
 from core.registry import ModelSpec
+from providers.executor import AlreadyAnswered
 from sql.ledger import answered_among, write_calls
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class CallRecorder:
         self.backlog: list[tuple[str, tuple]] = []  # ("started" | "finished", row)
         self._flushed: list[asyncio.Future] = []
         self._checks: dict[str, list[asyncio.Future]] = {}
+        # Start records to write only when their request has no recorded answer: (row, future of "answered").
+        self._conditional: list[tuple[tuple, asyncio.Future]] = []
         self._waiting = asyncio.Event()  # set when a caller waits on the next flush
         self._last_flush_failed = False
         self.errors = RateLimitedLog(log)
@@ -52,6 +55,15 @@ class CallRecorder:
         self._flushed.append(future)
         self._waiting.set()
         await self._settle(future, None)
+
+    async def record_started_unless_answered(self, row: tuple) -> bool:
+        """The answered check and the start record of a delivery's first call in one flush: True (and nothing
+        written) when the request's answer is recorded; else the start is written, as ``record_started``. When
+        the database cannot say in time, False: the call goes ahead and its record waits for the next flush."""
+        future = asyncio.get_running_loop().create_future()
+        self._conditional.append((row, future))
+        self._waiting.set()
+        return await self._settle(future, False)
 
     def record_finished(self, row: tuple) -> None:
         self.backlog.append(("finished", row))
@@ -71,53 +83,68 @@ class CallRecorder:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._waiting.wait(), timeout=self.interval_s)
             self._waiting.clear()
-            if self.backlog or self._checks:
+            if self.backlog or self._checks or self._conditional:
                 await self.flush()
 
     async def flush(self) -> int:
         """Write waiting records and answer waiting checks. Returns how many records still wait."""
-        rows, flushed, checks = list(self.backlog), self._flushed, self._checks
-        self._flushed, self._checks = [], {}
+        rows, flushed, checks, conditional = list(self.backlog), self._flushed, self._checks, self._conditional
+        self._flushed, self._checks, self._conditional = [], {}, []
         found: set[str] = set()
         try:
             pool = await self.pool_factory()
             async with asyncio.timeout(30), pool.connection(timeout=5) as conn:
-                if checks:
-                    found = await answered_among(conn, list(checks))
-                if rows:
+                if checks or conditional:
+                    found = await answered_among(conn, list(checks) + [row[0] for row, _ in conditional])
+                starts = [("started", row) for row, _ in conditional if row[0] not in found]
+                if rows or starts:
                     # Pipelined: BEGIN, the inserts and COMMIT go out together, one round trip.
                     async with conn.pipeline(), conn.transaction():
-                        await write_calls(conn, rows)
+                        await write_calls(conn, rows + starts)
             del self.backlog[:len(rows)]
             self._last_flush_failed = False
             self.errors.clear("model-calls")
         except Exception as exc:  # noqa: BLE001 - kept for the next flush; the calls go ahead
+            found = set()  # unknown: every conditional start goes ahead, its record kept for the next flush
+            self.backlog.extend(("started", row) for row, _ in conditional)
             self._last_flush_failed = True
             self.errors.warning("model-calls", "%d model call record(s) wait for the database: %s: %s",
                                 len(self.backlog), type(exc).__name__, exc)
         for future in flushed:
             if not future.done():
                 future.set_result(None)
+        for row, future in conditional:
+            if not future.done():
+                future.set_result(row[0] in found)
         for request_id, futures in checks.items():
             for future in futures:
                 if not future.done():
                     future.set_result(request_id in found)
         return len(self.backlog)
 
-    def for_delivery(self, request_id: str, delivery: str) -> DeliveryCalls:
-        return DeliveryCalls(self, request_id, delivery)
+    def for_delivery(self, request_id: str, delivery: str, *, check_answered: bool = False) -> DeliveryCalls:
+        return DeliveryCalls(self, request_id, delivery, check_answered=check_answered)
 
 
 class DeliveryCalls:
-    """The ``providers.executor.CallLog`` of one delivery of one routed message."""
+    """The ``providers.executor.CallLog`` of one delivery of one routed message. With ``check_answered``, the
+    first call's start is recorded only if the request has no recorded answer, else it raises AlreadyAnswered:
+    the redelivery check costs no database round trip of its own. ``checked`` says whether that check ran."""
 
-    def __init__(self, recorder: CallRecorder, request_id: str, delivery: str) -> None:
+    def __init__(self, recorder: CallRecorder, request_id: str, delivery: str, *, check_answered: bool = False) -> None:
         self.recorder = recorder
         self.request_id = request_id
         self.delivery = delivery
+        self.checked = not check_answered
 
     async def started(self, attempt_no: int, spec: ModelSpec) -> None:
-        await self.recorder.record_started((self.request_id, self.delivery, attempt_no, spec.name))
+        row = (self.request_id, self.delivery, attempt_no, spec.name)
+        if self.checked:
+            await self.recorder.record_started(row)
+            return
+        self.checked = True
+        if await self.recorder.record_started_unless_answered(row):
+            raise AlreadyAnswered(self.request_id)
 
     async def finished(self, attempt_no: int, attempt: Attempt) -> None:
         self.recorder.record_finished((self.request_id, self.delivery, attempt_no, attempt.model, attempt.status,

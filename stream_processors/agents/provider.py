@@ -9,6 +9,7 @@ import faust
 
 from core.messages import ChunkMessage, CompletionMessage, ParkedNotice, RoutedMessage, RoutingDecision, utcnow
 from core.registry import ModelSpec
+from providers.executor import AlreadyAnswered
 from stream_processors.context import PipelineContext
 
 log = logging.getLogger(__name__)
@@ -95,17 +96,17 @@ async def handle_routed(context: PipelineContext, spec: ModelSpec, event: faust.
     if routed is None:
         return
     request_id = routed.prompt.request_id
-    # A redelivered or republished request whose answer is already recorded is not paid for again, and a
-    # second copy of a request this worker is answering right now waits for nothing: the first records it.
+    # A redelivered or republished request whose answer is already recorded is not paid for again (checked
+    # with its first call's start record, in one database flush), and a second copy of a request this worker is
+    # answering right now waits for nothing: the first records it.
     if request_id in context.in_flight:
         context.metrics.reused.labels("in_flight").inc()
-        return
-    if await context.already_answered(request_id):
-        context.metrics.reused.labels("recorded").inc()
         return
     context.in_flight.add(request_id)
     try:
         await answer(context, spec, event, routed)
+    except AlreadyAnswered:
+        context.metrics.reused.labels("recorded").inc()
     finally:
         context.in_flight.discard(request_id)
 
@@ -127,7 +128,7 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
     calls = None
     if context.settings.pg_dsn:
         delivery = f"{message.topic}/{message.partition}/{message.offset}/{context.duties.worker_id}"
-        calls = context.calls.for_delivery(routed.prompt.request_id, delivery)
+        calls = context.calls.for_delivery(routed.prompt.request_id, delivery, check_answered=True)
     prompt = routed.prompt
     stream = ReplyStream(context, prompt.request_id, prompt.reply_to) if prompt.stream and prompt.reply_to else None
     # A direct request the API sent here unclassified: the prediction is made while the model answers.
@@ -139,6 +140,8 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
         # parking.py) instead of recording it failed, until no retry fits before its deadline.
         completion = await context.runtime.executor_for(routed.decision).run(
             routed, calls, stream=stream, wait_out_open_circuit=context.parking.may_wait(routed))
+        if calls is not None and not calls.checked and await context.already_answered(prompt.request_id):
+            raise AlreadyAnswered(prompt.request_id)  # no call made (circuit open): not parked or failed again
         completion = await context.parking.park_or_give_up(
             routed, completion, on_parked=lambda notice: publish_parked(context, prompt.reply_to, notice))
         if completion is None:
@@ -151,6 +154,8 @@ async def answer(context: PipelineContext, spec: ModelSpec, event: faust.EventT,
             completion = completion.model_copy(update={
                 "streamed_chunks": stream.sent,
                 "ttft_ms": max((first_token_at - prompt.created_at).total_seconds() * 1000, 0.0)})
+    except AlreadyAnswered:
+        raise
     except Exception as exc:
         log.exception("ladder failed on %s", routed.prompt.request_id)
         await context.dead_letter(event, f"provider:{spec.name}", f"ladder failed: {type(exc).__name__}: {exc}")

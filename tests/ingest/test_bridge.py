@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -11,7 +13,7 @@ from core.messages import PromptMessage, RoutedMessage, Tier
 from core.registry import ModelRegistry
 from core.settings import Settings
 from core.topics import TopicSpec, create_topics, route_topic
-from ingest.bridge import KafkaBridge
+from ingest.bridge import GenerateTimeout, KafkaBridge
 from tests.e2e.conftest import MODELS_YAML
 
 
@@ -54,3 +56,25 @@ async def test_a_request_naming_its_model_goes_straight_to_that_models_topic(tan
     [to_small] = [RoutedMessage.from_bytes(v) for v in await read_topic(settings, route_topic(settings, "small"))]
     assert to_small.prompt.request_id == named_near_budget.request_id and to_small.decision.tier == Tier.cheap
     assert to_small.decision.reasons[-1] == "budget near: capped at the cheap tier (small)"
+
+
+async def test_replies_are_fetched_with_the_short_wait_only_while_a_caller_waits(tansu_bootstrap):
+    suffix = uuid.uuid4().hex[:8]
+    settings = Settings(_env_file=None).model_copy(update={
+        "kafka_bootstrap": tansu_bootstrap, "topic_prompts": f"prompts-rw-{suffix}",
+        "topic_replies_prefix": f"replies-rw-{suffix}.", "consumer_fetch_max_wait_ms": 50,
+        "reply_fetch_max_wait_ms": 3})
+    await create_topics(tansu_bootstrap, [TopicSpec(settings.topic_prompts, 1)])
+    bridge = KafkaBridge(settings)
+    await bridge.start()
+    try:
+        fetcher = bridge._consumer._fetcher
+        assert fetcher._fetch_max_wait_ms == 50  # idle: the usual wait
+        waiting = asyncio.create_task(bridge.generate(PromptMessage(prompt="hi"), timeout_s=1.0))
+        await asyncio.sleep(0.3)
+        assert fetcher._fetch_max_wait_ms == 3  # a caller waits: replies are fetched with the short wait
+        with pytest.raises(GenerateTimeout):
+            await waiting  # no worker here: nobody answers
+        assert fetcher._fetch_max_wait_ms == 50
+    finally:
+        await bridge.stop()

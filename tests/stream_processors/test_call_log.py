@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from core.messages import Attempt, Tier
 from core.registry import ModelSpec
+from providers.executor import AlreadyAnswered
 from sql.repository import upsert_completion
 from stream_processors.call_log import CallRecorder
 from tests.sql.test_repository import make_completion
@@ -100,5 +101,50 @@ async def test_a_waiting_caller_does_not_wait_for_the_interval(pool, clean_db):
         await calls.started(1, _spec())
         assert loop.time() - started < 5
         assert _calls(clean_db, request_id) == [("d1", 1, "small", "started", None)]
+    finally:
+        runner.cancel()
+
+
+async def test_a_deliverys_first_call_is_checked_for_a_recorded_answer_in_the_same_flush(pool, clean_db):
+    async def factory():
+        return pool
+
+    recorder = CallRecorder(factory, interval_s=30, wait_s=10)
+    runner = asyncio.create_task(recorder.run())
+    try:
+        request_id = uuid.uuid4().hex
+        first = recorder.for_delivery(request_id, "d1", check_answered=True)
+        await first.started(1, _spec())  # no answer yet: the start is written
+        await first.started(2, _spec())  # later calls of the delivery are not checked again
+        assert first.checked and _calls(clean_db, request_id) == [("d1", 1, "small", "started", None),
+                                                                   ("d1", 2, "small", "started", None)]
+        async with pool.connection() as conn:
+            await upsert_completion(conn, make_completion(request_id))
+        redelivered = recorder.for_delivery(request_id, "d2", check_answered=True)
+        with pytest.raises(AlreadyAnswered):
+            await redelivered.started(1, _spec())
+        assert [row[0] for row in _calls(clean_db, request_id)] == ["d1", "d1"]  # nothing written for d2
+    finally:
+        runner.cancel()
+
+
+async def test_a_checked_start_goes_ahead_and_is_kept_while_the_database_is_down(pool, clean_db):
+    database_up = False
+
+    async def factory():
+        if not database_up:
+            raise psycopg.OperationalError("connection refused")
+        return pool
+
+    recorder = CallRecorder(factory, wait_s=0.5)
+    runner = asyncio.create_task(recorder.run())
+    try:
+        request_id = uuid.uuid4().hex
+        calls = recorder.for_delivery(request_id, "d1", check_answered=True)
+        await asyncio.wait_for(calls.started(1, _spec()), timeout=2)  # cannot say: the model is called
+        assert recorder.backlog == [("started", (request_id, "d1", 1, "small"))]
+        database_up = True
+        await asyncio.sleep(0.3)
+        assert recorder.backlog == [] and _calls(clean_db, request_id) == [("d1", 1, "small", "started", None)]
     finally:
         runner.cancel()
