@@ -160,6 +160,12 @@ async def live_workers(conn: AsyncConnection, app_id: str, fresh_s: float) -> Li
 
 CALL_STARTED_SQL = ("INSERT INTO model_calls (request_id, delivery, attempt_no, model) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT DO NOTHING")
+# A delivery's first call: recorded only when its request has no recorded answer (the caller checks that in the
+# same round trip with ``ANSWERED_AMONG_SQL`` and does not call the model when it has one).
+CALL_STARTED_UNLESS_ANSWERED_SQL = (
+    "INSERT INTO model_calls (request_id, delivery, attempt_no, model) SELECT %s, %s, %s, %s"
+    " WHERE NOT EXISTS (SELECT 1 FROM requests WHERE request_id = %s AND status IN ('ok', 'failed'))"
+    " ON CONFLICT DO NOTHING")
 CALL_FINISHED_SQL = (
     "INSERT INTO model_calls (request_id, delivery, attempt_no, model, finished_at, status, tokens_in, tokens_out,"
     " cost_micro_usd) VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s) ON CONFLICT (request_id, delivery, attempt_no)"
@@ -168,20 +174,22 @@ CALL_FINISHED_SQL = (
 )
 
 
-async def write_calls(conn: AsyncConnection, records: Sequence[tuple[str, tuple]]) -> None:
+async def write_calls(conn: AsyncConnection, records: Sequence[tuple[str, tuple]],
+                      started_unless_answered: Sequence[tuple] = ()) -> None:
     """Model-call records in order: ("started", (request_id, delivery, attempt_no, model)) or ("finished",
-    (request_id, delivery, attempt_no, model, status, tokens_in, tokens_out, cost_micro_usd))."""
+    (request_id, delivery, attempt_no, model, status, tokens_in, tokens_out, cost_micro_usd)); then the start
+    records in ``started_unless_answered`` whose request has no recorded answer."""
     started = [row for kind, row in records if kind == "started"]
     finished = [row for kind, row in records if kind == "finished"]
     async with conn.cursor() as cur:
         if started:
             await cur.executemany(CALL_STARTED_SQL, started)
+        if started_unless_answered:
+            await cur.executemany(CALL_STARTED_UNLESS_ANSWERED_SQL, [(*row, row[0]) for row in started_unless_answered])
         if finished:  # after the starts: a finish upserts over its start
             await cur.executemany(CALL_FINISHED_SQL, finished)
 
 
-async def answered_among(conn: AsyncConnection, request_ids: Sequence[str]) -> set[str]:
-    """The requests among these whose answer is recorded (``ok`` or ``failed``; ``expired`` is not one)."""
-    cursor = await conn.execute("SELECT request_id FROM requests WHERE request_id = ANY(%s)"
-                                " AND status IN ('ok', 'failed')", (list(request_ids),))
-    return {row[0] for row in await cursor.fetchall()}
+# The requests among these whose answer is recorded (``ok`` or ``failed``; ``expired`` is not one).
+ANSWERED_AMONG_SQL = "SELECT request_id FROM requests WHERE request_id = ANY(%s) AND status IN ('ok', 'failed')"
+

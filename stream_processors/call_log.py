@@ -23,7 +23,7 @@ from core.logs import RateLimitedLog
 from core.messages import Attempt
 from core.registry import ModelSpec
 from providers.executor import AlreadyAnswered
-from sql.ledger import answered_among, write_calls
+from sql.ledger import ANSWERED_AMONG_SQL, write_calls
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,18 @@ class CallRecorder:
         found: set[str] = set()
         try:
             pool = await self.pool_factory()
-            async with asyncio.timeout(30), pool.connection(timeout=5) as conn:
+            async with asyncio.timeout(30), pool.connection(timeout=5) as conn, conn.pipeline():
+                # Pipelined: the answered check, BEGIN, the inserts and COMMIT go out together, one round trip.
+                # A conditional start is written only if its request has no answer (by the same rule as the check).
+                cursor = None
                 if checks or conditional:
-                    found = await answered_among(conn, list(checks) + [row[0] for row, _ in conditional])
-                starts = [("started", row) for row, _ in conditional if row[0] not in found]
-                if rows or starts:
-                    # Pipelined: BEGIN, the inserts and COMMIT go out together, one round trip.
-                    async with conn.pipeline(), conn.transaction():
-                        await write_calls(conn, rows + starts)
+                    cursor = await conn.execute(ANSWERED_AMONG_SQL,
+                                                (list(checks) + [row[0] for row, _ in conditional],))
+                if rows or conditional:
+                    async with conn.transaction():
+                        await write_calls(conn, rows, [row for row, _ in conditional])
+                if cursor is not None:
+                    found = {row[0] for row in await cursor.fetchall()}
             del self.backlog[:len(rows)]
             self._last_flush_failed = False
             self.errors.clear("model-calls")
