@@ -33,7 +33,6 @@ from sql.keys import (
     forget_old_windows,
     release_request,
     release_stale_holds,
-    take_rate,
     tenant_policy,
 )
 
@@ -136,17 +135,18 @@ class Gatekeeper:
         # A short prompt is counted in microseconds: a thread hop would cost more than it saves.
         tokens_in = (self.input_tokens(message.prompt) if len(message.prompt) <= INLINE_TOKEN_COUNT_CHARS
                      else await asyncio.to_thread(self.input_tokens, message.prompt))
-        headers: dict[str, str] = {}
+        rate_tokens = max(tokens_in.values()) + message.max_tokens
+        hold = self.worst_case_micro_usd(tokens_in, message.max_tokens)
+        # The rate window and the claim with its holds in one round trip; a rate refusal rolls the claim back.
         async with self.pool.connection(timeout=15) as conn:
-            rate = await take_rate(conn, key, max(tokens_in.values()) + message.max_tokens)
-            headers |= rate_headers(rate)
-            if not rate.allowed:
-                raise ApiError(429, self._rate_detail(key, rate, max(tokens_in.values()) + message.max_tokens),
-                               "rate_limit_exceeded",
-                               headers={**headers, "Retry-After": str(max(1, math.ceil(rate.reset_s)))})
-            hold = self.worst_case_micro_usd(tokens_in, message.max_tokens)
             admission = await admit_request_or_refuse(conn, request_id=message.request_id, key=key, tenant=policy,
-                                                      hold_micro_usd=hold)
+                                                      hold_micro_usd=hold, rate_tokens=rate_tokens)
+        rate = admission.rate
+        assert rate is not None
+        headers = rate_headers(rate)
+        if not rate.allowed:
+            raise ApiError(429, self._rate_detail(key, rate, rate_tokens), "rate_limit_exceeded",
+                           headers={**headers, "Retry-After": str(max(1, math.ceil(rate.reset_s)))})
         return self._decide(message, admission, hold, headers)
 
     async def _guard(self, message: PromptMessage, policy: TenantPolicy) -> PromptMessage:

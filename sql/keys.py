@@ -242,12 +242,14 @@ class Usage:
 @dataclass
 class Admission:
     """What ``admit_request`` decided. ``outcome``: ``accepted`` (hold placed), ``duplicate`` (this tenant already
-    sent this id: nothing new held), ``foreign`` (the id belongs to another tenant), ``over_budget``."""
+    sent this id: nothing new held), ``foreign`` (the id belongs to another tenant), ``over_budget``, or
+    ``rate_limited`` (the key's rate window refused it first). ``rate``: that window, when it was counted."""
 
-    outcome: Literal["accepted", "duplicate", "foreign", "over_budget"]
+    outcome: Literal["accepted", "duplicate", "foreign", "over_budget", "rate_limited"]
     usage: list[Usage] = field(default_factory=list)
     refused_by: Usage | None = None
     settled: bool = False
+    rate: RateState | None = None
 
 
 _HOLD_SQL = (
@@ -286,50 +288,76 @@ FROM (SELECT 1) AS one LEFT JOIN key_hold k ON true LEFT JOIN tenant_hold t ON t
 
 
 async def admit_request(conn: AsyncConnection, *, request_id: str, key: ApiKey, tenant: TenantPolicy,
-                        hold_micro_usd: int, now: datetime | None = None) -> Admission:
+                        hold_micro_usd: int, now: datetime | None = None, rate_tokens: int | None = None) -> Admission:
     """Claim ``request_id`` for the tenant and hold ``hold_micro_usd`` on the key's and the tenant's counters,
-    all or nothing, in one transaction (two round trips: BEGIN with the statement, then COMMIT)."""
+    all or nothing, in one transaction (two round trips: BEGIN with the statement, then COMMIT).
+
+    With ``rate_tokens``, the request is also counted in the key's rate window for this minute, sent in the
+    same round trip as the claim but committed on its own, as before: a budget refusal still counts against the
+    rate. When the rate limit refuses the request, the claim is rolled back (outcome ``rate_limited``).
+    ``Admission.rate`` holds the key's window then, whatever the outcome."""
     now = now or datetime.now(UTC)
     key_start, tenant_start = period_start(key.budget_period, now), period_start(tenant.budget_period, now)
     params = {"request_id": request_id, "tenant": tenant.tenant, "key_id": key.key_id,
               "key_period": key.budget_period, "key_start": key_start, "tenant_period": tenant.budget_period,
               "tenant_start": tenant_start, "hold": hold_micro_usd, "key_hard": key.budget_hard_micro_usd,
               "tenant_hard": tenant.budget_hard_micro_usd}
-    async with conn.pipeline(), conn.transaction():
-        cursor = await conn.execute(_ADMIT_SQL, params)
-        claimed, key_spent, key_reserved, tenant_spent, tenant_reserved = await cursor.fetchone()
-        if not claimed:
-            cursor = await conn.execute("SELECT tenant, settled_at FROM request_ledger WHERE request_id = %s",
-                                        (request_id,))
-            owner = await cursor.fetchone()
-            if owner is None or owner[0] != tenant.tenant:
-                return Admission("foreign")
-            return Admission("duplicate", settled=owner[1] is not None)
-        usage = []
-        for scope, scope_id, period, start, soft, hard, held in (
-                ("key", key.key_id, key.budget_period, key_start, key.budget_soft_micro_usd,
-                 key.budget_hard_micro_usd, (key_spent, key_reserved)),
-                ("tenant", tenant.tenant, tenant.budget_period, tenant_start, tenant.budget_soft_micro_usd,
-                 tenant.budget_hard_micro_usd, (tenant_spent, tenant_reserved))):
-            if held[0] is None or (hard is not None and held[0] + held[1] > hard):
-                refused = await _usage_row(conn, scope, scope_id, period, start, soft, hard)
-                # Undo the ledger row and any hold already placed: nothing half-written.
-                raise _OverBudget(Admission("over_budget", usage=usage, refused_by=refused))
-            usage.append(Usage(scope, scope_id, held[0], held[1], soft, hard, period))
+    rate_params = _rate_params(key, rate_tokens) if rate_tokens is not None else None
+    rate: RateState | None = None
+    async with conn.pipeline():
+        rate_cursor = await conn.execute(_RATE_SQL, rate_params) if rate_params is not None else None
+        try:
+            async with conn.transaction():
+                cursor = await conn.execute(_ADMIT_SQL, params)
+                if rate_cursor is not None:
+                    assert rate_params is not None
+                    rate = await _rate_state(conn, key, rate_params, rate_cursor)
+                    if not rate.allowed:
+                        raise _Refused(Admission("rate_limited"))  # the claim and holds roll back
+                admission = await _claimed_and_held(conn, cursor, request_id, key, tenant, key_start, tenant_start)
+        except _Refused as refusal:
+            refusal.admission.rate = rate
+            raise
+    admission.rate = rate
+    return admission
+
+
+async def _claimed_and_held(conn: AsyncConnection, cursor: Any, request_id: str, key: ApiKey, tenant: TenantPolicy,
+                            key_start: date, tenant_start: date) -> Admission:
+    """The outcome of ``_ADMIT_SQL`` on ``cursor``; raises _Refused (to roll it back) when a hold was refused."""
+    claimed, key_spent, key_reserved, tenant_spent, tenant_reserved = await cursor.fetchone()
+    if not claimed:
+        cursor = await conn.execute("SELECT tenant, settled_at FROM request_ledger WHERE request_id = %s",
+                                    (request_id,))
+        owner = await cursor.fetchone()
+        if owner is None or owner[0] != tenant.tenant:
+            return Admission("foreign")
+        return Admission("duplicate", settled=owner[1] is not None)
+    usage = []
+    for scope, scope_id, period, start, soft, hard, held in (
+            ("key", key.key_id, key.budget_period, key_start, key.budget_soft_micro_usd,
+             key.budget_hard_micro_usd, (key_spent, key_reserved)),
+            ("tenant", tenant.tenant, tenant.budget_period, tenant_start, tenant.budget_soft_micro_usd,
+             tenant.budget_hard_micro_usd, (tenant_spent, tenant_reserved))):
+        if held[0] is None or (hard is not None and held[0] + held[1] > hard):
+            refused = await _usage_row(conn, scope, scope_id, period, start, soft, hard)
+            # Undo the ledger row and any hold already placed: nothing half-written.
+            raise _Refused(Admission("over_budget", usage=usage, refused_by=refused))
+        usage.append(Usage(scope, scope_id, held[0], held[1], soft, hard, period))
     return Admission("accepted", usage=usage)
 
 
-class _OverBudget(Exception):
+class _Refused(Exception):
     def __init__(self, admission: Admission) -> None:
-        super().__init__("over budget")
+        super().__init__(admission.outcome)
         self.admission = admission
 
 
 async def admit_request_or_refuse(conn: AsyncConnection, **kwargs: Any) -> Admission:
-    """``admit_request``, with an over-budget refusal rolled back and returned instead of raised."""
+    """``admit_request``, with a refusal (over budget, rate limited) rolled back and returned instead of raised."""
     try:
         return await admit_request(conn, **kwargs)
-    except _OverBudget as refusal:
+    except _Refused as refusal:
         return refusal.admission
 
 
@@ -504,19 +532,24 @@ class RateState:
         return None if self.tokens_limit is None else max(0, self.tokens_limit - self.tokens)
 
 
-async def take_rate(conn: AsyncConnection, key: ApiKey, tokens: int) -> RateState:
-    """Count one request of ``tokens`` in the key's current minute, unless that passes a limit."""
-    params = {"key_id": key.key_id, "tokens": tokens, "rpm": key.requests_per_min, "tpm": key.tokens_per_min}
-    too_big = key.tokens_per_min is not None and tokens > key.tokens_per_min
-    cursor = await conn.execute(
-        "INSERT INTO rate_windows AS w (key_id, window_start, requests, tokens)"
-        " SELECT %(key_id)s, date_trunc('minute', now()), 1, %(tokens)s WHERE NOT %(too_big)s"
-        " ON CONFLICT (key_id, window_start) DO UPDATE"
-        " SET requests = w.requests + 1, tokens = w.tokens + EXCLUDED.tokens"
-        " WHERE (%(rpm)s::integer IS NULL OR w.requests + 1 <= %(rpm)s::integer)"
-        " AND (%(tpm)s::bigint IS NULL OR w.tokens + EXCLUDED.tokens <= %(tpm)s::bigint)"
-        " RETURNING requests, tokens, extract(epoch FROM window_start + interval '1 minute' - now())",
-        {**params, "too_big": too_big})
+_RATE_SQL = (
+    "INSERT INTO rate_windows AS w (key_id, window_start, requests, tokens)"
+    " SELECT %(key_id)s, date_trunc('minute', now()), 1, %(tokens)s WHERE NOT %(too_big)s"
+    " ON CONFLICT (key_id, window_start) DO UPDATE"
+    " SET requests = w.requests + 1, tokens = w.tokens + EXCLUDED.tokens"
+    " WHERE (%(rpm)s::integer IS NULL OR w.requests + 1 <= %(rpm)s::integer)"
+    " AND (%(tpm)s::bigint IS NULL OR w.tokens + EXCLUDED.tokens <= %(tpm)s::bigint)"
+    " RETURNING requests, tokens, extract(epoch FROM window_start + interval '1 minute' - now())"
+)
+
+
+def _rate_params(key: ApiKey, tokens: int) -> dict[str, Any]:
+    return {"key_id": key.key_id, "tokens": tokens, "rpm": key.requests_per_min, "tpm": key.tokens_per_min,
+            "too_big": key.tokens_per_min is not None and tokens > key.tokens_per_min}
+
+
+async def _rate_state(conn: AsyncConnection, key: ApiKey, params: dict[str, Any], cursor: Any) -> RateState:
+    """The key's minute after ``_RATE_SQL`` ran on ``cursor``: its counts, re-read when the request was refused."""
     row = await cursor.fetchone()
     allowed = row is not None
     if row is None:

@@ -65,3 +65,23 @@ async def test_a_refused_hold_leaves_nothing_written(pg_dsn, autocommit):
         assert await _state(conn, tenant, key.key_id) == before
         if not autocommit:
             await conn.commit()
+
+
+async def test_the_rate_window_is_counted_with_the_claim_and_a_rate_refusal_rolls_the_claim_back(pg_dsn):
+    tenant = f"adm-{uuid.uuid4().hex[:8]}"
+    _, key = await new_key(pg_dsn, tenant, requests_per_min=2, budget_hard_micro_usd=10_000)
+    policy = TenantPolicy(tenant)
+    async with await AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        outcomes = [await admit_request_or_refuse(conn, request_id=f"{tenant}-{n}", key=key, tenant=policy,
+                                                  hold_micro_usd=100, rate_tokens=10) for n in range(3)]
+        assert [a.outcome for a in outcomes] == ["accepted", "accepted", "rate_limited"]
+        assert [(a.rate.allowed, a.rate.requests, a.rate.tokens) for a in outcomes] == [
+            (True, 1, 10), (True, 2, 20), (False, 2, 20)]
+        # The refused request left no ledger row and no hold.
+        assert await _state(conn, tenant, key.key_id) == {"counters": {"key": (200, 2), "tenant": (200, 2)},
+                                                          "ledger": 2}
+        # A budget refusal still counts in the rate window, as it did when the two were separate statements.
+        _, small = await new_key(pg_dsn, tenant, budget_hard_micro_usd=50)
+        refused = await admit_request_or_refuse(conn, request_id=f"{tenant}-x", key=small, tenant=policy,
+                                                hold_micro_usd=100, rate_tokens=10)
+        assert refused.outcome == "over_budget" and (refused.rate.allowed, refused.rate.requests) == (True, 1)
