@@ -182,9 +182,10 @@ class KafkaBridge:
 
     def _poll_for_replies(self) -> None:
         """Fetch replies with a short broker wait while a caller waits for one, and the usual wait otherwise.
-        The local broker answers a fetch only when its wait ends, never as data arrives, so a reply waits for
-        half the fetch wait on average: ~5 ms of every answer's and first token's latency at 10 ms. Polling
-        fast only while someone waits keeps an idle API process from polling the broker 500 times a second."""
+        The local broker holds a fetch that found no data until its wait ends, so a reply that arrives meanwhile
+        waits for it (the chunk's hop to this process: ~6 ms at 10 ms, ~5 ms at 2 ms, docs/benchmarks.md).
+        Polling fast only while someone waits keeps an idle API process from polling the broker 500 times a
+        second."""
         fetcher = getattr(self._consumer, "_fetcher", None)  # aiokafka reads this attribute for every fetch
         if fetcher is not None:
             waiting = bool(self._waiters or self._streams)
