@@ -126,8 +126,10 @@ class Gatekeeper:
 
     async def _admit(self, message: PromptMessage, key: ApiKey) -> Admitted:
         assert self.pool is not None
-        async with self.pool.connection(timeout=15) as conn:
-            policy = await tenant_policy(conn, message.tenant) or TenantPolicy(message.tenant)
+        policy = key.tenant_policy  # read with the key; an admin key acting for another tenant reads that one's
+        if policy is None or policy.tenant != message.tenant:
+            async with self.pool.connection(timeout=15) as conn:
+                policy = await tenant_policy(conn, message.tenant) or TenantPolicy(message.tenant)
         message = message.model_copy(update={"key_id": key.key_id})
         for breach in prompt_breaches(message, self.settings, max_prompt_chars=policy.max_prompt_chars):
             raise ApiError(breach.status, breach.reason, breach.code, param=breach.field)

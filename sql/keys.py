@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -68,6 +68,8 @@ class ApiKey:
     budget_period: Period = "month"
     budget_soft_micro_usd: int | None = None
     budget_hard_micro_usd: int | None = None
+    # The key's tenant's policy as read with the key by ``authenticate`` (one query instead of two per request).
+    tenant_policy: TenantPolicy | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_admin(self) -> bool:
@@ -164,12 +166,18 @@ async def authenticate(conn: AsyncConnection, pepper: str, key: str) -> ApiKey |
     key_id = key_id_of(key)
     if key_id is None:
         return None
+    # With its tenant's policy (``ApiKey.tenant_policy``): admission needs it next, and this saves a round trip.
+    key_columns = ", ".join(f"k.{name}" for name in _KEY_FIELDS)
+    tenant_columns = ", ".join(f"t.{name} AS tenant_{name}" for name in _TENANT_FIELDS)
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(f"SELECT key_hash, {', '.join(_KEY_FIELDS)} FROM api_keys WHERE key_id = %s", (key_id,))
+        await cur.execute(f"SELECT k.key_hash, {key_columns}, {tenant_columns} FROM api_keys k"
+                          " LEFT JOIN tenants t ON t.tenant = k.tenant WHERE k.key_id = %s", (key_id,))
         row = await cur.fetchone()
     if row is None or not hmac.compare_digest(bytes(row["key_hash"]), hash_key(key, pepper)):
         return None
-    return _api_key(row)
+    policy = (_tenant({name: row[f"tenant_{name}"] for name in _TENANT_FIELDS}) if row["tenant_tenant"] is not None
+              else TenantPolicy(row["tenant"]))
+    return replace(_api_key(row), tenant_policy=policy)
 
 
 async def list_keys(conn: AsyncConnection, tenant: str | None = None) -> list[ApiKey]:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from psycopg import AsyncConnection
 
-from sql.keys import TenantPolicy, admit_request_or_refuse
+from sql.keys import TenantPolicy, admit_request_or_refuse, authenticate, tenant_policy
 from tests.keys import new_key, set_tenant
 
 
@@ -85,3 +85,15 @@ async def test_the_rate_window_is_counted_with_the_claim_and_a_rate_refusal_roll
         refused = await admit_request_or_refuse(conn, request_id=f"{tenant}-x", key=small, tenant=policy,
                                                 hold_micro_usd=100, rate_tokens=10)
         assert refused.outcome == "over_budget" and (refused.rate.allowed, refused.rate.requests) == (True, 1)
+
+
+async def test_a_key_is_read_with_its_tenants_policy(pg_dsn):
+    tenant = f"adm-{uuid.uuid4().hex[:8]}"
+    plain, _ = await new_key(pg_dsn, tenant)
+    await set_tenant(pg_dsn, tenant, pii_mode="refuse", max_prompt_chars=123)
+    async with await AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        key = await authenticate(conn, "", plain)
+        assert key is not None and key.tenant == tenant
+        assert key.tenant_policy == await tenant_policy(conn, tenant)
+        assert (key.tenant_policy.pii_mode, key.tenant_policy.max_prompt_chars) == ("refuse", 123)
+        assert await authenticate(conn, "", plain + "x") is None
