@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import psycopg
@@ -35,13 +36,29 @@ def _calls(dsn: str, request_id: str) -> list[tuple]:
                             " WHERE request_id = %s ORDER BY delivery, attempt_no", (request_id,)).fetchall()
 
 
-async def test_a_call_is_on_record_before_it_is_made_and_updated_when_it_ends(pool, clean_db):
-    async def factory():
-        return pool
+class Database:
+    """The recorder's pool factory, with the database switched on or off."""
 
-    recorder = CallRecorder(factory)
+    def __init__(self, pool: AsyncConnectionPool, up: bool = True) -> None:
+        self.pool, self.up = pool, up
+
+    async def __call__(self) -> AsyncConnectionPool:
+        if not self.up:
+            raise psycopg.OperationalError("connection refused")
+        return self.pool
+
+
+@contextlib.asynccontextmanager
+async def running(recorder: CallRecorder):
     runner = asyncio.create_task(recorder.run())
     try:
+        yield recorder
+    finally:
+        runner.cancel()
+
+
+async def test_a_call_is_on_record_before_it_is_made_and_updated_when_it_ends(pool, clean_db):
+    async with running(CallRecorder(Database(pool))) as recorder:
         request_id = uuid.uuid4().hex
         calls = recorder.for_delivery(request_id, "route.small/0/7/w1")
         await calls.started(1, _spec())
@@ -56,43 +73,26 @@ async def test_a_call_is_on_record_before_it_is_made_and_updated_when_it_ends(po
         async with pool.connection() as conn:
             await upsert_completion(conn, make_completion(request_id))
         assert await recorder.answered(request_id) is True
-    finally:
-        runner.cancel()
 
 
 async def test_records_wait_in_memory_while_the_database_is_down(pool, clean_db):
-    database_up = False
-
-    async def factory():
-        if not database_up:
-            raise psycopg.OperationalError("connection refused")
-        return pool
-
-    recorder = CallRecorder(factory, wait_s=0.5)
-    runner = asyncio.create_task(recorder.run())
-    try:
+    database = Database(pool, up=False)
+    async with running(CallRecorder(database, wait_s=0.5)) as recorder:
         request_id = uuid.uuid4().hex
         calls = recorder.for_delivery(request_id, "d1")
         await asyncio.wait_for(calls.started(1, _spec()), timeout=2)  # the call is not held back
         assert await recorder.answered(request_id) is False  # cannot say: the model is called
         await calls.finished(1, Attempt(model="small", tier=Tier.cheap, status="error"))
         assert len(recorder.backlog) == 2 and _calls(clean_db, request_id) == []
-        database_up = True
+        database.up = True
         await asyncio.sleep(0.3)
         assert recorder.backlog == [] and _calls(clean_db, request_id) == [("d1", 1, "small", "error", 0)]
-    finally:
-        runner.cancel()
 
 
 async def test_a_waiting_caller_does_not_wait_for_the_interval(pool, clean_db):
-    async def factory():
-        return pool
-
     # Group commit: a start record or an answered check is flushed at once when no flush is running, so a
     # request pays one round trip, not the batching interval (which only paces end records).
-    recorder = CallRecorder(factory, interval_s=30, wait_s=10)
-    runner = asyncio.create_task(recorder.run())
-    try:
+    async with running(CallRecorder(Database(pool), interval_s=30, wait_s=10)) as recorder:
         request_id = uuid.uuid4().hex
         calls = recorder.for_delivery(request_id, "d1")
         loop = asyncio.get_running_loop()
@@ -101,17 +101,10 @@ async def test_a_waiting_caller_does_not_wait_for_the_interval(pool, clean_db):
         await calls.started(1, _spec())
         assert loop.time() - started < 5
         assert _calls(clean_db, request_id) == [("d1", 1, "small", "started", None)]
-    finally:
-        runner.cancel()
 
 
 async def test_a_deliverys_first_call_is_checked_for_a_recorded_answer_in_the_same_flush(pool, clean_db):
-    async def factory():
-        return pool
-
-    recorder = CallRecorder(factory, interval_s=30, wait_s=10)
-    runner = asyncio.create_task(recorder.run())
-    try:
+    async with running(CallRecorder(Database(pool), interval_s=30, wait_s=10)) as recorder:
         request_id = uuid.uuid4().hex
         first = recorder.for_delivery(request_id, "d1", check_answered=True)
         await first.started(1, _spec())  # no answer yet: the start is written
@@ -124,27 +117,15 @@ async def test_a_deliverys_first_call_is_checked_for_a_recorded_answer_in_the_sa
         with pytest.raises(AlreadyAnswered):
             await redelivered.started(1, _spec())
         assert [row[0] for row in _calls(clean_db, request_id)] == ["d1", "d1"]  # nothing written for d2
-    finally:
-        runner.cancel()
 
 
 async def test_a_checked_start_goes_ahead_and_is_kept_while_the_database_is_down(pool, clean_db):
-    database_up = False
-
-    async def factory():
-        if not database_up:
-            raise psycopg.OperationalError("connection refused")
-        return pool
-
-    recorder = CallRecorder(factory, wait_s=0.5)
-    runner = asyncio.create_task(recorder.run())
-    try:
+    database = Database(pool, up=False)
+    async with running(CallRecorder(database, wait_s=0.5)) as recorder:
         request_id = uuid.uuid4().hex
         calls = recorder.for_delivery(request_id, "d1", check_answered=True)
         await asyncio.wait_for(calls.started(1, _spec()), timeout=2)  # cannot say: the model is called
         assert recorder.backlog == [("started", (request_id, "d1", 1, "small"))]
-        database_up = True
+        database.up = True
         await asyncio.sleep(0.3)
         assert recorder.backlog == [] and _calls(clean_db, request_id) == [("d1", 1, "small", "started", None)]
-    finally:
-        runner.cancel()
