@@ -1,43 +1,28 @@
 """Accepting a request: its ledger row first, then the broker. Accepted means recorded (docs/reliability.md).
 
-The ledger row is written before the prompt is published, so a request the client was told is accepted
-can always be found by the reconciler, even if the broker then loses it. When the database cannot take
-the row, the request is refused with 503 rather than accepted without a record; when the broker refuses
-the prompt, the row is removed again and the client gets 503 (nothing was accepted).
+The ledger row is written before the prompt is published (in the admission transaction, ``Gatekeeper.admit``),
+so a request the client was told is accepted can always be found by the reconciler, even if the broker then
+loses it. When the database cannot take the row, the request is refused with 503 rather than accepted without
+a record; when the broker refuses the prompt, the row is removed again here and the client gets 503 (nothing
+was accepted).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
-import psycopg
-from fastapi import HTTPException
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from core.messages import PromptMessage
 from core.settings import Settings
-from sql.ledger import forget_unpublished, record_accepted
+from sql.ledger import forget_unpublished
 
 log = logging.getLogger(__name__)
 
 
 def with_deadline(prompt: PromptMessage, settings: Settings) -> PromptMessage:
     return prompt.model_copy(update={"deadline_at": prompt.created_at + timedelta(seconds=settings.request_deadline_s)})
-
-
-async def write_ledger(pool: AsyncConnectionPool | None, prompt: PromptMessage, settings: Settings) -> bool:
-    """True when this call accepted the request; False when it was accepted before (a client's retry)."""
-    if pool is None:
-        return True  # no database configured: nothing can be recorded anyway (the sink needs one too)
-    try:
-        async with asyncio.timeout(settings.accept_db_timeout_s), pool.connection(
-                timeout=settings.accept_db_timeout_s) as conn:
-            return await record_accepted(conn, prompt, prompt.deadline_at)
-    except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
-        raise HTTPException(503, detail=f"database unavailable, prompt not accepted: {type(exc).__name__}",
-                            headers={"Retry-After": "5"}) from exc
 
 
 async def unwind_ledger(pool: AsyncConnectionPool | None, request_id: str) -> None:

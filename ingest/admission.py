@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from core.messages import PromptMessage, Tier
 from core.registry import ModelRegistry
 from core.settings import Settings
+from ingest.accept import with_deadline
 from ingest.api.errors import ApiError
 from providers.tokens import count_chat_prompt_tokens, warm_up
 from routing.guardrails.limits import deny_list_hit, prompt_breaches
@@ -47,8 +48,12 @@ INLINE_TOKEN_COUNT_CHARS = 2000
 class Admitted:
     message: PromptMessage
     headers: dict[str, str] = field(default_factory=dict)
-    # The tenant already sent this request id: it was accepted before and is not published again.
+    # The tenant already sent this request id (a client's retry), claimed before.
     duplicate: bool = False
+    # Whether this call recorded the request as accepted; False when a retry finds it accepted already (not
+    # published again: the reconciler answers for it). A duplicate claim whose first try died before it was
+    # accepted is accepted now.
+    first_acceptance: bool = True
 
 
 def usd(micro_usd: int | None) -> str:
@@ -117,12 +122,15 @@ class Gatekeeper:
     # ------------------------------------------------------------ admission
 
     async def admit(self, message: PromptMessage, key: ApiKey) -> Admitted:
+        """Admit the prompt and record it as accepted (its deadline set), or raise the refusal as an ApiError.
+        Accepted means recorded: the accepted-requests row commits with the claim and the holds, or nothing does."""
         if self.pool is None:
             raise ApiError(503, "no database configured: set ROUTER_PG_DSN or PG_DSN", "database_unavailable")
         try:
-            return await self._admit(message, key)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise ApiError(503, f"database unavailable: {type(exc).__name__}", "database_unavailable") from exc
+            return await self._admit(with_deadline(message, self.settings), key)
+        except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
+            raise ApiError(503, f"database unavailable, prompt not accepted: {type(exc).__name__}",
+                           "database_unavailable", headers={"Retry-After": "5"}) from exc
 
     async def _admit(self, message: PromptMessage, key: ApiKey) -> Admitted:
         assert self.pool is not None
@@ -139,17 +147,28 @@ class Gatekeeper:
                      else await asyncio.to_thread(self.input_tokens, message.prompt))
         rate_tokens = max(tokens_in.values()) + message.max_tokens
         hold = self.worst_case_micro_usd(tokens_in, message.max_tokens)
-        # The rate window and the claim with its holds in one round trip; a rate refusal rolls the claim back.
-        async with self.pool.connection(timeout=15) as conn:
+        decided: list[Admitted] = []
+
+        def accept(admission: Admission) -> PromptMessage:  # inside the transaction: raising rolls it back
+            assert admission.rate is not None
+            decided.append(self._decide(message, admission, hold, rate_headers(admission.rate)))
+            return decided[0].message
+
+        # The rate window, the claim with its holds, and the accepted-requests row: two pipelined round trips
+        # (the rate window and the claim; the row with the COMMIT). A refusal rolls all of it back.
+        timeout_s = self.settings.accept_db_timeout_s
+        async with asyncio.timeout(timeout_s), self.pool.connection(timeout=timeout_s) as conn:
             admission = await admit_request_or_refuse(conn, request_id=message.request_id, key=key, tenant=policy,
-                                                      hold_micro_usd=hold, rate_tokens=rate_tokens)
+                                                      hold_micro_usd=hold, rate_tokens=rate_tokens, accept=accept)
         rate = admission.rate
         assert rate is not None
         headers = rate_headers(rate)
         if not rate.allowed:
             raise ApiError(429, self._rate_detail(key, rate, rate_tokens), "rate_limit_exceeded",
                            headers={**headers, "Retry-After": str(max(1, math.ceil(rate.reset_s)))})
-        return self._decide(message, admission, hold, headers)
+        if not decided:  # refused over budget: rolled back before it was handed to ``accept``
+            return self._decide(message, admission, hold, headers)
+        return replace(decided[0], first_acceptance=admission.first_acceptance)
 
     async def _guard(self, message: PromptMessage, policy: TenantPolicy) -> PromptMessage:
         if deny_list_hit(message.prompt, policy.deny_list):

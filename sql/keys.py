@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
+
+from core.messages import PromptMessage
+from sql.ledger import INSERT_ACCEPTED_SQL, accepted_row
 
 Period = Literal["day", "month"]
 Role = Literal["tenant", "admin"]
@@ -251,13 +254,16 @@ class Usage:
 class Admission:
     """What ``admit_request`` decided. ``outcome``: ``accepted`` (hold placed), ``duplicate`` (this tenant already
     sent this id: nothing new held), ``foreign`` (the id belongs to another tenant), ``over_budget``, or
-    ``rate_limited`` (the key's rate window refused it first). ``rate``: that window, when it was counted."""
+    ``rate_limited`` (the key's rate window refused it first). ``rate``: that window, when it was counted.
+    ``first_acceptance``: with ``admit_request``'s ``accept``, whether its accepted-requests row is new (False: a
+    client's retry of a request already accepted)."""
 
     outcome: Literal["accepted", "duplicate", "foreign", "over_budget", "rate_limited"]
     usage: list[Usage] = field(default_factory=list)
     refused_by: Usage | None = None
     settled: bool = False
     rate: RateState | None = None
+    first_acceptance: bool = False
 
 
 _HOLD_SQL = (
@@ -296,14 +302,19 @@ FROM (SELECT 1) AS one LEFT JOIN key_hold k ON true LEFT JOIN tenant_hold t ON t
 
 
 async def admit_request(conn: AsyncConnection, *, request_id: str, key: ApiKey, tenant: TenantPolicy,
-                        hold_micro_usd: int, now: datetime | None = None, rate_tokens: int | None = None) -> Admission:
+                        hold_micro_usd: int, now: datetime | None = None, rate_tokens: int | None = None,
+                        accept: Callable[[Admission], PromptMessage] | None = None) -> Admission:
     """Claim ``request_id`` for the tenant and hold ``hold_micro_usd`` on the key's and the tenant's counters,
     all or nothing, in one transaction (two round trips: BEGIN with the statement, then COMMIT).
 
     With ``rate_tokens``, the request is also counted in the key's rate window for this minute, sent in the
     same round trip as the claim but committed on its own, as before: a budget refusal still counts against the
     rate. When the rate limit refuses the request, the claim is rolled back (outcome ``rate_limited``).
-    ``Admission.rate`` holds the key's window then, whatever the outcome."""
+    ``Admission.rate`` holds the key's window then, whatever the outcome.
+
+    With ``accept``, a claim that was not refused is handed to it before the commit: it raises to roll everything
+    back, or returns the message to record as accepted, whose ``accepted_requests`` row (sql/ledger.py) then goes
+    out with the COMMIT, in the same round trip. Claim, holds and acceptance are then all or nothing."""
     now = now or datetime.now(UTC)
     key_start, tenant_start = period_start(key.budget_period, now), period_start(tenant.budget_period, now)
     params = {"request_id": request_id, "tenant": tenant.tenant, "key_id": key.key_id,
@@ -323,10 +334,15 @@ async def admit_request(conn: AsyncConnection, *, request_id: str, key: ApiKey, 
                     if not rate.allowed:
                         raise _Refused(Admission("rate_limited"))  # the claim and holds roll back
                 admission = await _claimed_and_held(conn, cursor, request_id, key, tenant, key_start, tenant_start)
+                admission.rate = rate
+                # Queued, not awaited: the row goes out with the COMMIT and is read after it.
+                accepted = (await conn.execute(INSERT_ACCEPTED_SQL, accepted_row(accept(admission)))
+                            if accept is not None else None)
         except _Refused as refusal:
             refusal.admission.rate = rate
             raise
-    admission.rate = rate
+    if accepted is not None:
+        admission.first_acceptance = await accepted.fetchone() is not None
     return admission
 
 

@@ -29,12 +29,19 @@ INSERT_ACCEPTED_SQL = (
 )
 
 
+def accepted_row(prompt: PromptMessage, deadline_at: datetime | None = None) -> tuple:
+    """``INSERT_ACCEPTED_SQL``'s parameters: the message as accepted, and its deadline (by default its own)."""
+    deadline_at = deadline_at or prompt.deadline_at
+    assert deadline_at is not None, "an accepted request has a deadline"
+    # jsonb cannot hold a NUL either: kept as the sink keeps it (U+FFFD), so a republished copy is storable.
+    return prompt.request_id, deadline_at, Jsonb(without_nul(prompt.model_dump(mode="json")))
+
+
 async def record_accepted(conn: AsyncConnection, prompt: PromptMessage, deadline_at: datetime) -> bool:
     """The ledger row of an accepted request; False when it was already there (a client's retry with the same
-    request id keeps the first row: that request is already accepted, and the reconciler answers for it)."""
-    # jsonb cannot hold a NUL either: kept as the sink keeps it (U+FFFD), so a republished copy is storable.
-    message = without_nul(prompt.model_dump(mode="json"))
-    cursor = await conn.execute(INSERT_ACCEPTED_SQL, (prompt.request_id, deadline_at, Jsonb(message)))
+    request id keeps the first row: that request is already accepted, and the reconciler answers for it). The
+    API writes it in the admission transaction (``sql.keys.admit_request``'s ``accept``)."""
+    cursor = await conn.execute(INSERT_ACCEPTED_SQL, accepted_row(prompt, deadline_at))
     return await cursor.fetchone() is not None
 
 

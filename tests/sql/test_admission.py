@@ -4,11 +4,13 @@ refuses, on an autocommit connection like the API's pool and inside a caller's t
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from psycopg import AsyncConnection
 
-from sql.keys import TenantPolicy, admit_request_or_refuse, authenticate, tenant_policy
+from core.messages import PromptMessage, utcnow
+from sql.keys import Admission, TenantPolicy, admit_request_or_refuse, authenticate, tenant_policy
 from tests.keys import new_key, set_tenant
 
 
@@ -85,6 +87,58 @@ async def test_the_rate_window_is_counted_with_the_claim_and_a_rate_refusal_roll
         refused = await admit_request_or_refuse(conn, request_id=f"{tenant}-x", key=small, tenant=policy,
                                                 hold_micro_usd=100, rate_tokens=10)
         assert refused.outcome == "over_budget" and (refused.rate.allowed, refused.rate.requests) == (True, 1)
+
+
+async def test_the_accepted_row_commits_with_the_claim_or_not_at_all(pg_dsn):
+    tenant = f"adm-{uuid.uuid4().hex[:8]}"
+    _, key = await new_key(pg_dsn, tenant, budget_hard_micro_usd=1_000)
+    policy = TenantPolicy(tenant)
+
+    def prompt(n: int) -> PromptMessage:
+        return PromptMessage(request_id=f"{tenant}-{n}", prompt="hello", tenant=tenant,
+                             deadline_at=utcnow() + timedelta(seconds=60))
+
+    class Refusal(Exception):
+        pass
+
+    def refuse(admission: Admission) -> PromptMessage:
+        raise Refusal(admission.outcome)
+
+    async def accepted_rows(conn: AsyncConnection) -> list[str]:
+        cursor = await conn.execute("SELECT request_id FROM accepted_requests WHERE request_id LIKE %s"
+                                    " ORDER BY request_id", (f"{tenant}-%",))
+        return [row[0] for row in await cursor.fetchall()]
+
+    seen: list[str] = []
+
+    def accept(admission: Admission) -> PromptMessage:
+        seen.append(admission.outcome)
+        return prompt(len(seen))
+
+    async with await AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        first = await admit_request_or_refuse(conn, request_id=f"{tenant}-1", key=key, tenant=policy,
+                                              hold_micro_usd=600, rate_tokens=5, accept=accept)
+        assert (first.outcome, first.first_acceptance, seen) == ("accepted", True, ["accepted"])
+        assert await accepted_rows(conn) == [f"{tenant}-1"]
+        before = await _state(conn, tenant, key.key_id)
+
+        # Over budget: rolled back before ``accept`` is asked; nothing accepted.
+        over = await admit_request_or_refuse(conn, request_id=f"{tenant}-2", key=key, tenant=policy,
+                                             hold_micro_usd=600, accept=accept)
+        assert over.outcome == "over_budget" and seen == ["accepted"]
+        # ``accept`` refuses: the claim and holds roll back with it.
+        with pytest.raises(Refusal):
+            await admit_request_or_refuse(conn, request_id=f"{tenant}-2", key=key, tenant=policy,
+                                          hold_micro_usd=100, accept=refuse)
+        assert await _state(conn, tenant, key.key_id) == before
+        assert await accepted_rows(conn) == [f"{tenant}-1"]
+
+        # A client's retry of the accepted request: a duplicate claim, and its row was there already.
+        seen.clear()
+        retry = await admit_request_or_refuse(conn, request_id=f"{tenant}-1", key=key, tenant=policy,
+                                              hold_micro_usd=100, accept=accept)
+        assert (retry.outcome, retry.first_acceptance, seen) == ("duplicate", False, ["duplicate"])
+        assert await _state(conn, tenant, key.key_id) == before
 
 
 async def test_a_key_is_read_with_its_tenants_policy(pg_dsn):

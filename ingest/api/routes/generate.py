@@ -8,7 +8,7 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from ingest.accept import unwind_ledger, with_deadline, write_ledger
+from ingest.accept import unwind_ledger
 from ingest.api.deps import (
     BridgeDep,
     CurrentKey,
@@ -45,17 +45,10 @@ async def generate(body: GenerateIn, key: CurrentKey, settings: SettingsDep, bri
     if bridge.is_waiting(message.request_id):
         raise ApiError(409, f"request {message.request_id} is already in flight", "request_in_flight",
                        param="request_id")
-    admitted = await gatekeeper.admit(message, key)
-    message, headers = with_deadline(admitted.message, settings), admitted.headers
+    admitted = await gatekeeper.admit(message, key)  # accepted and recorded, or refused
+    message, headers = admitted.message, admitted.headers
     timeout_s = min(body.timeout_s or settings.generate_timeout_s, settings.generate_timeout_s)
-    # A retry of an admitted request id may come from a client whose first try died before it was accepted:
-    # the accepted-requests ledger, not admission, says whether it was.
-    try:
-        first = await write_ledger(pool, message, settings)
-    except BaseException:
-        await gatekeeper.release(message.request_id)
-        raise
-    if not first:
+    if not admitted.first_acceptance:
         raise ApiError(409, f"request {message.request_id} was already accepted: GET /requests/{message.request_id}",
                        "request_already_accepted", param="request_id", headers=headers)
     try:

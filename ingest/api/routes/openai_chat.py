@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from core.messages import TIER_ORDER, ChunkMessage, CompletionMessage, PromptMessage
 from core.registry import ModelRegistry
 from core.settings import Settings
-from ingest.accept import unwind_ledger, with_deadline, write_ledger
+from ingest.accept import unwind_ledger
 from ingest.api.deps import BridgeDep, CurrentKey, GatekeeperDep, OptionalPoolDep, RegistryDep, SettingsDep
 from ingest.api.openai_schemas import (
     ROUTER_MODEL,
@@ -151,14 +151,9 @@ async def chat_completions(request: Request, settings: SettingsDep, registry: Re
                            key: CurrentKey, gatekeeper: GatekeeperDep, pool: OptionalPoolDep):
     body = await read_body(request, settings)
     prompt = await to_prompt(request, body, settings, registry, bridge, key.tenant)
-    # Limits, guardrails, rate limit and budget hold, as for /generate; then the accepted-requests ledger.
+    # Limits, guardrails, rate limit and budget hold, as for /generate, with the accepted-requests ledger row.
     admitted = await gatekeeper.admit(prompt, key)
-    prompt, admission_headers = with_deadline(admitted.message, settings), admitted.headers
-    try:
-        await write_ledger(pool, prompt, settings)
-    except BaseException:
-        await gatekeeper.release(prompt.request_id)
-        raise
+    prompt, admission_headers = admitted.message, admitted.headers
 
     async def publish_failed(request_id: str) -> None:
         await gatekeeper.release(request_id)

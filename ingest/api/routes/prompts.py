@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Response
 
-from ingest.accept import unwind_ledger, with_deadline, write_ledger
+from ingest.accept import unwind_ledger
 from ingest.api.deps import (
     BridgeDep,
     CurrentKey,
@@ -29,17 +29,10 @@ async def submit_prompt(body: PromptIn, key: CurrentKey, settings: SettingsDep, 
                         gatekeeper: GatekeeperDep, pool: OptionalPoolDep, response: Response) -> Accepted:
     check_prompt_size(body, settings)
     admitted = await gatekeeper.admit(body.to_message(settings.default_max_tokens, tenant_for(body, key)), key)
-    message = with_deadline(admitted.message, settings)
+    message = admitted.message
     response.headers.update(admitted.headers)
     accepted = Accepted(request_id=message.request_id, status_url=f"/requests/{message.request_id}")
-    # A retry of an admitted request id (``admitted.duplicate``) may come from a client whose first try died
-    # before it was accepted: the accepted-requests ledger, not admission, says whether it was.
-    try:
-        first = await write_ledger(pool, message, settings)
-    except BaseException:
-        await gatekeeper.release(message.request_id)
-        raise
-    if not first:
+    if not admitted.first_acceptance:
         # A retry of a request already accepted (its first 202 may have been lost): publishing it again would
         # call a model twice. The ledger row guarantees it is recorded (the reconciler republishes it if needed).
         return accepted
