@@ -48,8 +48,6 @@ INLINE_TOKEN_COUNT_CHARS = 2000
 class Admitted:
     message: PromptMessage
     headers: dict[str, str] = field(default_factory=dict)
-    # The tenant already sent this request id (a client's retry), claimed before.
-    duplicate: bool = False
     # Whether this call recorded the request as accepted; False when a retry finds it accepted already (not
     # published again: the reconciler answers for it). A duplicate claim whose first try died before it was
     # accepted is accepted now.
@@ -206,7 +204,7 @@ class Gatekeeper:
             raise ApiError(409, f"request_id {message.request_id} is already taken; send another one or none",
                            "request_id_conflict", param="request_id")
         if admission.outcome == "duplicate":
-            return Admitted(message, headers, duplicate=True)
+            return Admitted(message, headers)  # claimed before; ``first_acceptance`` says whether it was accepted
         if admission.outcome == "over_budget":
             usage = admission.refused_by
             assert usage is not None
